@@ -1,0 +1,116 @@
+//! Settings from the config file (TOML), the environment (`STORE_DIR`, `STORE_ROOT`) and
+//! flags, merged by one pure function, [`merge`]: flags win over the environment, which
+//! wins over the file, which wins over the defaults. Unknown config keys are errors.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use store::format::store_path::StoreDir;
+use store::store::layout::DEFAULT_STORE_DIR;
+
+/// The config file (`--config F`, `$STORE_CONFIG`, or `~/.config/store/config.toml`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    /// The logical store dir.
+    pub store_dir: Option<String>,
+    /// Put the store and its state under this directory.
+    pub root: Option<PathBuf>,
+}
+
+/// One layer of settings (the environment or the flags); `None` means "not given".
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub store_dir: Option<String>,
+    pub root: Option<PathBuf>,
+}
+
+/// The merged, checked settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub store_dir: StoreDir,
+    pub root: Option<PathBuf>,
+}
+
+/// Merges the layers: flags > env > file > defaults. Pure: no I/O, no globals.
+pub fn merge(file: &FileConfig, env: &Layer, flags: &Layer) -> Result<Settings> {
+    let store_dir = flags
+        .store_dir
+        .as_ref()
+        .or(env.store_dir.as_ref())
+        .or(file.store_dir.as_ref())
+        .map_or(DEFAULT_STORE_DIR, String::as_str);
+    let store_dir = StoreDir::new(store_dir).context("invalid store dir")?;
+    let root = flags
+        .root
+        .clone()
+        .or_else(|| env.root.clone())
+        .or_else(|| file.root.clone());
+    if let Some(r) = &root {
+        if !r.is_absolute() {
+            bail!("the root '{}' must be an absolute path", r.display());
+        }
+    }
+    Ok(Settings { store_dir, root })
+}
+
+/// Reads and parses a config file.
+pub fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file '{}'", path.display()))?;
+    parse_file(&text).with_context(|| format!("invalid config file '{}'", path.display()))
+}
+
+pub fn parse_file(text: &str) -> Result<FileConfig> {
+    Ok(toml::from_str(text)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence() {
+        let file = FileConfig {
+            store_dir: Some("/a/store".into()),
+            root: Some("/file".into()),
+        };
+        let env = Layer {
+            store_dir: Some("/b/store".into()),
+            root: None,
+        };
+        let flags = Layer {
+            store_dir: None,
+            root: Some("/flag".into()),
+        };
+        let s = merge(&file, &env, &flags).unwrap();
+        assert_eq!(s.store_dir.as_str(), "/b/store");
+        assert_eq!(s.root.as_deref(), Some(Path::new("/flag")));
+        let d = merge(&FileConfig::default(), &Layer::default(), &Layer::default()).unwrap();
+        assert_eq!(d.store_dir.as_str(), DEFAULT_STORE_DIR);
+        assert_eq!(d.root, None);
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(parse_file("store-dir = \"/x\"\nbogus = 1\n").is_err());
+        assert_eq!(
+            parse_file("store-dir = \"/x/store\"\nroot = \"/r\"\n").unwrap(),
+            FileConfig {
+                store_dir: Some("/x/store".into()),
+                root: Some("/r".into())
+            }
+        );
+        let rel = Layer {
+            root: Some("rel".into()),
+            ..Layer::default()
+        };
+        assert!(merge(&FileConfig::default(), &rel, &Layer::default()).is_err());
+        let bad = Layer {
+            store_dir: Some("/x/".into()),
+            ..Layer::default()
+        };
+        assert!(merge(&FileConfig::default(), &bad, &Layer::default()).is_err());
+    }
+}

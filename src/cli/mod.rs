@@ -1,0 +1,163 @@
+//! The command line: global options, the subcommand enum and dispatch. One subcommand per
+//! file. This is the only layer that uses `anyhow`.
+
+mod add;
+mod config;
+mod hash;
+mod init;
+mod key;
+mod nar;
+mod path_info;
+mod sign;
+mod verify;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use store::store::{Layout, LocalStore, StoreError};
+
+/// A Nix-compatible immutable store with signed binary substitution.
+#[derive(Debug, Parser)]
+#[command(name = "store", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Logical store dir, part of every store path hash (default /ix/store) [env: STORE_DIR]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store_dir: Option<String>,
+    /// Keep the store and its state under DIR, so no privileges are needed [env: STORE_ROOT]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Config file (TOML) [env: STORE_CONFIG; default ~/.config/store/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More output on stderr (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Machine-readable JSON output where the command supports it
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Init(init::InitArgs),
+    Add(add::AddArgs),
+    #[command(subcommand)]
+    Hash(hash::HashCommand),
+    #[command(subcommand)]
+    Nar(nar::NarCommand),
+    PathInfo(path_info::PathInfoArgs),
+    Verify(verify::VerifyArgs),
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    Sign(sign::SignArgs),
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(a) => init::run(g, a),
+        Command::Add(a) => add::run(g, a),
+        Command::Hash(a) => hash::run(g, a),
+        Command::Nar(a) => nar::run(g, a),
+        Command::PathInfo(a) => path_info::run(g, a),
+        Command::Verify(a) => verify::run(g, a),
+        Command::Key(a) => key::run(g, a),
+        Command::Sign(a) => sign::run(g, a),
+    }
+}
+
+pub fn init_logging(g: &GlobalArgs) {
+    let level = match (g.quiet, g.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STORE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+}
+
+/// Resolves the settings from the config file, the environment and the flags.
+pub fn settings(g: &GlobalArgs) -> Result<config::Settings> {
+    let config_path = g
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("STORE_CONFIG").map(PathBuf::from));
+    let file = match config_path {
+        Some(p) => config::read_file(&p)?,
+        None => match default_config_path() {
+            Some(p) if p.exists() => config::read_file(&p)?,
+            _ => config::FileConfig::default(),
+        },
+    };
+    let env = config::Layer {
+        store_dir: non_empty_env("STORE_DIR"),
+        root: non_empty_env("STORE_ROOT").map(|r| absolute(Path::new(&r))),
+    };
+    let flags = config::Layer {
+        store_dir: g.store_dir.clone(),
+        root: g.root.as_deref().map(absolute),
+    };
+    config::merge(&file, &env, &flags)
+}
+
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn default_config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("store").join("config.toml"))
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Opens the local store the settings describe, with a hint when it cannot be created.
+pub fn open_store(g: &GlobalArgs) -> Result<LocalStore> {
+    let s = settings(g)?;
+    let layout = Layout::new(s.store_dir, s.root.as_deref());
+    match LocalStore::open(layout) {
+        Ok(store) => Ok(store),
+        Err(e @ StoreError::NotWritable { .. }) if s.root.is_none() => Err(anyhow::Error::new(e))
+            .context(
+                "the default store location is not writable by this user; \
+                 use --root DIR (or STORE_ROOT) for a store under a directory of your own",
+            ),
+        Err(e) => Err(e).context("cannot open the store"),
+    }
+}
+
+/// Prints a JSON value on stdout.
+pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}

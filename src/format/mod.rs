@@ -1,0 +1,14 @@
+//! Pure, synchronous Nix 2.8 formats: hashes and their encodings, store paths,
+//! content addresses, NAR, narinfo, signing keys and nix-cache-info.
+//!
+//! Nothing in here touches the file system or the network; everything works on
+//! bytes, strings, `io::Read` and `io::Write`. See `store-format.md`.
+
+pub mod ca;
+pub mod cache_info;
+pub mod hash;
+pub mod keys;
+pub mod nar;
+pub mod narinfo;
+pub mod nixbase32;
+pub mod store_path;

@@ -1,0 +1,285 @@
+//! Strict NAR unpacking into a new path.
+//!
+//! [`restore`] parses the stream with the strict [`NarReader`] and creates the tree at a path
+//! that must not exist yet. Everything below it is created relative to open directory handles
+//! (`mkdirat`, `openat` with `O_CREAT|O_EXCL|O_NOFOLLOW`, `symlinkat`), so nothing is ever
+//! written outside the target, even for hostile NARs: names are checked by the reader (no `/`,
+//! `.`, `..`, NUL, duplicates), and an existing entry is never reused or followed.
+//!
+//! The NAR bytes are hashed (sha256) and counted while they stream by; [`RestoreStats`] gives
+//! them back, so the caller can check NarHash/NarSize before making the tree visible (e.g.
+//! restore into a temporary name, compare, then rename). On any error the partially created
+//! target is removed before returning.
+
+use std::ffi::CString;
+#[cfg(test)]
+use std::io;
+use std::io::{BufReader, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, CWD};
+
+use super::hashing::HashingReader;
+use super::sys::{self, io_err, join};
+use super::{make_writable_and_remove, FsNarError};
+use crate::format::nar::{NarEvent, NarReader};
+
+/// How to restore.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// Create the canonical store form as it is written: files 0444 (0555 if executable),
+    /// directories 0555 once filled, mtime 1 everywhere. Otherwise files are 0666/0777 and
+    /// directories 0777, less the umask, with the current time.
+    pub canonicalise: bool,
+}
+
+impl RestoreOptions {
+    /// Options for unpacking into the store: canonical.
+    pub fn canonical() -> Self {
+        RestoreOptions { canonicalise: true }
+    }
+}
+
+/// `true` is shorthand for [`RestoreOptions::canonical`], `false` for the default.
+impl From<bool> for RestoreOptions {
+    fn from(canonicalise: bool) -> Self {
+        RestoreOptions { canonicalise }
+    }
+}
+
+impl From<&RestoreOptions> for RestoreOptions {
+    fn from(opts: &RestoreOptions) -> Self {
+        *opts
+    }
+}
+
+/// What [`restore`] consumed and created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// Bytes of NAR consumed (the NarSize).
+    pub nar_size: u64,
+    /// sha256 of the NAR bytes consumed (the NarHash).
+    pub nar_sha256: [u8; 32],
+    pub regular_files: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    /// Sum of the sizes of the regular files.
+    pub contents_size: u64,
+}
+
+/// Size of the buffer file contents go through.
+const BUF_SIZE: usize = 1024 * 1024;
+
+/// Unpacks the NAR read from `reader` to `dst`, which must not exist yet (its parent must).
+/// The stream must hold exactly one canonical NAR and nothing after it.
+///
+/// Returns the size and sha256 of the bytes read, which on success are exactly the NAR. On
+/// error nothing is left at `dst` (unless it existed before, which is
+/// [`FsNarError::TargetExists`] and leaves it untouched).
+pub fn restore<R: Read>(
+    reader: R,
+    dst: impl AsRef<Path>,
+    opts: impl Into<RestoreOptions>,
+) -> Result<RestoreStats, FsNarError> {
+    let opts = opts.into();
+    let dst = dst.as_ref();
+    let mut nar = NarReader::new(BufReader::with_capacity(
+        256 * 1024,
+        HashingReader::new(reader),
+    ));
+    let mut builder = Builder {
+        root: sys::c_path(dst)?,
+        root_path: dst.to_path_buf(),
+        canonical: opts.canonicalise,
+        stack: Vec::new(),
+        current: dst.to_path_buf(),
+        created: false,
+    };
+    let mut stats = RestoreStats::default();
+    let result = unpack(&mut nar, &mut builder, &mut stats);
+    let created = builder.created;
+    drop(builder);
+    match result {
+        Ok(()) => {
+            stats.nar_size = nar.offset();
+            let (digest, _) = nar.into_inner().into_inner().finish();
+            stats.nar_sha256 = digest;
+            Ok(stats)
+        }
+        Err(e) => {
+            if created {
+                if let Err(cleanup) = make_writable_and_remove(dst) {
+                    tracing::warn!(path = %dst.display(), error = %cleanup, "cannot remove partial restore");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+fn unpack<R: Read>(
+    nar: &mut NarReader<R>,
+    builder: &mut Builder,
+    stats: &mut RestoreStats,
+) -> Result<(), FsNarError> {
+    let mut buf = Vec::new();
+    while let Some(event) = nar.next()? {
+        match event {
+            NarEvent::Directory { name } => {
+                builder.begin_dir(&name)?;
+                stats.directories += 1;
+            }
+            NarEvent::EndDirectory => builder.end_dir()?,
+            NarEvent::Symlink { name, target } => {
+                builder.symlink(&name, &target)?;
+                stats.symlinks += 1;
+            }
+            NarEvent::Regular {
+                name,
+                executable,
+                size,
+            } => {
+                let (fd, path) = builder.create_file(&name, executable)?;
+                let mut file = std::fs::File::from(fd);
+                if size > 0 && buf.is_empty() {
+                    buf = vec![0u8; BUF_SIZE];
+                }
+                loop {
+                    let n = nar.read_contents(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    file.write_all(&buf[..n])
+                        .map_err(io_err("writing", || path.clone()))?;
+                }
+                builder.finish_file(&file, executable, &path)?;
+                stats.regular_files += 1;
+                stats.contents_size += size;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the tree, node by node, relative to open directory handles.
+struct Builder {
+    root: CString,
+    root_path: PathBuf,
+    canonical: bool,
+    /// Handles of the open directories, innermost last.
+    stack: Vec<OwnedFd>,
+    /// Path of the innermost open directory, for error messages.
+    current: PathBuf,
+    created: bool,
+}
+
+impl Builder {
+    fn path_of(&self, name: &[u8]) -> PathBuf {
+        join(&self.current, name)
+    }
+
+    /// The directory handle and C name where the node `name` goes (the root goes to the
+    /// target path itself).
+    fn place(&self, name: &[u8]) -> Result<(BorrowedFd<'_>, CString), FsNarError> {
+        match self.stack.last() {
+            None => Ok((CWD, self.root.clone())),
+            Some(fd) => Ok((fd.as_fd(), sys::c_name(name, &self.current)?)),
+        }
+    }
+
+    fn creation_error(&self, e: rustix::io::Errno, name: &[u8]) -> FsNarError {
+        if self.stack.is_empty() && e == rustix::io::Errno::EXIST {
+            FsNarError::TargetExists {
+                path: self.root_path.clone(),
+            }
+        } else {
+            io_err("creating", || self.path_of(name))(e)
+        }
+    }
+
+    fn begin_dir(&mut self, name: &[u8]) -> Result<(), FsNarError> {
+        let (dirfd, c_name) = self.place(name)?;
+        let fd = sys::create_dir(dirfd, &c_name).map_err(|e| self.creation_error(e, name))?;
+        if self.stack.is_empty() {
+            self.created = true;
+        } else {
+            self.current = join(&self.current, name);
+        }
+        self.stack.push(fd);
+        Ok(())
+    }
+
+    fn end_dir(&mut self) -> Result<(), FsNarError> {
+        if let Some(fd) = self.stack.pop() {
+            sys::finish_dir(&fd, self.canonical)
+                .map_err(io_err("finishing", || self.current.clone()))?;
+            if !self.stack.is_empty() {
+                self.current.pop();
+            }
+        }
+        Ok(())
+    }
+
+    fn symlink(&mut self, name: &[u8], target: &[u8]) -> Result<(), FsNarError> {
+        let (dirfd, c_name) = self.place(name)?;
+        rustix::fs::symlinkat(target, dirfd, &c_name).map_err(|e| self.creation_error(e, name))?;
+        if self.canonical {
+            sys::finish_symlink(dirfd, &c_name)
+                .map_err(io_err("finishing", || self.path_of(name)))?;
+        }
+        if self.stack.is_empty() {
+            self.created = true;
+        }
+        Ok(())
+    }
+
+    fn create_file(
+        &mut self,
+        name: &[u8],
+        executable: bool,
+    ) -> Result<(OwnedFd, PathBuf), FsNarError> {
+        let (dirfd, c_name) = self.place(name)?;
+        let mode = if self.canonical {
+            sys::file_mode(executable)
+        } else if executable {
+            Mode::from_raw_mode(0o777)
+        } else {
+            Mode::from_raw_mode(0o666)
+        };
+        let fd =
+            sys::create_file(dirfd, &c_name, mode).map_err(|e| self.creation_error(e, name))?;
+        let path = self.path_of(name);
+        if self.stack.is_empty() {
+            self.created = true;
+        }
+        Ok((fd, path))
+    }
+
+    fn finish_file(&self, fd: impl AsFd, executable: bool, path: &Path) -> Result<(), FsNarError> {
+        if self.canonical {
+            sys::finish_file(fd, executable).map_err(io_err("finishing", || path.to_path_buf()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes a reader that fails: used by tests of the cleanup path.
+#[cfg(test)]
+pub(crate) struct FailAfter<R> {
+    pub inner: R,
+    pub left: usize,
+}
+
+#[cfg(test)]
+impl<R: Read> Read for FailAfter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other("injected failure"));
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        self.left -= n;
+        Ok(n)
+    }
+}

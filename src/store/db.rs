@@ -1,0 +1,473 @@
+//! The metadata database (SQLite, WAL): one row per valid path with its NAR hash and size,
+//! deriver, signatures, content address and registration time, plus the reference graph.
+//!
+//! Invariant: a path is valid only if all its references are valid. [`Db::register`]
+//! enforces it inside one transaction, and the `refs` foreign keys back it up. The schema
+//! is versioned with `PRAGMA user_version`; [`MIGRATIONS`] brings older databases up to
+//! date. See store-format.md, "Database".
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use thiserror::Error;
+
+use crate::format::ca::ContentAddress;
+use crate::format::hash::{Hash, HashAlgo};
+use crate::format::store_path::{StoreDir, StorePath};
+
+/// Everything the store records about a valid path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathInfo {
+    pub path: StorePath,
+    /// sha256 of the path's NAR serialisation.
+    pub nar_hash: Hash,
+    pub nar_size: u64,
+    /// May include `path` itself (a self-reference).
+    pub references: BTreeSet<StorePath>,
+    pub deriver: Option<StorePath>,
+    /// `name:base64` signature strings, kept sorted and unique.
+    pub sigs: BTreeSet<String>,
+    pub ca: Option<ContentAddress>,
+    /// Seconds since the Unix epoch.
+    pub registration_time: i64,
+    /// Built locally (as opposed to added or substituted).
+    pub ultimate: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database schema version {found} is newer than this program supports ({supported})")]
+    TooNew { found: i64, supported: i64 },
+    #[error("database belongs to store dir '{found}', not '{expected}'")]
+    WrongStoreDir { found: String, expected: String },
+    #[error("cannot register '{path}': its reference '{reference}' is not valid")]
+    MissingReference { path: StorePath, reference: StorePath },
+    #[error("path '{0}' is not valid")]
+    NotValid(StorePath),
+    #[error("corrupt database row for '{path}': {what}")]
+    Corrupt { path: String, what: String },
+}
+
+/// Schema migrations; entry `i` upgrades from `user_version` i to i+1.
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
+CREATE TABLE valid_paths (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    path              TEXT UNIQUE NOT NULL,   -- base name <hash32>-<name>
+    hash_part         TEXT UNIQUE NOT NULL,   -- <hash32>, for narinfo lookups
+    nar_hash          TEXT NOT NULL,          -- sha256:<hex>, as Nix's db
+    nar_size          INTEGER NOT NULL,
+    deriver           TEXT,                   -- base name
+    sigs              TEXT NOT NULL DEFAULT '', -- space separated
+    ca                TEXT,
+    registration_time INTEGER NOT NULL,
+    ultimate          INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE refs (
+    referrer  INTEGER NOT NULL REFERENCES valid_paths(id) ON DELETE CASCADE,
+    reference INTEGER NOT NULL REFERENCES valid_paths(id) ON DELETE RESTRICT,
+    PRIMARY KEY (referrer, reference)
+);
+CREATE INDEX refs_reference ON refs(reference);
+"#];
+
+/// An open metadata database.
+pub struct Db {
+    conn: Connection,
+}
+
+impl Db {
+    /// Opens (creating and migrating if needed) the database of a store whose logical
+    /// store dir is `store_dir`.
+    pub fn open(path: &Path, store_dir: &StoreDir) -> Result<Db, DbError> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(60))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'store_dir'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match found {
+            Some(found) if found != store_dir.as_str() => {
+                return Err(DbError::WrongStoreDir {
+                    found,
+                    expected: store_dir.to_string(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('store_dir', ?1)",
+                    [store_dir.as_str()],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(Db { conn })
+    }
+
+    pub fn schema_version(&self) -> Result<i64, DbError> {
+        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    pub fn is_valid(&self, path: &StorePath) -> Result<bool, DbError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM valid_paths WHERE path = ?1")?
+            .exists([path.as_str()])?)
+    }
+
+    /// The info of a valid path, or `None`.
+    pub fn query(&self, path: &StorePath) -> Result<Option<PathInfo>, DbError> {
+        self.query_where("path", path.as_str())
+    }
+
+    /// Looks a valid path up by its 32-character hash part.
+    pub fn query_by_hash(&self, hash_part: &str) -> Result<Option<PathInfo>, DbError> {
+        self.query_where("hash_part", hash_part)
+    }
+
+    fn query_where(&self, column: &str, value: &str) -> Result<Option<PathInfo>, DbError> {
+        let sql = format!(
+            "SELECT id, path, nar_hash, nar_size, deriver, sigs, ca, registration_time, ultimate \
+             FROM valid_paths WHERE {column} = ?1"
+        );
+        let row = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([value], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    RawRow {
+                        path: r.get(1)?,
+                        nar_hash: r.get(2)?,
+                        nar_size: r.get(3)?,
+                        deriver: r.get(4)?,
+                        sigs: r.get(5)?,
+                        ca: r.get(6)?,
+                        registration_time: r.get(7)?,
+                        ultimate: r.get(8)?,
+                    },
+                ))
+            })
+            .optional()?;
+        let Some((id, raw)) = row else {
+            return Ok(None);
+        };
+        let references = self.references_of_id(id, &raw.path)?;
+        raw.into_info(references).map(Some)
+    }
+
+    fn references_of_id(&self, id: i64, path: &str) -> Result<BTreeSet<StorePath>, DbError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT v.path FROM refs r JOIN valid_paths v ON v.id = r.reference \
+             WHERE r.referrer = ?1",
+        )?;
+        let rows = stmt.query_map([id], |r| r.get::<_, String>(0))?;
+        let mut out = BTreeSet::new();
+        for r in rows {
+            out.insert(parse_path(path, &r?)?);
+        }
+        Ok(out)
+    }
+
+    /// The valid paths that refer to `path` (not including itself).
+    pub fn referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, DbError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT a.path FROM refs r \
+             JOIN valid_paths a ON a.id = r.referrer \
+             JOIN valid_paths b ON b.id = r.reference \
+             WHERE b.path = ?1 AND a.id != b.id",
+        )?;
+        let rows = stmt.query_map([path.as_str()], |r| r.get::<_, String>(0))?;
+        let mut out = BTreeSet::new();
+        for r in rows {
+            out.insert(parse_path(path.as_str(), &r?)?);
+        }
+        Ok(out)
+    }
+
+    /// The closure of `roots`: the roots and everything they reference, transitively.
+    /// Every root must be valid.
+    pub fn closure<'a>(
+        &self,
+        roots: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<BTreeSet<StorePath>, DbError> {
+        let mut out = BTreeSet::new();
+        let mut stmt = self.conn.prepare_cached(
+            "WITH RECURSIVE c(id) AS ( \
+               SELECT id FROM valid_paths WHERE path = ?1 \
+               UNION SELECT r.reference FROM refs r JOIN c ON r.referrer = c.id) \
+             SELECT v.path FROM c JOIN valid_paths v ON v.id = c.id",
+        )?;
+        for root in roots {
+            if out.contains(root) {
+                continue;
+            }
+            if !self.is_valid(root)? {
+                return Err(DbError::NotValid(root.clone()));
+            }
+            let rows = stmt.query_map([root.as_str()], |r| r.get::<_, String>(0))?;
+            for r in rows {
+                out.insert(parse_path(root.as_str(), &r?)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// All valid paths, sorted.
+    pub fn all_valid(&self) -> Result<Vec<StorePath>, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT path FROM valid_paths ORDER BY path")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(parse_path("", &r?)?);
+        }
+        Ok(out)
+    }
+
+    /// Registers paths in one transaction. Each path's references must be valid already,
+    /// be the path itself, or come earlier in `infos` (so give them in reference order).
+    /// Paths that are already valid are left as they are.
+    pub fn register(&mut self, infos: &[PathInfo]) -> Result<(), DbError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut ids: HashMap<&StorePath, i64> = HashMap::new();
+            let mut find = tx.prepare_cached("SELECT id FROM valid_paths WHERE path = ?1")?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO valid_paths (path, hash_part, nar_hash, nar_size, deriver, sigs, \
+                 ca, registration_time, ultimate) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            let mut add_ref =
+                tx.prepare_cached("INSERT OR IGNORE INTO refs (referrer, reference) VALUES (?1, ?2)")?;
+            for info in infos {
+                if find
+                    .query_row([info.path.as_str()], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .is_some()
+                {
+                    continue;
+                }
+                let mut ref_ids = Vec::with_capacity(info.references.len());
+                for r in info.references.iter().filter(|r| **r != info.path) {
+                    let id = match ids.get(r) {
+                        Some(id) => Some(*id),
+                        None => find.query_row([r.as_str()], |row| row.get(0)).optional()?,
+                    };
+                    ref_ids.push(id.ok_or_else(|| DbError::MissingReference {
+                        path: info.path.clone(),
+                        reference: r.clone(),
+                    })?);
+                }
+                insert.execute(params![
+                    info.path.as_str(),
+                    info.path.hash_str(),
+                    format!("sha256:{}", info.nar_hash.to_hex()),
+                    info.nar_size as i64,
+                    info.deriver.as_ref().map(|d| d.as_str()),
+                    join_sigs(&info.sigs),
+                    info.ca.as_ref().map(|c| c.to_string()),
+                    info.registration_time,
+                    info.ultimate,
+                ])?;
+                let id = tx.last_insert_rowid();
+                ids.insert(&info.path, id);
+                if info.references.contains(&info.path) {
+                    add_ref.execute([id, id])?;
+                }
+                for r in ref_ids {
+                    add_ref.execute([id, r])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Adds signatures to a valid path (keeping the existing ones).
+    pub fn add_signatures(
+        &mut self,
+        path: &StorePath,
+        sigs: impl IntoIterator<Item = String>,
+    ) -> Result<(), DbError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: Option<String> = tx
+            .query_row(
+                "SELECT sigs FROM valid_paths WHERE path = ?1",
+                [path.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let current = current.ok_or_else(|| DbError::NotValid(path.clone()))?;
+        let mut all: BTreeSet<String> = split_sigs(&current);
+        all.extend(sigs);
+        tx.execute(
+            "UPDATE valid_paths SET sigs = ?1 WHERE path = ?2",
+            params![join_sigs(&all), path.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    let supported = MIGRATIONS.len() as i64;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > supported {
+        return Err(DbError::TooNew {
+            found: version,
+            supported,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn join_sigs(sigs: &BTreeSet<String>) -> String {
+    sigs.iter().map(String::as_str).collect::<Vec<_>>().join(" ")
+}
+
+fn split_sigs(s: &str) -> BTreeSet<String> {
+    s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn parse_path(context: &str, s: &str) -> Result<StorePath, DbError> {
+    s.parse().map_err(|e| DbError::Corrupt {
+        path: context.to_owned(),
+        what: format!("bad store path '{s}': {e}"),
+    })
+}
+
+struct RawRow {
+    path: String,
+    nar_hash: String,
+    nar_size: i64,
+    deriver: Option<String>,
+    sigs: String,
+    ca: Option<String>,
+    registration_time: i64,
+    ultimate: bool,
+}
+
+impl RawRow {
+    fn into_info(self, references: BTreeSet<StorePath>) -> Result<PathInfo, DbError> {
+        let corrupt = |what: String| DbError::Corrupt {
+            path: self.path.clone(),
+            what,
+        };
+        let nar_hash = Hash::parse_any(&self.nar_hash, Some(HashAlgo::Sha256))
+            .map_err(|e| corrupt(e.to_string()))?;
+        let ca = match &self.ca {
+            Some(c) => Some(c.parse().map_err(|e: crate::format::ca::CaError| corrupt(e.to_string()))?),
+            None => None,
+        };
+        let deriver = match &self.deriver {
+            Some(d) => Some(parse_path(&self.path, d)?),
+            None => None,
+        };
+        Ok(PathInfo {
+            path: parse_path(&self.path, &self.path)?,
+            nar_hash,
+            nar_size: u64::try_from(self.nar_size).map_err(|e| corrupt(e.to_string()))?,
+            references,
+            deriver,
+            sigs: split_sigs(&self.sigs),
+            ca,
+            registration_time: self.registration_time,
+            ultimate: self.ultimate,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sp(name: &str, n: u8) -> StorePath {
+        let h = crate::format::store_path::StorePathHash::new([n; 20]);
+        StorePath::from_parts(h, &name.parse().unwrap())
+    }
+
+    fn info(p: &StorePath, refs: &[&StorePath]) -> PathInfo {
+        PathInfo {
+            path: p.clone(),
+            nar_hash: Hash::of(HashAlgo::Sha256, p.as_str().as_bytes()),
+            nar_size: 96,
+            references: refs.iter().map(|r| (*r).clone()).collect(),
+            deriver: None,
+            sigs: BTreeSet::new(),
+            ca: None,
+            registration_time: 1,
+            ultimate: false,
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Db) {
+        let d = tempfile::tempdir().unwrap();
+        let db = Db::open(&d.path().join("db.sqlite"), &StoreDir::new("/ix/store").unwrap())
+            .unwrap();
+        (d, db)
+    }
+
+    #[test]
+    fn register_query_closure() {
+        let (_d, mut db) = open();
+        let (a, b, c) = (sp("a", 1), sp("b", 2), sp("c", 3));
+        let infos = [info(&a, &[]), info(&b, &[&a, &b]), info(&c, &[&b])];
+        db.register(&infos).unwrap();
+        assert_eq!(db.query(&b).unwrap().unwrap(), infos[1]);
+        assert_eq!(db.query_by_hash(c.hash_str()).unwrap().unwrap(), infos[2]);
+        assert_eq!(db.closure([&c]).unwrap().len(), 3);
+        assert_eq!(db.referrers(&a).unwrap(), [b.clone()].into());
+        assert_eq!(db.referrers(&b).unwrap(), [c.clone()].into());
+        assert_eq!(db.all_valid().unwrap().len(), 3);
+        db.add_signatures(&a, ["k:AA".to_owned()]).unwrap();
+        db.add_signatures(&a, ["k:AA".to_owned(), "j:BB".to_owned()]).unwrap();
+        assert_eq!(db.query(&a).unwrap().unwrap().sigs.len(), 2);
+    }
+
+    #[test]
+    fn refuses_dangling_references_atomically() {
+        let (_d, mut db) = open();
+        let (a, b, c) = (sp("a", 1), sp("b", 2), sp("c", 3));
+        let err = db.register(&[info(&a, &[]), info(&c, &[&b])]).unwrap_err();
+        assert!(matches!(err, DbError::MissingReference { .. }), "{err}");
+        assert!(!db.is_valid(&a).unwrap(), "the whole batch must roll back");
+    }
+
+    #[test]
+    fn store_dir_is_checked_and_reopen_is_idempotent() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("db.sqlite");
+        Db::open(&p, &StoreDir::new("/ix/store").unwrap()).unwrap();
+        let db = Db::open(&p, &StoreDir::new("/ix/store").unwrap()).unwrap();
+        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert!(matches!(
+            Db::open(&p, &StoreDir::new("/nix/store").unwrap()),
+            Err(DbError::WrongStoreDir { .. })
+        ));
+    }
+}

@@ -1,0 +1,271 @@
+//! Making paths valid: `add` (a tree on disk becomes a `source` path) and `import_nar`
+//! (a NAR stream with known metadata, the entry point substitution uses).
+//!
+//! Both follow the same protocol, implemented once in [`LocalStore::install`]: lock the
+//! path, return early if it is already valid, build the tree in a private temp dir inside
+//! the store's filesystem (canonicalised as it is written: 0444/0555 files, 0555 dirs,
+//! mtime 1), check its NAR hash and size, `syncfs`, rename into place, fsync the store dir,
+//! and register it in one transaction whose references are already valid.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::lock::{lock_path, TempDir};
+use super::{LocalStore, PathInfo, StoreError};
+use crate::format::ca::ContentAddress;
+use crate::format::hash::{Hash, HashAlgo, Hasher};
+use crate::format::store_path::{StorePath, StorePathName};
+use crate::fsnar::{self, RestoreOptions};
+
+/// The metadata that comes with a NAR to import (from a narinfo, typically).
+#[derive(Debug, Clone)]
+pub struct NarImport {
+    pub path: StorePath,
+    pub nar_hash: Hash,
+    pub nar_size: u64,
+    pub references: BTreeSet<StorePath>,
+    pub deriver: Option<StorePath>,
+    pub sigs: BTreeSet<String>,
+    pub ca: Option<ContentAddress>,
+}
+
+/// What an add or import did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddOutcome {
+    pub info: PathInfo,
+    /// False when the path was already valid and nothing was written.
+    pub installed: bool,
+}
+
+impl LocalStore {
+    /// Adds the tree at `src` as a `source` path named `name` (what `nix-store --add`
+    /// does). The tree is hashed first; if the path is already valid nothing is copied.
+    /// Otherwise it is copied (and hashed again, to catch a tree that changes under us).
+    pub fn add_tree(&self, src: &Path, name: &StorePathName) -> Result<AddOutcome, StoreError> {
+        let nar_err = |source| StoreError::Nar {
+            context: format!("cannot add '{}'", src.display()),
+            source,
+        };
+        let (nar_hash, nar_size) = super::hash_tree(src).map_err(nar_err)?;
+        let path = self
+            .store_dir()
+            .make_source_path(&nar_hash, [], false, name);
+        let info = PathInfo {
+            path: path.clone(),
+            nar_hash,
+            nar_size,
+            references: BTreeSet::new(),
+            deriver: None,
+            sigs: BTreeSet::new(),
+            ca: Some(ContentAddress::source(nar_hash)),
+            registration_time: 0,
+            ultimate: false,
+        };
+        self.install(info, |dest| {
+            let (digest, size) = fsnar::copy_tree_hashing(src, dest).map_err(nar_err)?;
+            if Hash::sha256(digest) != nar_hash || size != nar_size {
+                return Err(StoreError::SourceChanged(src.display().to_string()));
+            }
+            Ok(())
+        })
+    }
+
+    /// Imports a NAR whose metadata is known. Refuses before reading anything unless every
+    /// reference is valid (or is the path itself). The stream is hashed and counted while it
+    /// is unpacked, and is cut off after `nar_size` bytes; nothing becomes visible unless
+    /// size, hash and (for content-addressed paths) the content address all match. If the
+    /// path is already valid the stream is not read.
+    pub fn import_nar(&self, meta: NarImport, nar: impl Read) -> Result<AddOutcome, StoreError> {
+        let printed = self.print_path(&meta.path);
+        let missing: Vec<String> = {
+            let db = self.db();
+            let mut missing = Vec::new();
+            for r in meta.references.iter().filter(|r| **r != meta.path) {
+                if !db.is_valid(r)? {
+                    missing.push(self.print_path(r));
+                }
+            }
+            missing
+        };
+        if !missing.is_empty() {
+            return Err(StoreError::MissingReferences {
+                path: printed,
+                missing,
+            });
+        }
+        if let Some(ca) = &meta.ca {
+            let refs = meta.references.iter().filter(|r| **r != meta.path);
+            let self_ref = meta.references.contains(&meta.path);
+            let name = StorePathName::new(meta.path.name())?;
+            let expected = ca.store_path(self.store_dir(), &name, refs, self_ref)?;
+            if expected != meta.path {
+                return Err(StoreError::CaMismatch {
+                    path: printed,
+                    what: format!("{ca} gives {}", self.print_path(&expected)),
+                });
+            }
+        }
+        let info = PathInfo {
+            path: meta.path.clone(),
+            nar_hash: meta.nar_hash,
+            nar_size: meta.nar_size,
+            references: meta.references,
+            deriver: meta.deriver,
+            sigs: meta.sigs,
+            ca: meta.ca,
+            registration_time: 0,
+            ultimate: false,
+        };
+        let expect = info.clone();
+        self.install(info, move |dest| {
+            let info = expect;
+            // One byte more than announced is enough to notice an oversized stream.
+            let bound = info.nar_size.saturating_add(1);
+            let mut limited = nar.take(bound);
+            let restored = fsnar::restore(&mut limited, dest, &RestoreOptions::canonical());
+            let read = bound - limited.limit();
+            let stats = match restored {
+                Ok(stats) => stats,
+                Err(_) if read > info.nar_size => {
+                    return Err(StoreError::SizeMismatch {
+                        path: printed.clone(),
+                        expected: info.nar_size,
+                        got: read,
+                    })
+                }
+                Err(source) => {
+                    return Err(StoreError::Nar {
+                        context: format!("invalid NAR for '{printed}'"),
+                        source,
+                    })
+                }
+            };
+            if stats.nar_size != info.nar_size {
+                return Err(StoreError::SizeMismatch {
+                    path: printed.clone(),
+                    expected: info.nar_size,
+                    got: stats.nar_size,
+                });
+            }
+            let got_hash = Hash::sha256(stats.nar_sha256);
+            if got_hash != info.nar_hash {
+                return Err(StoreError::HashMismatch {
+                    path: printed.clone(),
+                    expected: info.nar_hash.to_string(),
+                    got: got_hash.to_string(),
+                });
+            }
+            if let Some(ca) = &info.ca {
+                check_content_address(ca, &info.nar_hash, dest)
+                    .map_err(|what| StoreError::CaMismatch {
+                        path: printed.clone(),
+                        what,
+                    })?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The shared install protocol. `build` must create the (canonicalised) tree at the
+    /// path it is given and check it; it is only called when the path is not yet valid.
+    fn install(
+        &self,
+        mut info: PathInfo,
+        build: impl FnOnce(&Path) -> Result<(), StoreError>,
+    ) -> Result<AddOutcome, StoreError> {
+        let printed = self.print_path(&info.path);
+        if let Some(existing) = self.query(&info.path)? {
+            return Ok(AddOutcome {
+                info: existing,
+                installed: false,
+            });
+        }
+        let _lock = lock_path(&self.layout, &info.path)
+            .map_err(|e| StoreError::io(format!("cannot lock '{printed}'"), e))?;
+        // Someone else may have installed it while we waited for the lock.
+        if let Some(existing) = self.query(&info.path)? {
+            return Ok(AddOutcome {
+                info: existing,
+                installed: false,
+            });
+        }
+        let tmp = TempDir::new(&self.layout)
+            .map_err(|e| StoreError::io("cannot create a temp dir in the store", e))?;
+        let staged = tmp.path().join("out");
+        build(&staged)?;
+        let io_err = |what: &str, e| StoreError::io(format!("{what} '{printed}'"), e);
+        sync_filesystem(tmp.path()).map_err(|e| io_err("cannot sync", e))?;
+        let real = self.layout.real_path(&info.path);
+        // A directory here that is not registered is what an interrupted install left
+        // between its rename and its registration: replace it.
+        match fs::symlink_metadata(&real) {
+            Ok(_) => {
+                tracing::warn!("replacing unregistered leftover {}", real.display());
+                fsnar::make_writable_and_remove(&real)
+                    .map_err(|e| io_err("cannot remove the unregistered leftover of", e))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("cannot inspect", e)),
+        }
+        fs::rename(&staged, &real).map_err(|e| io_err("cannot move into place", e))?;
+        File::open(self.layout.real_store())
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err("cannot sync the store dir after installing", e))?;
+        info.registration_time = now();
+        self.db().register(std::slice::from_ref(&info))?;
+        tracing::debug!("installed {printed}");
+        Ok(AddOutcome {
+            info,
+            installed: true,
+        })
+    }
+}
+
+/// Flushes the filesystem holding `dir` (one `syncfs` instead of an fsync per file).
+fn sync_filesystem(dir: &Path) -> io::Result<()> {
+    let f = File::open(dir)?;
+    rustix::fs::syncfs(&f)?;
+    Ok(())
+}
+
+/// Checks a content address against the unpacked tree: recursive hashes are NAR hashes
+/// (already checked for sha256, recomputed otherwise); flat and text hashes cover the
+/// bytes of a single regular file.
+fn check_content_address(ca: &ContentAddress, nar_hash: &Hash, tree: &Path) -> Result<(), String> {
+    let (recursive, expected) = match ca {
+        ContentAddress::Text(h) => (false, *h),
+        ContentAddress::Fixed { recursive, hash } => (*recursive, *hash),
+    };
+    let got = if recursive {
+        if expected.algo() == HashAlgo::Sha256 {
+            *nar_hash
+        } else {
+            let mut h = Hasher::new(expected.algo());
+            fsnar::dump(tree, &mut h).map_err(|e| e.to_string())?;
+            h.finish()
+        }
+    } else {
+        let meta = fs::symlink_metadata(tree).map_err(|e| e.to_string())?;
+        if !meta.file_type().is_file() {
+            return Err(format!("{ca} requires a single regular file"));
+        }
+        let mut h = Hasher::new(expected.algo());
+        io::copy(&mut File::open(tree).map_err(|e| e.to_string())?, &mut h)
+            .map_err(|e| e.to_string())?;
+        h.finish()
+    };
+    if got == expected {
+        Ok(())
+    } else {
+        Err(format!("expected {expected}, got {got}"))
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

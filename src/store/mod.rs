@@ -1,0 +1,239 @@
+//! The local store: a logical store dir, a physical directory of read-only trees and a
+//! SQLite database of what is valid. [`LocalStore`] is the facade the upper layers use.
+//!
+//! Every install follows one protocol (see [`ingest`]): build in a temp dir inside the
+//! store's filesystem, check size and hash, canonicalise, `syncfs`, rename into place,
+//! fsync the store dir, then register in one transaction whose references are already
+//! valid. A crash at any point leaves either nothing or a stray directory that is not
+//! registered (removed by the next install of that path, or a temp dir removed at the next
+//! open). See store-format.md, "On-disk layout".
+
+pub mod db;
+pub mod ingest;
+pub mod layout;
+pub mod lock;
+
+use std::collections::BTreeSet;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use thiserror::Error;
+
+use crate::format::hash::{Hash, HashAlgo, HashSink};
+use crate::format::store_path::{StoreDir, StorePath, StorePathError};
+use crate::fsnar;
+pub use db::{Db, DbError, PathInfo};
+pub use ingest::{AddOutcome, NarImport};
+pub use layout::Layout;
+
+/// What can go wrong in the local store.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot create the store at {path}: {source}")]
+    NotWritable {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Path(#[from] StorePathError),
+    #[error("{context}")]
+    Nar {
+        context: String,
+        #[source]
+        source: fsnar::FsNarError,
+    },
+    #[error("hash mismatch importing '{path}': expected {expected}, got {got}")]
+    HashMismatch {
+        path: String,
+        expected: String,
+        got: String,
+    },
+    #[error("size mismatch importing '{path}': expected {expected} bytes, got {got}")]
+    SizeMismatch { path: String, expected: u64, got: u64 },
+    #[error("cannot import '{path}': references not valid in this store: {}", missing.join(", "))]
+    MissingReferences { path: String, missing: Vec<String> },
+    #[error("content address mismatch importing '{path}': {what}")]
+    CaMismatch { path: String, what: String },
+    #[error("'{0}' changed while it was being added")]
+    SourceChanged(String),
+    #[error("path '{0}' is not valid")]
+    NotValid(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// The outcome of checking one valid path's contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    Missing,
+    Corrupt { expected: Hash, got: Hash },
+    /// The tree cannot even be serialised (e.g. a FIFO appeared in it).
+    Unreadable(String),
+}
+
+/// An open local store.
+pub struct LocalStore {
+    layout: Layout,
+    db: Mutex<Db>,
+}
+
+impl LocalStore {
+    /// Opens the store, creating its directories and database if needed, and removes temp
+    /// dirs left by processes that died.
+    pub fn open(layout: Layout) -> Result<Self, StoreError> {
+        layout.create().map_err(|source| StoreError::NotWritable {
+            path: layout.real_store().display().to_string(),
+            source,
+        })?;
+        let db = Db::open(&layout.db_path(), layout.store_dir())?;
+        let removed = lock::clean_stale_temp_dirs(&layout)
+            .map_err(|e| StoreError::io("cleaning stale temp dirs", e))?;
+        if removed > 0 {
+            tracing::info!("removed {removed} temp dirs left by interrupted runs");
+        }
+        Ok(LocalStore {
+            layout,
+            db: Mutex::new(db),
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn store_dir(&self) -> &StoreDir {
+        self.layout.store_dir()
+    }
+
+    pub(crate) fn db(&self) -> MutexGuard<'_, Db> {
+        // A panic while holding the lock cannot leave the connection inconsistent:
+        // SQLite rolls back unfinished transactions.
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The full logical path of a store path.
+    pub fn print_path(&self, path: &StorePath) -> String {
+        self.store_dir().display_path(path)
+    }
+
+    /// Parses a path given by a user: a logical store path (optionally with a sub path,
+    /// which is dropped) or the same path under the physical store directory.
+    pub fn parse_user_path(&self, arg: &str) -> Result<StorePath, StoreError> {
+        if let Ok((p, _)) = self.store_dir().parse_path_prefix(arg) {
+            return Ok(p);
+        }
+        let real = self.layout.real_store().to_string_lossy();
+        if let Some(rest) = arg.strip_prefix(real.as_ref()) {
+            let logical = format!("{}{rest}", self.store_dir());
+            if let Ok((p, _)) = self.store_dir().parse_path_prefix(&logical) {
+                return Ok(p);
+            }
+        }
+        Ok(self.store_dir().parse_path_prefix(arg)?.0)
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self.db().schema_version()?)
+    }
+
+    pub fn is_valid(&self, path: &StorePath) -> Result<bool, StoreError> {
+        Ok(self.db().is_valid(path)?)
+    }
+
+    pub fn query(&self, path: &StorePath) -> Result<Option<PathInfo>, StoreError> {
+        Ok(self.db().query(path)?)
+    }
+
+    /// The info of a path that must be valid.
+    pub fn query_valid(&self, path: &StorePath) -> Result<PathInfo, StoreError> {
+        self.query(path)?
+            .ok_or_else(|| StoreError::NotValid(self.print_path(path)))
+    }
+
+    pub fn query_by_hash(&self, hash_part: &str) -> Result<Option<PathInfo>, StoreError> {
+        Ok(self.db().query_by_hash(hash_part)?)
+    }
+
+    pub fn closure<'a>(
+        &self,
+        roots: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        self.db().closure(roots).map_err(|e| match e {
+            DbError::NotValid(p) => StoreError::NotValid(self.print_path(&p)),
+            e => e.into(),
+        })
+    }
+
+    pub fn referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
+        Ok(self.db().referrers(path)?)
+    }
+
+    pub fn all_valid(&self) -> Result<Vec<StorePath>, StoreError> {
+        Ok(self.db().all_valid()?)
+    }
+
+    pub fn add_signatures(
+        &self,
+        path: &StorePath,
+        sigs: impl IntoIterator<Item = String>,
+    ) -> Result<(), StoreError> {
+        self.db().add_signatures(path, sigs).map_err(|e| match e {
+            DbError::NotValid(p) => StoreError::NotValid(self.print_path(&p)),
+            e => e.into(),
+        })
+    }
+
+    /// Writes the NAR of a valid path.
+    pub fn dump_path(&self, path: &StorePath, out: &mut impl Write) -> Result<u64, StoreError> {
+        self.query_valid(path)?;
+        let real = self.layout.real_path(path);
+        fsnar::dump(&real, out).map_err(|source| StoreError::Nar {
+            context: format!("cannot serialise '{}'", self.print_path(path)),
+            source,
+        })
+    }
+
+    /// Recomputes the NAR hash of a valid path and compares it with the recorded one.
+    pub fn verify_path(&self, path: &StorePath) -> Result<Verdict, StoreError> {
+        let info = self.query_valid(path)?;
+        let real = self.layout.real_path(path);
+        match real.symlink_metadata() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verdict::Missing),
+            Err(e) => return Err(StoreError::io(format!("{}", real.display()), e)),
+            Ok(_) => {}
+        }
+        Ok(match hash_tree(&real) {
+            Ok((got, size)) if got == info.nar_hash && size == info.nar_size => Verdict::Ok,
+            Ok((got, _)) => Verdict::Corrupt {
+                expected: info.nar_hash,
+                got,
+            },
+            Err(e) => Verdict::Unreadable(e.to_string()),
+        })
+    }
+}
+
+/// The sha256 NAR hash and NAR size of a tree on disk.
+pub fn hash_tree(path: &Path) -> Result<(Hash, u64), fsnar::FsNarError> {
+    let mut sink = HashSink::new(HashAlgo::Sha256);
+    fsnar::dump(path, &mut sink)?;
+    Ok(sink.finish())
+}

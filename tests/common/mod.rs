@@ -1,0 +1,145 @@
+//! Shared helpers for the integration tests: a throwaway store under a temp root, running
+//! the real `store` binary, the Nix 2.8 vectors, and detection of real Nix.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nix-2.8");
+
+/// The parsed `vectors.json`.
+pub fn vectors() -> serde_json::Value {
+    let text = std::fs::read_to_string(format!("{FIXTURES}/vectors.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Extracts `trees/<name>.tar` into `dir` and returns the tree's path.
+pub fn extract_tree(name: &str, dir: &Path) -> PathBuf {
+    let status = Command::new("tar")
+        .arg("-xpf")
+        .arg(format!("{FIXTURES}/trees/{name}.tar"))
+        .arg("-C")
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    dir.join(name)
+}
+
+/// A store under a fresh temp root, driven through the real binary.
+pub struct TestStore {
+    pub dir: tempfile::TempDir,
+    pub store_dir: String,
+}
+
+impl TestStore {
+    pub fn new() -> Self {
+        Self::with_store_dir("/ix/store")
+    }
+
+    pub fn with_store_dir(store_dir: &str) -> Self {
+        TestStore {
+            dir: tempfile::tempdir().unwrap(),
+            store_dir: store_dir.to_owned(),
+        }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// Where a logical store path lives on disk.
+    pub fn real(&self, logical: &str) -> PathBuf {
+        PathBuf::from(format!("{}{logical}", self.root().display()))
+    }
+
+    /// A temp dir for inputs, next to the store.
+    pub fn scratch(&self) -> PathBuf {
+        let p = self.dir.path().join("scratch");
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// The binary with this store selected and no user config or env leaking in.
+    pub fn cmd(&self) -> Command {
+        let mut c = bare_cmd(self.dir.path());
+        c.arg("--root").arg(self.root());
+        c.arg("--store-dir").arg(&self.store_dir);
+        c
+    }
+
+    /// Runs with args; panics with the output unless it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert_success(&out, args);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs with args and expects failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(
+            !out.status.success(),
+            "{args:?} should fail, stdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert!(!err.contains("RUST_BACKTRACE"), "{args:?}: {err}");
+        err
+    }
+}
+
+/// The binary with a clean environment (HOME in `home`, no STORE_* variables).
+pub fn bare_cmd(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_store"));
+    for var in ["STORE_DIR", "STORE_ROOT", "STORE_CONFIG", "STORE_LOG", "XDG_CONFIG_HOME"] {
+        c.env_remove(var);
+    }
+    c.env("HOME", home);
+    c
+}
+
+pub fn assert_success(out: &Output, what: &(impl std::fmt::Debug + ?Sized)) {
+    assert!(
+        out.status.success(),
+        "{what:?} failed ({}): stdout {} stderr {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether real Nix is installed. Without it, says loudly what is skipped; with
+/// `STORE_REQUIRE_NIX=1` (set by CI) its absence is a failure.
+pub fn nix_available(test: &str) -> bool {
+    let found = Command::new("nix-store")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("STORE_REQUIRE_NIX").is_ok_and(|v| v == "1") {
+            panic!("{test}: nix-store is required (STORE_REQUIRE_NIX=1) but not installed");
+        }
+        eprintln!("\n!!! SKIPPED {test}: nix-store not found (apt-get install nix-bin) !!!\n");
+    }
+    found
+}
+
+/// `nix`/`nix-store` with the settings every test uses (no daemon, no sandbox, no
+/// substituters) and a private HOME.
+pub fn nix_cmd(program: &str, home: &Path) -> Command {
+    let mut c = Command::new(program);
+    c.env(
+        "NIX_CONFIG",
+        "build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\n",
+    );
+    c.env("HOME", home);
+    c
+}
+
+pub fn stdout_of(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    assert_success(&out, &c);
+    String::from_utf8(out.stdout).unwrap()
+}
