@@ -12,3 +12,4 @@
 pub mod format;
 pub mod fsnar;
 pub mod store;
+pub mod trust;

@@ -1,6 +1,7 @@
-//! Settings from the config file (TOML), the environment (`STORE_DIR`, `STORE_ROOT`) and
-//! flags, merged by one pure function, [`merge`]: flags win over the environment, which
-//! wins over the file, which wins over the defaults. Unknown config keys are errors.
+//! Settings from the config file (TOML), the environment (`STORE_DIR`, `STORE_ROOT`,
+//! `STORE_SUBSTITUTERS`, `STORE_TRUSTED_PUBLIC_KEYS`) and flags, merged by one pure
+//! function, [`merge`]: flags win over the environment, which wins over the file, which wins
+//! over the defaults. Unknown config keys are errors. Key names follow nix.conf.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,36 @@ pub struct FileConfig {
     pub store_dir: Option<String>,
     /// Put the store and its state under this directory.
     pub root: Option<PathBuf>,
+    /// Binary caches to substitute from, in order (a list or a space-separated string).
+    pub substituters: Option<Words>,
+    /// `name:base64` public keys whose signatures are trusted.
+    pub trusted_public_keys: Option<Words>,
+    /// netrc file with credentials for private caches (default `~/.netrc`).
+    pub netrc_file: Option<PathBuf>,
+    /// A bearer token sent to every HTTP cache (for private caches).
+    pub bearer_token: Option<String>,
+}
+
+/// A list given either as a TOML array or as one space-separated string (as in nix.conf).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Words {
+    List(Vec<String>),
+    Line(String),
+}
+
+impl Words {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Words::List(v) => v,
+            Words::Line(s) => split_words(&s),
+        }
+    }
+}
+
+/// Splits a space-separated setting (`"a b  c"`) into its words.
+pub fn split_words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
 }
 
 /// One layer of settings (the environment or the flags); `None` means "not given".
@@ -24,6 +55,8 @@ pub struct FileConfig {
 pub struct Layer {
     pub store_dir: Option<String>,
     pub root: Option<PathBuf>,
+    pub substituters: Option<Vec<String>>,
+    pub trusted_public_keys: Option<Vec<String>>,
 }
 
 /// The merged, checked settings.
@@ -31,6 +64,10 @@ pub struct Layer {
 pub struct Settings {
     pub store_dir: StoreDir,
     pub root: Option<PathBuf>,
+    pub substituters: Vec<String>,
+    pub trusted_public_keys: Vec<String>,
+    pub netrc_file: Option<PathBuf>,
+    pub bearer_token: Option<String>,
 }
 
 /// Merges the layers: flags > env > file > defaults. Pure: no I/O, no globals.
@@ -52,7 +89,24 @@ pub fn merge(file: &FileConfig, env: &Layer, flags: &Layer) -> Result<Settings> 
             bail!("the root '{}' must be an absolute path", r.display());
         }
     }
-    Ok(Settings { store_dir, root })
+    let pick = |flag: &Option<Vec<String>>, env: &Option<Vec<String>>, file: &Option<Words>| {
+        flag.clone()
+            .or_else(|| env.clone())
+            .or_else(|| file.clone().map(Words::into_vec))
+            .unwrap_or_default()
+    };
+    Ok(Settings {
+        store_dir,
+        root,
+        substituters: pick(&flags.substituters, &env.substituters, &file.substituters),
+        trusted_public_keys: pick(
+            &flags.trusted_public_keys,
+            &env.trusted_public_keys,
+            &file.trusted_public_keys,
+        ),
+        netrc_file: file.netrc_file.clone(),
+        bearer_token: file.bearer_token.clone(),
+    })
 }
 
 /// Reads and parses a config file.
@@ -75,18 +129,24 @@ mod tests {
         let file = FileConfig {
             store_dir: Some("/a/store".into()),
             root: Some("/file".into()),
+            substituters: Some(Words::Line("file:///a  http://b".into())),
+            trusted_public_keys: Some(Words::List(vec!["k:1".into()])),
+            ..FileConfig::default()
         };
         let env = Layer {
             store_dir: Some("/b/store".into()),
-            root: None,
+            trusted_public_keys: Some(vec!["k:2".into()]),
+            ..Layer::default()
         };
         let flags = Layer {
-            store_dir: None,
             root: Some("/flag".into()),
+            ..Layer::default()
         };
         let s = merge(&file, &env, &flags).unwrap();
         assert_eq!(s.store_dir.as_str(), "/b/store");
         assert_eq!(s.root.as_deref(), Some(Path::new("/flag")));
+        assert_eq!(s.substituters, ["file:///a", "http://b"]);
+        assert_eq!(s.trusted_public_keys, ["k:2"]);
         let d = merge(&FileConfig::default(), &Layer::default(), &Layer::default()).unwrap();
         assert_eq!(d.store_dir.as_str(), DEFAULT_STORE_DIR);
         assert_eq!(d.root, None);
@@ -99,7 +159,8 @@ mod tests {
             parse_file("store-dir = \"/x/store\"\nroot = \"/r\"\n").unwrap(),
             FileConfig {
                 store_dir: Some("/x/store".into()),
-                root: Some("/r".into())
+                root: Some("/r".into()),
+                ..FileConfig::default()
             }
         );
         let rel = Layer {

@@ -100,6 +100,11 @@ pub fn init_logging(g: &GlobalArgs) {
 
 /// Resolves the settings from the config file, the environment and the flags.
 pub fn settings(g: &GlobalArgs) -> Result<config::Settings> {
+    settings_with(g, &TrustArgs::default())
+}
+
+/// Settings, with the trust flags of commands that fetch from caches.
+pub fn settings_with(g: &GlobalArgs, trust: &TrustArgs) -> Result<config::Settings> {
     let config_path = g
         .config
         .clone()
@@ -114,12 +119,32 @@ pub fn settings(g: &GlobalArgs) -> Result<config::Settings> {
     let env = config::Layer {
         store_dir: non_empty_env("STORE_DIR"),
         root: non_empty_env("STORE_ROOT").map(|r| absolute(Path::new(&r))),
+        substituters: std::env::var("STORE_SUBSTITUTERS")
+            .ok()
+            .map(|s| config::split_words(&s)),
+        trusted_public_keys: std::env::var("STORE_TRUSTED_PUBLIC_KEYS")
+            .ok()
+            .map(|s| config::split_words(&s)),
     };
     let flags = config::Layer {
         store_dir: g.store_dir.clone(),
         root: g.root.as_deref().map(absolute),
+        substituters: trust.substituters.as_deref().map(config::split_words),
+        trusted_public_keys: trust.trusted_public_keys.as_deref().map(config::split_words),
     };
     config::merge(&file, &env, &flags)
+}
+
+/// Trust flags of the commands that fetch from caches (`realise`, `copy --from`).
+#[derive(Debug, Args, Default, Clone)]
+pub struct TrustArgs {
+    /// Binary caches to substitute from, space separated, in order (`URL?priority=N`)
+    /// [env: STORE_SUBSTITUTERS]
+    #[arg(long, value_name = "URLS")]
+    pub substituters: Option<String>,
+    /// Trusted public keys, space separated (`name:base64`) [env: STORE_TRUSTED_PUBLIC_KEYS]
+    #[arg(long, value_name = "KEYS")]
+    pub trusted_public_keys: Option<String>,
 }
 
 fn non_empty_env(name: &str) -> Option<String> {
@@ -140,8 +165,12 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Opens the local store the settings describe, with a hint when it cannot be created.
 pub fn open_store(g: &GlobalArgs) -> Result<LocalStore> {
-    let s = settings(g)?;
-    let layout = Layout::new(s.store_dir, s.root.as_deref());
+    open_store_with(&settings(g)?)
+}
+
+/// Opens the local store described by already-resolved settings.
+pub fn open_store_with(s: &config::Settings) -> Result<LocalStore> {
+    let layout = Layout::new(s.store_dir.clone(), s.root.as_deref());
     match LocalStore::open(layout) {
         Ok(store) => Ok(store),
         Err(e @ StoreError::NotWritable { .. }) if s.root.is_none() => Err(anyhow::Error::new(e))

@@ -16,7 +16,9 @@
 //!
 //! Performance: [`dump`], [`nar_hash`] and [`copy_tree_hashing`] read file contents ahead with
 //! 2 to 4 threads while the calling thread serialises and hashes in order; memory stays bounded
-//! (below about 32 MiB) whatever the tree. See `walk` for the details.
+//! (below about 32 MiB) whatever the file sizes; only the sorted name lists of the directories
+//! on the current path grow with the tree. Copies of large files are written with `O_DIRECT`
+//! where the file system allows it. See `walk` for the details.
 
 mod canon;
 mod hashing;

@@ -14,14 +14,14 @@
 use std::ffi::CString;
 #[cfg(test)]
 use std::io;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, CWD};
 
 use super::hashing::HashingReader;
-use super::sys::{self, io_err, join};
+use super::sys::{self, io_err, join, AlignedBuf};
 use super::{make_writable_and_remove, FsNarError};
 use crate::format::nar::{NarEvent, NarReader};
 
@@ -123,7 +123,7 @@ fn unpack<R: Read>(
     builder: &mut Builder,
     stats: &mut RestoreStats,
 ) -> Result<(), FsNarError> {
-    let mut buf = Vec::new();
+    let mut buf: Option<AlignedBuf> = None;
     while let Some(event) = nar.next()? {
         match event {
             NarEvent::Directory { name } => {
@@ -141,17 +141,27 @@ fn unpack<R: Read>(
                 size,
             } => {
                 let (fd, path) = builder.create_file(&name, executable)?;
+                let mut direct = size >= sys::DIRECT_MIN_SIZE && sys::set_direct(&fd, true);
                 let mut file = std::fs::File::from(fd);
-                if size > 0 && buf.is_empty() {
-                    buf = vec![0u8; BUF_SIZE];
-                }
-                loop {
-                    let n = nar.read_contents(&mut buf)?;
-                    if n == 0 {
-                        break;
+                if size > 0 {
+                    let buf = buf.get_or_insert_with(|| AlignedBuf::new(BUF_SIZE, true));
+                    let buf = buf.bytes_mut();
+                    loop {
+                        // Fill the whole buffer, so that direct writes stay aligned.
+                        let mut fill = 0;
+                        while fill < buf.len() {
+                            let n = nar.read_contents(&mut buf[fill..])?;
+                            if n == 0 {
+                                break;
+                            }
+                            fill += n;
+                        }
+                        if fill == 0 {
+                            break;
+                        }
+                        sys::write_maybe_direct(&mut file, &buf[..fill], &mut direct)
+                            .map_err(io_err("writing", || path.clone()))?;
                     }
-                    file.write_all(&buf[..n])
-                        .map_err(io_err("writing", || path.clone()))?;
                 }
                 builder.finish_file(&file, executable, &path)?;
                 stats.regular_files += 1;

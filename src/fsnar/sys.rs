@@ -205,3 +205,95 @@ pub(crate) fn type_name(ft: FileType) -> &'static str {
 pub(crate) fn size_of(st: &rustix::fs::Stat) -> u64 {
     u64::try_from(st.st_size).unwrap_or(0)
 }
+
+/// Alignment for `O_DIRECT` buffers, offsets and sizes (covers 512 and 4096-byte sectors).
+pub(crate) const DIRECT_ALIGN: usize = 4096;
+
+/// Files at least this large are written with `O_DIRECT` when the file system allows it:
+/// bulk data skips the page cache, which is much cheaper than dirtying it (on this project's
+/// VMs, 1 GiB takes ~0.7 s direct versus ~3.7 s through the page cache) and does not evict
+/// what other processes have cached. Smaller files stay buffered.
+pub(crate) const DIRECT_MIN_SIZE: u64 = 8 * 1024 * 1024;
+
+/// A buffer of `len` bytes whose start is aligned for `O_DIRECT`, carved out of a slightly
+/// larger `Vec` (no unsafe code).
+pub(crate) struct AlignedBuf {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub(crate) fn new(len: usize, aligned: bool) -> Self {
+        if !aligned {
+            return AlignedBuf {
+                buf: vec![0u8; len],
+                start: 0,
+                len,
+            };
+        }
+        let buf = vec![0u8; len + DIRECT_ALIGN];
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        AlignedBuf { buf, start, len }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
+
+/// Turns `O_DIRECT` on or off for an open file; `false` if the file system refuses it.
+pub(crate) fn set_direct(fd: impl AsFd, on: bool) -> bool {
+    let Ok(flags) = rustix::fs::fcntl_getfl(&fd) else {
+        return false;
+    };
+    let flags = if on {
+        flags | OFlags::DIRECT
+    } else {
+        flags - OFlags::DIRECT
+    };
+    rustix::fs::fcntl_setfl(&fd, flags).is_ok()
+}
+
+/// Writes all of `data`, with `O_DIRECT` while `*direct` holds and the pieces are aligned;
+/// falls back to buffered writes (turning `O_DIRECT` off) for an unaligned tail or if the
+/// kernel refuses a direct write.
+pub(crate) fn write_maybe_direct(
+    out: &mut std::fs::File,
+    mut data: &[u8],
+    direct: &mut bool,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    while !data.is_empty() {
+        let piece = if *direct {
+            let aligned = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+            if aligned == 0 || data.as_ptr().align_offset(DIRECT_ALIGN) != 0 {
+                *direct = false;
+                if !set_direct(&*out, false) {
+                    return Err(std::io::Error::other("cannot turn O_DIRECT off"));
+                }
+                continue;
+            }
+            &data[..aligned]
+        } else {
+            data
+        };
+        match out.write(piece) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if *direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                *direct = false;
+                if !set_direct(&*out, false) {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

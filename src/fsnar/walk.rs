@@ -10,7 +10,9 @@
 //!
 //! Memory stays bounded: at most [`MAX_JOBS`] files and about [`BUDGET`] bytes of contents are
 //! in flight (a large file counts for the few chunks its channel can hold), and at most
-//! [`MAX_QUEUE`] items are queued.
+//! [`MAX_QUEUE`] items are queued. The one thing that grows with the tree is unavoidable: the
+//! sorted name lists of the directories on the current path (entries must be sorted before the
+//! first one is serialised), about 50 bytes per entry, like Nix.
 //!
 //! In mirror mode, directories and symlinks of the copy are created while walking, the reader
 //! threads also write each file to its copy (created with `O_EXCL|O_NOFOLLOW`, canonical mode,
@@ -27,7 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use rustix::fs::{FileType, CWD};
 
-use super::sys::{self, io_err, join};
+use super::sys::{self, io_err, join, AlignedBuf};
 use super::FsNarError;
 use crate::format::nar::{NarWriter, MAX_DEPTH};
 
@@ -58,7 +60,7 @@ struct FileJob {
 }
 
 enum Msg {
-    Chunk(Vec<u8>),
+    Chunk(AlignedBuf),
     Done,
     Failed(FsNarError),
 }
@@ -100,6 +102,7 @@ fn copy_file(
         return Err(FsNarError::Changed { path: path() });
     }
     let mut src = std::fs::File::from(fd);
+    let mut direct = false;
     let mut out = match &job.dest {
         None => None,
         Some((dir, name)) => {
@@ -111,6 +114,9 @@ fn copy_file(
                     e => io_err("creating the copy of", path)(e),
                 })?;
             dest_created.store(true, Ordering::Relaxed);
+            if job.size >= sys::DIRECT_MIN_SIZE {
+                direct = sys::set_direct(&fd, true);
+            }
             Some(std::fs::File::from(fd))
         }
     };
@@ -120,13 +126,14 @@ fn copy_file(
             return Ok(false);
         }
         let n = usize::try_from(remaining).map_or(CHUNK, |r| r.min(CHUNK));
-        let mut buf = vec![0u8; n];
-        src.read_exact(&mut buf).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => FsNarError::Changed { path: path() },
-            _ => io_err("reading", path)(e),
-        })?;
+        let mut buf = AlignedBuf::new(n, direct);
+        src.read_exact(buf.bytes_mut())
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => FsNarError::Changed { path: path() },
+                _ => io_err("reading", path)(e),
+            })?;
         if let Some(out) = &mut out {
-            out.write_all(&buf)
+            sys::write_maybe_direct(out, buf.bytes(), &mut direct)
                 .map_err(io_err("writing the copy of", path))?;
         }
         remaining -= n as u64;
@@ -329,7 +336,7 @@ pub(crate) fn walk<W: Write>(
             let mut result = Ok(());
             run_file_job(&job, &abort, &dest_created, &mut |msg| {
                 result = match msg {
-                    Msg::Chunk(buf) => nar.write_contents(&buf).map_err(FsNarError::from),
+                    Msg::Chunk(buf) => nar.write_contents(buf.bytes()).map_err(FsNarError::from),
                     Msg::Done => nar.end_regular().map_err(FsNarError::from),
                     Msg::Failed(e) => Err(e),
                 };
@@ -425,7 +432,7 @@ fn serialise<W: Write>(walker: &mut Walker, nar: &mut NarWriter<W>) -> Result<()
                 nar.begin_regular(&name, executable, size)?;
                 loop {
                     match rx.recv() {
-                        Ok(Msg::Chunk(buf)) => nar.write_contents(&buf)?,
+                        Ok(Msg::Chunk(buf)) => nar.write_contents(buf.bytes())?,
                         Ok(Msg::Done) => break,
                         Ok(Msg::Failed(e)) => return Err(e),
                         Err(_) => return Err(FsNarError::WorkerFailed),

@@ -32,6 +32,37 @@ pub struct NarImport {
     pub ca: Option<ContentAddress>,
 }
 
+/// Why [`LocalStore::import_nar_with`] failed: opening the stream, or the import.
+#[derive(Debug)]
+pub enum ImportError<E> {
+    Open(E),
+    Store(StoreError),
+}
+
+impl<E> From<StoreError> for ImportError<E> {
+    fn from(e: StoreError) -> Self {
+        ImportError::Store(e)
+    }
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for ImportError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImportError::Open(e) => e.fmt(f),
+            ImportError::Store(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for ImportError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ImportError::Open(e) => e.source(),
+            ImportError::Store(e) => e.source(),
+        }
+    }
+}
+
 /// What an add or import did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddOutcome {
@@ -79,12 +110,27 @@ impl LocalStore {
     /// size, hash and (for content-addressed paths) the content address all match. If the
     /// path is already valid the stream is not read.
     pub fn import_nar(&self, meta: NarImport, nar: impl Read) -> Result<AddOutcome, StoreError> {
+        self.import_nar_with(meta, || Ok::<_, std::convert::Infallible>(nar))
+            .map_err(|e| match e {
+                ImportError::Store(e) => e,
+                ImportError::Open(never) => match never {},
+            })
+    }
+
+    /// Like [`LocalStore::import_nar`], but the stream is opened by `open` only once the
+    /// path's lock is held and the path is known not to be valid: concurrent processes
+    /// importing the same path fetch it once.
+    pub fn import_nar_with<R: Read, E>(
+        &self,
+        meta: NarImport,
+        open: impl FnOnce() -> Result<R, E>,
+    ) -> Result<AddOutcome, ImportError<E>> {
         let printed = self.print_path(&meta.path);
         let missing: Vec<String> = {
             let db = self.db();
             let mut missing = Vec::new();
             for r in meta.references.iter().filter(|r| **r != meta.path) {
-                if !db.is_valid(r)? {
+                if !db.is_valid(r).map_err(StoreError::from)? {
                     missing.push(self.print_path(r));
                 }
             }
@@ -94,18 +140,22 @@ impl LocalStore {
             return Err(StoreError::MissingReferences {
                 path: printed,
                 missing,
-            });
+            }
+            .into());
         }
         if let Some(ca) = &meta.ca {
             let refs = meta.references.iter().filter(|r| **r != meta.path);
             let self_ref = meta.references.contains(&meta.path);
-            let name = StorePathName::new(meta.path.name())?;
-            let expected = ca.store_path(self.store_dir(), &name, refs, self_ref)?;
+            let name = StorePathName::new(meta.path.name()).map_err(StoreError::from)?;
+            let expected = ca
+                .store_path(self.store_dir(), &name, refs, self_ref)
+                .map_err(StoreError::from)?;
             if expected != meta.path {
                 return Err(StoreError::CaMismatch {
                     path: printed,
                     what: format!("{ca} gives {}", self.print_path(&expected)),
-                });
+                }
+                .into());
             }
         }
         let info = PathInfo {
@@ -122,10 +172,11 @@ impl LocalStore {
         let expect = info.clone();
         self.install(info, move |dest| {
             let info = expect;
+            let nar = open().map_err(ImportError::Open)?;
             // One byte more than announced is enough to notice an oversized stream.
             let bound = info.nar_size.saturating_add(1);
             let mut limited = nar.take(bound);
-            let restored = fsnar::restore(&mut limited, dest, &RestoreOptions::canonical());
+            let restored = fsnar::restore(&mut limited, dest, RestoreOptions::canonical());
             let read = bound - limited.limit();
             let stats = match restored {
                 Ok(stats) => stats,
@@ -134,13 +185,15 @@ impl LocalStore {
                         path: printed.clone(),
                         expected: info.nar_size,
                         got: read,
-                    })
+                    }
+                    .into())
                 }
                 Err(source) => {
                     return Err(StoreError::Nar {
                         context: format!("invalid NAR for '{printed}'"),
                         source,
-                    })
+                    }
+                    .into())
                 }
             };
             if stats.nar_size != info.nar_size {
@@ -148,7 +201,8 @@ impl LocalStore {
                     path: printed.clone(),
                     expected: info.nar_size,
                     got: stats.nar_size,
-                });
+                }
+                .into());
             }
             let got_hash = Hash::sha256(stats.nar_sha256);
             if got_hash != info.nar_hash {
@@ -156,14 +210,16 @@ impl LocalStore {
                     path: printed.clone(),
                     expected: info.nar_hash.to_string(),
                     got: got_hash.to_string(),
-                });
+                }
+                .into());
             }
             if let Some(ca) = &info.ca {
-                check_content_address(ca, &info.nar_hash, dest)
-                    .map_err(|what| StoreError::CaMismatch {
+                check_content_address(ca, &info.nar_hash, dest).map_err(|what| {
+                    StoreError::CaMismatch {
                         path: printed.clone(),
                         what,
-                    })?;
+                    }
+                })?;
             }
             Ok(())
         })
@@ -171,11 +227,11 @@ impl LocalStore {
 
     /// The shared install protocol. `build` must create the (canonicalised) tree at the
     /// path it is given and check it; it is only called when the path is not yet valid.
-    fn install(
+    fn install<E: From<StoreError>>(
         &self,
-        mut info: PathInfo,
-        build: impl FnOnce(&Path) -> Result<(), StoreError>,
-    ) -> Result<AddOutcome, StoreError> {
+        info: PathInfo,
+        build: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<AddOutcome, E> {
         let printed = self.print_path(&info.path);
         if let Some(existing) = self.query(&info.path)? {
             return Ok(AddOutcome {
@@ -196,6 +252,17 @@ impl LocalStore {
             .map_err(|e| StoreError::io("cannot create a temp dir in the store", e))?;
         let staged = tmp.path().join("out");
         build(&staged)?;
+        Ok(self.commit(&tmp, &staged, info)?)
+    }
+
+    /// The end of [`LocalStore::install`]: sync, move into place, register.
+    fn commit(
+        &self,
+        tmp: &TempDir,
+        staged: &Path,
+        mut info: PathInfo,
+    ) -> Result<AddOutcome, StoreError> {
+        let printed = self.print_path(&info.path);
         let io_err = |what: &str, e| StoreError::io(format!("{what} '{printed}'"), e);
         sync_filesystem(tmp.path()).map_err(|e| io_err("cannot sync", e))?;
         let real = self.layout.real_path(&info.path);
@@ -210,7 +277,7 @@ impl LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("cannot inspect", e)),
         }
-        fs::rename(&staged, &real).map_err(|e| io_err("cannot move into place", e))?;
+        fs::rename(staged, &real).map_err(|e| io_err("cannot move into place", e))?;
         File::open(self.layout.real_store())
             .and_then(|d| d.sync_all())
             .map_err(|e| io_err("cannot sync the store dir after installing", e))?;

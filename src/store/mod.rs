@@ -24,7 +24,7 @@ use crate::format::hash::{Hash, HashAlgo, HashSink};
 use crate::format::store_path::{StoreDir, StorePath, StorePathError};
 use crate::fsnar;
 pub use db::{Db, DbError, PathInfo};
-pub use ingest::{AddOutcome, NarImport};
+pub use ingest::{AddOutcome, ImportError, NarImport};
 pub use layout::Layout;
 
 /// What can go wrong in the local store.

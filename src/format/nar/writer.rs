@@ -157,6 +157,12 @@ impl<W: Write> NarWriter<W> {
                 match contents.read(&mut self.buf[start..start + want]) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return self.fail(NarWriteError::Io(e)),
+                    // A `Read` claiming more than the buffer it was given is broken.
+                    Ok(n) if n > want => {
+                        return self.fail(NarWriteError::Io(io::Error::other(
+                            "reader returned more bytes than requested",
+                        )))
+                    }
                     Ok(n) => break n,
                 }
             };

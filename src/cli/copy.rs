@@ -1,0 +1,121 @@
+//! `store copy --to URL PATH…` (push signed closures to a cache) and
+//! `store copy --from URL PATH…` (substitute from that one cache, still verified).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+use store::cache::compression::Compression;
+use store::cache::{Cache, CacheUrl};
+use store::push::{push, PushOptions, DEFAULT_PUSH_JOBS};
+
+use super::realise::{client_options, runtime, substitute};
+use super::{GlobalArgs, TrustArgs};
+
+/// Copy closures to a binary cache, or from one
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Push to this cache (file:///dir, http(s)://…)
+    #[arg(long, value_name = "URL", conflicts_with = "from", required_unless_present = "from")]
+    pub to: Option<String>,
+    /// Substitute from this cache only
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
+    /// Sign pushed paths with this secret key (existing signatures are kept)
+    #[arg(long, value_name = "FILE", requires = "to")]
+    pub secret_key_file: Option<std::path::PathBuf>,
+    /// Compression of pushed NARs
+    #[arg(long, default_value = "zstd", requires = "to")]
+    pub compression: String,
+    /// Transfers at the same time
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Only with --from: trusted public keys, space separated
+    #[arg(long, value_name = "KEYS", requires = "from")]
+    pub trusted_public_keys: Option<String>,
+    /// Store paths whose closures are copied
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PushJson {
+    already_present: Vec<String>,
+    uploaded: Vec<Uploaded>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Uploaded {
+    path: String,
+    file_size: u64,
+}
+
+pub fn run(g: &GlobalArgs, args: CopyArgs) -> Result<ExitCode> {
+    let trust = TrustArgs {
+        substituters: args.from.clone(),
+        trusted_public_keys: args.trusted_public_keys.clone(),
+    };
+    let settings = super::settings_with(g, &trust)?;
+    let store = Arc::new(super::open_store_with(&settings)?);
+    let mut paths = Vec::new();
+    for a in &args.paths {
+        paths.push(store.parse_user_path(a)?);
+    }
+    if let Some(from) = &args.from {
+        let url: CacheUrl = from.parse().with_context(|| format!("invalid cache URL '{from}'"))?;
+        let jobs = args.jobs.unwrap_or(store::substitute::DEFAULT_JOBS);
+        let fetched = substitute(g, &settings, store.clone(), &[url], &paths, jobs)?;
+        if !g.quiet {
+            let n = fetched.iter().filter(|f| f.installed).count();
+            eprintln!("copied {n} paths from {from}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(to) = &args.to else {
+        bail!("give --to URL or --from URL");
+    };
+    let url: CacheUrl = to.parse().with_context(|| format!("invalid cache URL '{to}'"))?;
+    let compression: Compression = args
+        .compression
+        .parse()
+        .with_context(|| format!("unknown compression '{}'", args.compression))?;
+    let key = match &args.secret_key_file {
+        Some(f) => Some(Arc::new(super::key::read_secret_key(f)?)),
+        None => None,
+    };
+    let opts = PushOptions {
+        compression,
+        key,
+        jobs: args.jobs.unwrap_or(DEFAULT_PUSH_JOBS),
+    };
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let cache = Arc::new(Cache::open(&url, &client_options(&settings))?);
+        Ok::<_, anyhow::Error>(push(&store, &cache, &paths, &opts).await?)
+    })
+    .with_context(|| format!("cannot copy to {url}"))?;
+    if g.json {
+        super::print_json(&PushJson {
+            already_present: report.present.iter().map(|p| store.print_path(p)).collect(),
+            uploaded: report
+                .uploaded
+                .iter()
+                .map(|(p, size)| Uploaded {
+                    path: store.print_path(p),
+                    file_size: *size,
+                })
+                .collect(),
+        })?;
+    } else if !g.quiet {
+        eprintln!(
+            "copied {} paths to {url} ({} already there)",
+            report.uploaded.len(),
+            report.present.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

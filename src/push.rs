@@ -1,0 +1,288 @@
+//! Pushing closures to a binary cache (`store copy --to`).
+//!
+//! The target is asked which narinfos it already has (HEAD, many in flight); those paths are
+//! skipped. For every other path the NAR is dumped, compressed into a temp file while its
+//! compressed bytes are hashed (the file name is that hash), and uploaded; then its narinfo
+//! (existing signatures kept, plus one by the given key) is uploaded, but only once the
+//! narinfos of all its references are in the cache. So a reader never sees a narinfo whose
+//! NAR or references are missing, and an interrupted push leaves a correct (partial) cache.
+//! Concurrent pushes of the same closure write the same content under the same names, and
+//! every single write is atomic, so they end with a correct cache too.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::sync::Arc;
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use thiserror::Error;
+use tokio::task::JoinSet;
+
+use crate::cache::compression::{self, Compression};
+use crate::cache::{Backend, Cache, CacheError, PutBody};
+use crate::format::hash::{Hash, HashAlgo, Hasher};
+use crate::format::keys::SecretKey;
+use crate::format::narinfo::NarInfo;
+use crate::format::store_path::StorePath;
+use crate::store::{LocalStore, StoreError};
+
+/// Uploads in flight at the same time.
+pub const DEFAULT_PUSH_JOBS: usize = 8;
+/// HEAD requests in flight while finding what the cache lacks.
+const HEAD_CONCURRENCY: usize = 64;
+
+#[derive(Debug, Error)]
+pub enum PushError {
+    #[error("the cache is for store dir '{cache}', but this store's is '{ours}'")]
+    StoreDirMismatch { cache: String, ours: String },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot prepare the NAR of '{path}': {source}")]
+    Prepare {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// How to push.
+pub struct PushOptions {
+    pub compression: Compression,
+    pub key: Option<Arc<SecretKey>>,
+    pub jobs: usize,
+}
+
+/// What a push did.
+#[derive(Debug, Default)]
+pub struct PushReport {
+    /// Paths the cache had already.
+    pub present: Vec<StorePath>,
+    /// Paths uploaded, with the size of the uploaded (compressed) NAR.
+    pub uploaded: Vec<(StorePath, u64)>,
+}
+
+/// Pushes the closures of `roots` to `cache`.
+pub async fn push(
+    store: &Arc<LocalStore>,
+    cache: &Arc<Cache>,
+    roots: &[StorePath],
+    opts: &PushOptions,
+) -> Result<PushReport, PushError> {
+    let info = cache.init_for_writing(store.store_dir()).await?;
+    if info.store_dir != *store.store_dir() {
+        return Err(PushError::StoreDirMismatch {
+            cache: info.store_dir.to_string(),
+            ours: store.store_dir().to_string(),
+        });
+    }
+    let closure: Vec<StorePath> = store.closure(roots)?.into_iter().collect();
+    let present: BTreeSet<StorePath> = stream::iter(closure.iter().cloned())
+        .map(|p| {
+            let cache = cache.clone();
+            async move {
+                let has = cache.has_narinfo(p.hash_str()).await?;
+                Ok::<_, CacheError>((p, has))
+            }
+        })
+        .buffer_unordered(HEAD_CONCURRENCY)
+        .try_filter_map(|(p, has)| async move { Ok(has.then_some(p)) })
+        .try_collect()
+        .await?;
+    let mut report = PushReport {
+        present: present.iter().cloned().collect(),
+        uploaded: Vec::new(),
+    };
+    let todo: Vec<StorePath> = closure
+        .into_iter()
+        .filter(|p| !present.contains(p))
+        .collect();
+
+    // Reference order: a narinfo goes up only after its references' narinfos.
+    let mut waiting_on: HashMap<StorePath, usize> = HashMap::new();
+    let mut dependents: HashMap<StorePath, Vec<StorePath>> = HashMap::new();
+    for p in &todo {
+        let info = store.query_valid(p)?;
+        let deps: Vec<StorePath> = info
+            .references
+            .into_iter()
+            .filter(|r| r != p && !present.contains(r))
+            .collect();
+        waiting_on.insert(p.clone(), deps.len());
+        for d in deps {
+            dependents.entry(d).or_default().push(p.clone());
+        }
+    }
+    let mut ready: Vec<StorePath> = waiting_on
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(p, _)| p.clone())
+        .collect();
+    let mut tasks: JoinSet<(StorePath, Result<u64, PushError>)> = JoinSet::new();
+    let mut first_error = None;
+    loop {
+        while first_error.is_none() && tasks.len() < opts.jobs.max(1) {
+            let Some(p) = ready.pop() else { break };
+            let (store, cache) = (store.clone(), cache.clone());
+            let (compression, key) = (opts.compression, opts.key.clone());
+            tasks.spawn(async move {
+                let r = push_one(&store, &cache, &p, compression, key.as_deref()).await;
+                (p, r)
+            });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let (path, result) = joined.map_err(|e| PushError::Task(e.to_string()))?;
+        match result {
+            Ok(size) => {
+                for d in dependents.remove(&path).unwrap_or_default() {
+                    if let Some(n) = waiting_on.get_mut(&d) {
+                        *n -= 1;
+                        if *n == 0 {
+                            ready.push(d);
+                        }
+                    }
+                }
+                report.uploaded.push((path, size));
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+/// Uploads one path: NAR first, then its narinfo. Returns the uploaded NAR's size.
+async fn push_one(
+    store: &Arc<LocalStore>,
+    cache: &Arc<Cache>,
+    path: &StorePath,
+    compression: Compression,
+    key: Option<&SecretKey>,
+) -> Result<u64, PushError> {
+    let info = store.query_valid(path)?;
+    let (store2, path2) = (store.clone(), path.clone());
+    let printed = store.print_path(path);
+    let prepared = tokio::task::spawn_blocking(move || prepare_nar(&store2, &path2, compression))
+        .await
+        .map_err(|e| PushError::Task(e.to_string()))?
+        .map_err(|source| match source {
+            PrepareError::Store(e) => PushError::Store(e),
+            PrepareError::Io(source) => PushError::Prepare {
+                path: printed.clone(),
+                source,
+            },
+        })?;
+    let url = format!(
+        "nar/{}{}",
+        prepared.file_hash.to_nix32(),
+        compression.nar_extension()
+    );
+    if !cache.exists(&url).await? {
+        cache
+            .put(
+                &url,
+                PutBody::File(prepared.file.path().to_path_buf()),
+                "application/x-nix-nar",
+            )
+            .await?;
+    }
+    let mut narinfo = NarInfo::new(path.clone(), &url, info.nar_hash, info.nar_size)
+        .map_err(|e| PushError::Prepare {
+            path: printed.clone(),
+            source: io::Error::other(e),
+        })?;
+    let set = |r: Result<(), crate::format::narinfo::NarInfoError>| {
+        r.map_err(|e| PushError::Prepare {
+            path: printed.clone(),
+            source: io::Error::other(e),
+        })
+    };
+    set(narinfo.set_compression(Some(compression.label())))?;
+    set(narinfo.set_file_hash(Some(prepared.file_hash)))?;
+    narinfo.set_file_size(Some(prepared.file_size));
+    narinfo.set_references(info.references.iter().cloned());
+    narinfo.set_deriver(info.deriver.clone());
+    narinfo.set_ca(info.ca);
+    for sig in &info.sigs {
+        set(narinfo.add_sig(sig))?;
+    }
+    if let Some(key) = key {
+        narinfo.sign(key, store.store_dir());
+    }
+    let text = narinfo.to_text(store.store_dir());
+    cache
+        .put(
+            &format!("{}.narinfo", path.hash_str()),
+            PutBody::Bytes(text.into_bytes().into()),
+            "text/x-nix-narinfo",
+        )
+        .await?;
+    Ok(prepared.file_size)
+}
+
+struct Prepared {
+    file: tempfile::NamedTempFile,
+    file_hash: Hash,
+    file_size: u64,
+}
+
+enum PrepareError {
+    Store(StoreError),
+    Io(io::Error),
+}
+
+/// Dumps and compresses a path's NAR into a temp file in the store's state dir, hashing
+/// the compressed bytes on the way.
+fn prepare_nar(
+    store: &LocalStore,
+    path: &StorePath,
+    compression: Compression,
+) -> Result<Prepared, PrepareError> {
+    let dir = store.layout().state_dir().join("tmp");
+    std::fs::create_dir_all(&dir).map_err(PrepareError::Io)?;
+    let file = tempfile::NamedTempFile::new_in(&dir).map_err(PrepareError::Io)?;
+    let out = HashCount {
+        inner: BufWriter::with_capacity(1 << 20, file.reopen().map_err(PrepareError::Io)?),
+        hasher: Hasher::new(HashAlgo::Sha256),
+        count: 0,
+    };
+    let mut enc = compression::compress(compression, None, out).map_err(PrepareError::Io)?;
+    store.dump_path(path, &mut enc).map_err(PrepareError::Store)?;
+    let mut out = enc.finish().map_err(PrepareError::Io)?;
+    out.inner.flush().map_err(PrepareError::Io)?;
+    let synced: &File = out.inner.get_ref();
+    synced.sync_all().map_err(PrepareError::Io)?;
+    Ok(Prepared {
+        file,
+        file_hash: out.hasher.finish(),
+        file_size: out.count,
+    })
+}
+
+/// A writer that hashes and counts what passes through it.
+struct HashCount<W> {
+    inner: W,
+    hasher: Hasher,
+    count: u64,
+}
+
+impl<W: Write> Write for HashCount<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
