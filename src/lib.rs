@@ -9,7 +9,11 @@
 //! * [`store`]: the local store: layout, SQLite metadata, locks, atomic installs.
 //! * `cli` (in the binary): the command line, the only place that uses `anyhow`.
 
+pub mod cache;
 pub mod format;
 pub mod fsnar;
+pub mod push;
+pub mod server;
 pub mod store;
+pub mod substitute;
 pub mod trust;

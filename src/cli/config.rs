@@ -26,6 +26,12 @@ pub struct FileConfig {
     pub netrc_file: Option<PathBuf>,
     /// A bearer token sent to every HTTP cache (for private caches).
     pub bearer_token: Option<String>,
+    /// Seconds allowed to connect to a cache.
+    pub connect_timeout: Option<u64>,
+    /// Seconds a download may make no progress before it fails.
+    pub stalled_download_timeout: Option<u64>,
+    /// Tries in total for transient HTTP failures.
+    pub download_attempts: Option<u32>,
 }
 
 /// A list given either as a TOML array or as one space-separated string (as in nix.conf).
@@ -68,6 +74,9 @@ pub struct Settings {
     pub trusted_public_keys: Vec<String>,
     pub netrc_file: Option<PathBuf>,
     pub bearer_token: Option<String>,
+    pub connect_timeout: Option<u64>,
+    pub stalled_download_timeout: Option<u64>,
+    pub download_attempts: Option<u32>,
 }
 
 /// Merges the layers: flags > env > file > defaults. Pure: no I/O, no globals.
@@ -106,6 +115,9 @@ pub fn merge(file: &FileConfig, env: &Layer, flags: &Layer) -> Result<Settings> 
         ),
         netrc_file: file.netrc_file.clone(),
         bearer_token: file.bearer_token.clone(),
+        connect_timeout: file.connect_timeout,
+        stalled_download_timeout: file.stalled_download_timeout,
+        download_attempts: file.download_attempts,
     })
 }
 

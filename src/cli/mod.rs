@@ -3,11 +3,14 @@
 
 mod add;
 mod config;
+mod copy;
 mod hash;
 mod init;
 mod key;
 mod nar;
 mod path_info;
+mod realise;
+mod serve;
 mod sign;
 mod verify;
 
@@ -64,6 +67,9 @@ pub enum Command {
     #[command(subcommand)]
     Key(key::KeyCommand),
     Sign(sign::SignArgs),
+    Realise(realise::RealiseArgs),
+    Copy(copy::CopyArgs),
+    Serve(serve::ServeArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -77,6 +83,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify(a) => verify::run(g, a),
         Command::Key(a) => key::run(g, a),
         Command::Sign(a) => sign::run(g, a),
+        Command::Realise(a) => realise::run(g, a),
+        Command::Copy(a) => copy::run(g, a),
+        Command::Serve(a) => serve::run(g, a),
     }
 }
 

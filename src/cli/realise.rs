@@ -115,6 +115,16 @@ pub fn client_options(s: &Settings) -> ClientOptions {
         o.netrc_file = Some(n.clone());
     }
     o.bearer_token = s.bearer_token.clone();
+    if let Some(t) = s.connect_timeout {
+        o.connect_timeout = Duration::from_secs(t);
+    }
+    if let Some(t) = s.stalled_download_timeout {
+        o.stall_timeout = Duration::from_secs(t);
+        o.request_timeout = o.stall_timeout * 2;
+    }
+    if let Some(n) = s.download_attempts {
+        o.attempts = n.max(1);
+    }
     o
 }
 

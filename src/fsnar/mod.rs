@@ -62,6 +62,8 @@ pub enum FsNarError {
     Write(#[from] NarWriteError),
     #[error("invalid NAR")]
     InvalidNar(#[from] NarReadError),
+    #[error("cannot copy '{src}' into itself ('{dst}')")]
+    CopyIntoItself { src: PathBuf, dst: PathBuf },
     #[error("a read-ahead thread stopped unexpectedly")]
     WorkerFailed,
 }
@@ -93,10 +95,11 @@ pub fn copy_tree_hashing(
     src: impl AsRef<Path>,
     dst: impl AsRef<Path>,
 ) -> Result<([u8; 32], u64), FsNarError> {
-    let dst = dst.as_ref();
+    let (src, dst) = (src.as_ref(), dst.as_ref());
+    refuse_copy_into_itself(src, dst)?;
     let mut created = false;
     let mut nar = NarWriter::new(HashingWriter::new());
-    let result = walk::walk(src.as_ref(), Some(dst), &mut nar, &mut created)
+    let result = walk::walk(src, Some(dst), &mut nar, &mut created)
         .and_then(|()| nar.finish().map_err(FsNarError::from));
     match result {
         Ok((hasher, _)) => Ok(hasher.finish()),
@@ -109,6 +112,29 @@ pub fn copy_tree_hashing(
             Err(e)
         }
     }
+}
+
+/// A copy whose target lies inside the source directory would walk into itself.
+fn refuse_copy_into_itself(src: &Path, dst: &Path) -> Result<(), FsNarError> {
+    let Ok(src_meta) = src.symlink_metadata() else {
+        return Ok(()); // the walk reports it
+    };
+    if !src_meta.is_dir() {
+        return Ok(());
+    }
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let (Ok(src), Ok(parent)) = (src.canonicalize(), parent.canonicalize()) {
+        if parent.starts_with(&src) {
+            return Err(FsNarError::CopyIntoItself {
+                src,
+                dst: dst.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

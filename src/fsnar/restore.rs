@@ -14,9 +14,10 @@
 use std::ffi::CString;
 #[cfg(test)]
 use std::io;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use rustix::fs::{Mode, CWD};
 
@@ -68,8 +69,10 @@ pub struct RestoreStats {
     pub contents_size: u64,
 }
 
-/// Size of the buffer file contents go through.
+/// Size of the buffers large files go through.
 const BUF_SIZE: usize = 1024 * 1024;
+/// Size of the buffer smaller files go through.
+const SMALL_BUF_SIZE: usize = 256 * 1024;
 
 /// Unpacks the NAR read from `reader` to `dst`, which must not exist yet (its parent must).
 /// The stream must hold exactly one canonical NAR and nothing after it.
@@ -123,7 +126,7 @@ fn unpack<R: Read>(
     builder: &mut Builder,
     stats: &mut RestoreStats,
 ) -> Result<(), FsNarError> {
-    let mut buf: Option<AlignedBuf> = None;
+    let mut buf: Option<Vec<u8>> = None;
     while let Some(event) = nar.next()? {
         match event {
             NarEvent::Directory { name } => {
@@ -141,25 +144,18 @@ fn unpack<R: Read>(
                 size,
             } => {
                 let (fd, path) = builder.create_file(&name, executable)?;
-                let mut direct = size >= sys::DIRECT_MIN_SIZE && sys::set_direct(&fd, true);
                 let mut file = std::fs::File::from(fd);
-                if size > 0 {
-                    let buf = buf.get_or_insert_with(|| AlignedBuf::new(BUF_SIZE, true));
-                    let buf = buf.bytes_mut();
+                if size >= sys::DIRECT_MIN_SIZE {
+                    let direct = sys::set_direct(&file, true);
+                    write_large(nar, &mut file, direct, &path)?;
+                } else if size > 0 {
+                    let buf = buf.get_or_insert_with(|| vec![0u8; SMALL_BUF_SIZE]);
                     loop {
-                        // Fill the whole buffer, so that direct writes stay aligned.
-                        let mut fill = 0;
-                        while fill < buf.len() {
-                            let n = nar.read_contents(&mut buf[fill..])?;
-                            if n == 0 {
-                                break;
-                            }
-                            fill += n;
-                        }
-                        if fill == 0 {
+                        let len = fill(nar, buf)?;
+                        if len == 0 {
                             break;
                         }
-                        sys::write_maybe_direct(&mut file, &buf[..fill], &mut direct)
+                        file.write_all(&buf[..len])
                             .map_err(io_err("writing", || path.clone()))?;
                     }
                 }
@@ -170,6 +166,71 @@ fn unpack<R: Read>(
         }
     }
     Ok(())
+}
+
+/// Fills `buf` as far as the current file's contents allow; returns how much was filled.
+fn fill<R: Read>(nar: &mut NarReader<R>, buf: &mut [u8]) -> Result<usize, FsNarError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = nar.read_contents(&mut buf[filled..])?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+/// Buffers in flight for one large file.
+const LARGE_BUFFERS: usize = 3;
+
+/// Copies the contents of a large file with a writer thread, so that parsing and hashing the
+/// NAR overlap with writing. Full buffers keep direct writes aligned.
+fn write_large<R: Read>(
+    nar: &mut NarReader<R>,
+    file: &mut std::fs::File,
+    direct: bool,
+    path: &Path,
+) -> Result<(), FsNarError> {
+    let (full_tx, full_rx) = mpsc::sync_channel::<(AlignedBuf, usize)>(LARGE_BUFFERS);
+    let (empty_tx, empty_rx) = mpsc::channel::<AlignedBuf>();
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || -> std::io::Result<()> {
+            let mut direct = direct;
+            for (buf, len) in full_rx {
+                sys::write_maybe_direct(file, &buf.bytes()[..len], &mut direct)?;
+                // The reader side may be gone already; then the buffer is simply dropped.
+                let _ = empty_tx.send(buf);
+            }
+            Ok(())
+        });
+        let mut allocated = 0;
+        let read_result = loop {
+            let buf = match empty_rx.try_recv() {
+                Ok(buf) => Some(buf),
+                Err(_) if allocated < LARGE_BUFFERS => {
+                    allocated += 1;
+                    Some(AlignedBuf::new(BUF_SIZE, true))
+                }
+                // Blocks until the writer returns a buffer; `None` if the writer stopped.
+                Err(_) => empty_rx.recv().ok(),
+            };
+            let Some(mut buf) = buf else { break Ok(()) };
+            match fill(nar, buf.bytes_mut()) {
+                Ok(0) => break Ok(()),
+                Ok(len) => {
+                    if full_tx.send((buf, len)).is_err() {
+                        break Ok(());
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        drop(full_tx);
+        let write_result = writer.join().map_err(|_| FsNarError::WorkerFailed)?;
+        read_result?;
+        write_result.map_err(io_err("writing", || path.to_path_buf()))
+    })
 }
 
 /// Creates the tree, node by node, relative to open directory handles.

@@ -112,6 +112,19 @@ fn parallel_dump_equals_reference() {
 }
 
 #[test]
+fn copy_into_itself_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    fs::create_dir_all(root.join("sub")).unwrap();
+    for dst in [root.join("copy"), root.join("sub/copy")] {
+        let err = copy_tree_hashing(&root, &dst).unwrap_err();
+        assert!(matches!(err, FsNarError::CopyIntoItself { .. }), "{err}");
+        assert!(!dst.exists());
+    }
+    copy_tree_hashing(&root, tmp.path().join("tree2")).unwrap();
+}
+
+#[test]
 fn root_symlink_is_not_followed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dir");
@@ -288,4 +301,35 @@ fn restore_reports_read_errors_and_cleans_up() {
         "{err}"
     );
     assert!(!out.exists());
+}
+
+#[test]
+fn large_files_with_unaligned_tails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    fs::create_dir(&root).unwrap();
+    let size = sys::DIRECT_MIN_SIZE as usize + 4097;
+    let data: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
+    fs::write(root.join("large"), &data).unwrap();
+    fs::write(root.join("small"), b"s").unwrap();
+    let expected = reference_dump(&root);
+
+    let copy = tmp.path().join("copy");
+    let (digest, nar_size) = copy_tree_hashing(&root, &copy).unwrap();
+    assert_eq!(fs::read(copy.join("large")).unwrap(), data);
+    assert!(reference_dump(&copy) == expected);
+
+    let restored = tmp.path().join("restored");
+    let stats = restore(&expected[..], &restored, RestoreOptions::canonical()).unwrap();
+    assert_eq!((stats.nar_sha256, stats.nar_size), (digest, nar_size));
+    assert_eq!(fs::read(restored.join("large")).unwrap(), data);
+    let meta = restored.join("large").metadata().unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.mtime()), (0o444, 1));
+
+    // Truncated in the middle of the large file: an error, and nothing left behind.
+    let cut = expected.len() / 2;
+    let partial = tmp.path().join("partial");
+    let err = restore(&expected[..cut], &partial, true).unwrap_err();
+    assert!(matches!(err, FsNarError::InvalidNar(_)), "{err}");
+    assert!(!partial.exists());
 }

@@ -1,0 +1,395 @@
+//! Cache URLs (`file:///abs/dir`, `http(s)://host[:port]/path`, with `?name=value`
+//! parameters such as `priority` and `compression`) and the validation of object keys.
+//!
+//! ```text
+//! cache-url = "file://" abs-path ["?" params]              ; no host, no credentials
+//!           | ("http" | "https") "://" [user [":" password] "@"] host [":" port] [path] ["?" params]
+//! params    = param *("&" param)                           ; each name at most once
+//! priority  = ["-"] digits                                 ; i32
+//! ```
+//!
+//! The parameters are ours (like Nix's store URL settings); they are never sent to the
+//! server. Credentials in the URL are kept for basic auth but never displayed.
+//!
+//! Keys are relative object names: `nix-cache-info`, `<hash>.narinfo`,
+//! `nar/<file>.nar.zst`, `log/<drv>`. Hostile caches choose the `URL:` of their narinfos,
+//! so every key is checked before use: no leading `/`, no empty, `.` or `..` component,
+//! no NUL, control character, `\`, `?` or `#`, at most [`MAX_KEY_LEN`] bytes, and not an
+//! absolute URL (`scheme:...`; Nix allows those in narinfos, we refuse them).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use thiserror::Error;
+use url::Url;
+
+use super::CacheError;
+
+/// The longest key accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// Why a cache URL was refused. Never contains credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum UrlError {
+    #[error("invalid cache URL: {0}")]
+    Syntax(#[source] url::ParseError),
+    #[error("unsupported cache URL scheme '{0}' (expected file, http or https)")]
+    UnsupportedScheme(String),
+    #[error("a file cache URL must be file:///absolute/path, with no host or relative path")]
+    FileNotAbsolute,
+    #[error("a file cache URL cannot carry credentials")]
+    FileCredentials,
+    #[error("cache URL has no host")]
+    NoHost,
+    #[error("cache URL must not have a fragment ('#...')")]
+    Fragment,
+    #[error("cache URL parameter '{0}' is given twice")]
+    DuplicateParam(String),
+    #[error("cache URL parameter '{name}' has an invalid value '{value}'")]
+    BadParam { name: String, value: String },
+}
+
+/// A parsed cache URL. `Display` and `Debug` leave credentials out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CacheUrl {
+    /// The URL as given, with credentials, without the query.
+    url: Url,
+    /// `file://` caches: the directory.
+    path: Option<PathBuf>,
+    params: Vec<(String, String)>,
+    priority: Option<i32>,
+}
+
+impl CacheUrl {
+    /// `file`, `http` or `https`.
+    pub fn scheme(&self) -> &str {
+        self.url.scheme()
+    }
+
+    /// The directory of a `file://` cache.
+    pub fn file_path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The value of `?name=value`, if given.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All parameters, in the order given.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// `?priority=N`: overrides the nix-cache-info `Priority` (lower is preferred).
+    pub fn priority(&self) -> Option<i32> {
+        self.priority
+    }
+
+    /// The host of an HTTP cache.
+    pub fn host(&self) -> Option<&str> {
+        self.url.host_str()
+    }
+
+    /// The HTTP base URL: no credentials, query or fragment.
+    pub(crate) fn http_base(&self) -> Url {
+        let mut base = self.url.clone();
+        // Both only fail for URLs that cannot have credentials, which is then a no-op.
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        base.set_query(None);
+        base
+    }
+
+    /// User name and password given in the URL, if any (percent-decoded).
+    pub(crate) fn credentials(&self) -> Option<(String, Option<String>)> {
+        let user = self.url.username();
+        let password = self.url.password();
+        if user.is_empty() && password.is_none() {
+            return None;
+        }
+        let decode = |s: &str| percent_decode(s).unwrap_or_else(|| s.to_owned());
+        Some((decode(user), password.map(decode)))
+    }
+}
+
+/// Decodes `%XX` escapes; `None` if the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl FromStr for CacheUrl {
+    type Err = UrlError;
+
+    fn from_str(s: &str) -> Result<Self, UrlError> {
+        let mut url = Url::parse(s).map_err(UrlError::Syntax)?;
+        if url.fragment().is_some() {
+            return Err(UrlError::Fragment);
+        }
+        let mut params: Vec<(String, String)> = Vec::new();
+        for (name, value) in url.query_pairs() {
+            if params.iter().any(|(n, _)| *n == name) {
+                return Err(UrlError::DuplicateParam(name.into_owned()));
+            }
+            params.push((name.into_owned(), value.into_owned()));
+        }
+        url.set_query(None);
+        let priority = match params.iter().find(|(n, _)| n == "priority") {
+            None => None,
+            Some((name, value)) => Some(value.parse::<i32>().map_err(|_| UrlError::BadParam {
+                name: name.clone(),
+                value: value.clone(),
+            })?),
+        };
+        let path = match url.scheme() {
+            "file" => {
+                let prefix_ok = s
+                    .get(..8)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("file:///"));
+                if !prefix_ok || url.host_str().is_some_and(|h| !h.is_empty()) {
+                    return Err(UrlError::FileNotAbsolute);
+                }
+                if !url.username().is_empty() || url.password().is_some() {
+                    return Err(UrlError::FileCredentials);
+                }
+                let path = url.to_file_path().map_err(|()| UrlError::FileNotAbsolute)?;
+                Some(path)
+            }
+            "http" | "https" => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    return Err(UrlError::NoHost);
+                }
+                None
+            }
+            other => return Err(UrlError::UnsupportedScheme(other.to_owned())),
+        };
+        Ok(CacheUrl {
+            url,
+            path,
+            params,
+            priority,
+        })
+    }
+}
+
+impl fmt::Display for CacheUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.http_base();
+        if !self.params.is_empty() {
+            shown.query_pairs_mut().extend_pairs(&self.params);
+        }
+        f.write_str(shown.as_str())
+    }
+}
+
+impl fmt::Debug for CacheUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CacheUrl({self})")
+    }
+}
+
+/// Checks that `key` is a safe relative object name (see the module docs).
+pub fn check_key(key: &str) -> Result<(), CacheError> {
+    let bad = |reason: &'static str| Err(CacheError::invalid_key(key, reason));
+    if key.is_empty() {
+        return bad("empty key");
+    }
+    if key.len() > MAX_KEY_LEN {
+        return bad("longer than 1024 bytes");
+    }
+    if key.starts_with('/') {
+        return bad("absolute path");
+    }
+    if looks_like_url(key) {
+        return bad("absolute URLs are not supported, only keys relative to the cache");
+    }
+    if let Some(c) = key
+        .chars()
+        .find(|&c| c.is_control() || matches!(c, '\\' | '?' | '#'))
+    {
+        return bad(match c {
+            '\0' => "NUL character",
+            '\\' => "backslash",
+            '?' | '#' => "query or fragment character",
+            _ => "control character",
+        });
+    }
+    for component in key.split('/') {
+        match component {
+            "" => return bad("empty path component"),
+            "." | ".." => return bad("'.' or '..' path component"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `scheme:` before any `/`, as in `https://host/x` or `s3:bucket`.
+fn looks_like_url(key: &str) -> bool {
+    let Some((scheme, _)) = key.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<CacheUrl, UrlError> {
+        s.parse()
+    }
+
+    #[test]
+    fn file_urls() {
+        let u = parse("file:///tmp/my%20cache/?priority=30&compression=zstd").unwrap();
+        assert_eq!(u.scheme(), "file");
+        assert_eq!(u.file_path(), Some(Path::new("/tmp/my cache/")));
+        assert_eq!(u.priority(), Some(30));
+        assert_eq!(u.param("compression"), Some("zstd"));
+        assert_eq!(u.param("nope"), None);
+        assert_eq!(
+            u.to_string(),
+            "file:///tmp/my%20cache/?priority=30&compression=zstd"
+        );
+        let u = parse("file:///srv/cache").unwrap();
+        assert_eq!(u.priority(), None);
+        assert_eq!(u.to_string(), "file:///srv/cache");
+        assert_eq!(format!("{u:?}"), "CacheUrl(file:///srv/cache)");
+        for bad in [
+            "file://relative/dir",
+            "file:relative",
+            "file:/x",
+            "file://host/x",
+        ] {
+            assert_eq!(parse(bad), Err(UrlError::FileNotAbsolute), "{bad}");
+        }
+    }
+
+    #[test]
+    fn http_urls_hide_credentials() {
+        let u = parse("https://alice:s%40cret@cache.example.org:8443/nix/?priority=-5").unwrap();
+        assert_eq!(u.scheme(), "https");
+        assert_eq!(u.host(), Some("cache.example.org"));
+        assert_eq!(u.priority(), Some(-5));
+        let shown = format!("{u} {u:?}");
+        assert!(
+            !shown.contains("alice") && !shown.contains("cret"),
+            "{shown}"
+        );
+        assert_eq!(
+            u.to_string(),
+            "https://cache.example.org:8443/nix/?priority=-5"
+        );
+        assert_eq!(
+            u.credentials(),
+            Some(("alice".to_owned(), Some("s@cret".to_owned())))
+        );
+        assert_eq!(
+            u.http_base().as_str(),
+            "https://cache.example.org:8443/nix/"
+        );
+        let u = parse("http://127.0.0.1:5000").unwrap();
+        assert_eq!(u.credentials(), None);
+        assert_eq!(u.to_string(), "http://127.0.0.1:5000/");
+    }
+
+    #[test]
+    fn refused_urls() {
+        assert!(matches!(parse("/tmp/cache"), Err(UrlError::Syntax(_))));
+        assert!(matches!(parse(""), Err(UrlError::Syntax(_))));
+        assert_eq!(
+            parse("s3://bucket"),
+            Err(UrlError::UnsupportedScheme("s3".into()))
+        );
+        assert_eq!(
+            parse("ftp://host/x"),
+            Err(UrlError::UnsupportedScheme("ftp".into()))
+        );
+        assert_eq!(parse("http://h/x#frag"), Err(UrlError::Fragment));
+        assert_eq!(
+            parse("http://h/?a=1&a=2"),
+            Err(UrlError::DuplicateParam("a".into()))
+        );
+        assert_eq!(
+            parse("http://h/?priority=high"),
+            Err(UrlError::BadParam {
+                name: "priority".into(),
+                value: "high".into()
+            })
+        );
+        assert!(parse("file://u:p@/x").is_err());
+        // Errors never echo the input (it may hold credentials).
+        let e = parse("http://user:hunter2@[::1").unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn keys() {
+        for good in [
+            "nix-cache-info",
+            "a8z667l486sd21m8rs058ir3b2sh8k14.narinfo",
+            "nar/0y6qgvyaayf94lsazzb8jgxm1c0c4a8dpx17y09yhayahzcs1w2i.nar.xz",
+            "log/scfljnpjg04vw85jk1n0xrdhdyrjpcpr-vec-c.drv",
+            "realisations/sha256:0fe36bf3!out.doi",
+            ".hidden",
+            "a/.b/c..d",
+            "100%.nar",
+        ] {
+            assert!(check_key(good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(MAX_KEY_LEN + 1);
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "nar/../../x",
+            "nar/./x",
+            "nar//x",
+            "nar/",
+            ".",
+            "a\0b",
+            "a\\b",
+            "x.nar?y=1",
+            "x.nar#f",
+            "x\ny",
+            "http://evil.example/x.nar",
+            "https:x",
+            "file:///etc/passwd",
+            long.as_str(),
+        ] {
+            let e = check_key(bad).unwrap_err();
+            assert!(matches!(e, CacheError::InvalidKey { .. }), "{bad}: {e:?}");
+        }
+        let e = check_key("https://evil.example/nar/x.nar").unwrap_err();
+        assert!(
+            e.to_string().contains("absolute URLs are not supported"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,344 @@
+//! The write side, in the order `nix copy --to http://…` uses it: `PUT /nar/<file>` stages
+//! the (compressed) NAR, then `PUT /<hash32>.narinfo` makes the path valid.
+//!
+//! * A NAR upload is written to a temp file in `serve/staging/` and renamed to its name
+//!   when complete; it is never served and never enters the store by itself. Its size is
+//!   bounded by `UploadConfig::max_nar_size` (checked against `Content-Length` first, then
+//!   while reading).
+//! * A narinfo upload is parsed for this store dir, then checked with
+//!   [`trust::check_narinfo`] against the path its file name asks for (only the hash part
+//!   is in the name, so the name of the path comes from the narinfo). Its `URL` must be
+//!   `nar/<file>` naming a staged upload, which is decompressed (the `Compression` label,
+//!   with the format sniffed from the data) and imported with [`LocalStore::import_nar`]
+//!   on the blocking pool: references must already be valid, and the NarHash, NarSize and
+//!   content address are verified before the path becomes valid, atomically.
+//! * The staged file is removed after a successful import and after an import that
+//!   refused its contents (422); otherwise (server error, missing references) it stays,
+//!   so a retry can succeed.
+//!   Staged files nobody claims are swept after [`STALE_AFTER`]. A successful narinfo
+//!   upload records the NAR name it used as an alias (see [`alias`]).
+//! * Refusals close the connection (`Connection: close`), since the body may be unread.
+//!
+//! Not checked: `FileHash`/`FileSize` (Nix 2.8 never checks them either; the NarHash,
+//! which the signature covers, is verified during import).
+
+use std::fs::{self, File};
+use std::io::{self, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State as Extract};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::alias::{self, Alias};
+use super::error::ApiError;
+use super::names::{is_upload_name, parse_narinfo_name, upload_name_of_url};
+use super::stream::temp_name;
+use super::{Access, State};
+use crate::cache::compression::{decompress, CompressionError};
+use crate::format::cache_info::{CacheInfo, MAX_CACHE_INFO_SIZE};
+use crate::format::narinfo::{NarInfo, MAX_NARINFO_SIZE};
+use crate::format::store_path::{StorePath, StorePathName};
+use crate::store::NarImport;
+use crate::trust;
+
+/// Age after which staged uploads and temp files are removed.
+pub const STALE_AFTER: Duration = Duration::from_secs(3600);
+/// How often the sweep runs (also once at startup).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+/// Write buffer for staged uploads.
+const STAGING_BUFFER: usize = 1 << 20;
+
+/// The status of every successful upload.
+const STORED: StatusCode = StatusCode::NO_CONTENT;
+
+/// A refused upload. The response says `Connection: close`: the request body may not have
+/// been read, and hyper then drops the connection after answering, which a client that
+/// reused it would see as a broken response.
+#[derive(Debug)]
+pub(crate) struct Refused(ApiError);
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Self {
+        Refused(e)
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let mut res = self.0.into_response();
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        res
+    }
+}
+
+/// `PUT /nar/<file>`.
+pub(crate) async fn put_nar(
+    Extract(state): Extract<Arc<State>>,
+    UrlPath(file): UrlPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, Refused> {
+    state.authorize(&headers, Access::Upload)?;
+    let limit = state
+        .config
+        .upload
+        .as_ref()
+        .map_or(0, |u| u.max_nar_size);
+    if !is_upload_name(&file) {
+        return Err(ApiError::BadName(file).into());
+    }
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(ApiError::TooLarge { limit }.into());
+    }
+    let tmp = state.staging_dir.join(temp_name());
+    let written = write_body(body, &tmp, limit).await;
+    let result = match written {
+        Ok(()) => tokio::fs::rename(&tmp, state.staging_dir.join(&file))
+            .await
+            .map_err(|e| ApiError::io("cannot move a staged upload into place", e)),
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    Ok(result.map(|()| STORED)?)
+}
+
+/// Writes a request body to a new file, refusing more than `limit` bytes.
+async fn write_body(body: Body, dest: &Path, limit: u64) -> Result<(), ApiError> {
+    let io_err = |e| ApiError::io("cannot write a staged upload", e);
+    let file = tokio::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .await
+        .map_err(io_err)?;
+    let mut out = tokio::io::BufWriter::with_capacity(STAGING_BUFFER, file);
+    let mut data = body.into_data_stream();
+    let mut total: u64 = 0;
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk.map_err(ApiError::Body)?;
+        total += chunk.len() as u64;
+        if total > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+        out.write_all(&chunk).await.map_err(io_err)?;
+    }
+    out.flush().await.map_err(io_err)?;
+    Ok(())
+}
+
+/// Reads a small request body into memory, refusing more than `limit` bytes.
+async fn read_bounded(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let mut data = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk.map_err(ApiError::Body)?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge {
+                limit: limit as u64,
+            });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// `PUT /<hash32>.narinfo`.
+pub(crate) async fn put_narinfo(
+    Extract(state): Extract<Arc<State>>,
+    UrlPath(file): UrlPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, Refused> {
+    state.authorize(&headers, Access::Upload)?;
+    let Some(upload) = state.config.upload.as_ref() else {
+        return Err(ApiError::UploadsDisabled.into());
+    };
+    let hash = parse_narinfo_name(&file).ok_or(ApiError::NotFound)?;
+    let text = read_bounded(body, MAX_NARINFO_SIZE).await?;
+    let dir = state.store.store_dir();
+    let info = NarInfo::parse_bytes(&text, dir).map_err(ApiError::BadNarInfo)?;
+    // The name comes from the narinfo (it parsed, so it is valid); the hash from the URL.
+    let name =
+        StorePathName::new(info.store_path().name()).map_err(|_| ApiError::BadName(file))?;
+    let asked = StorePath::from_parts(hash, &name);
+    trust::check_narinfo(&info, &asked, &upload.trusted_keys, dir).map_err(ApiError::Untrusted)?;
+    let staged_name = upload_name_of_url(info.url())
+        .ok_or_else(|| ApiError::BadNarUrl(info.url().to_owned()))?
+        .to_owned();
+    let meta = NarImport {
+        path: asked,
+        nar_hash: *info.nar_hash(),
+        nar_size: info.nar_size(),
+        references: info.references().clone(),
+        deriver: info.deriver().cloned(),
+        sigs: info.sigs().clone(),
+        ca: info.ca().cloned(),
+    };
+    let label = info.compression().map(str::to_owned);
+    let st = Arc::clone(&state);
+    tokio::task::spawn_blocking(move || import_upload(&st, &staged_name, label, meta))
+        .await
+        .map_err(ApiError::Task)??;
+    state.infos.remove(&hash);
+    Ok(STORED)
+}
+
+/// Makes the uploaded path valid (blocking): from its staged NAR, or from a path with the
+/// same contents that an alias names; records the alias. See the module docs.
+fn import_upload(
+    state: &State,
+    staged_name: &str,
+    label: Option<String>,
+    meta: NarImport,
+) -> Result<(), ApiError> {
+    let store = &state.store;
+    let staged = state.staging_dir.join(staged_name);
+    let record = Alias {
+        path: meta.path.clone(),
+        nar_hash_nix32: meta.nar_hash.to_nix32(),
+        label,
+    };
+    let remember = || {
+        if let Err(e) = alias::write(&state.alias_dir, staged_name, &record) {
+            tracing::warn!("cannot record the upload alias '{staged_name}': {e}");
+        }
+    };
+    if store.is_valid(&meta.path).map_err(ApiError::Store)? {
+        tracing::info!("upload of {} skipped: already valid", store.print_path(&meta.path));
+        remember();
+        let _ = fs::remove_file(&staged);
+        return Ok(());
+    }
+    let file = match File::open(&staged) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let same = alias::read(&state.alias_dir, staged_name)
+                .filter(|a| a.nar_hash_nix32 == record.nar_hash_nix32)
+                .ok_or_else(|| ApiError::MissingNar(staged_name.to_owned()))?;
+            alias::import_from_path(store, &same.path, meta).map_err(ApiError::Import)?;
+            tracing::info!(
+                "imported {} from {} (same contents)",
+                store.print_path(&record.path),
+                store.print_path(&same.path)
+            );
+            remember();
+            return Ok(());
+        }
+        Err(e) => return Err(ApiError::io("cannot open a staged upload", e)),
+    };
+    let inode = file
+        .metadata()
+        .map_err(|e| ApiError::io("cannot stat a staged upload", e))?
+        .ino();
+    let result = decompress(record.label.as_deref(), BufReader::with_capacity(STAGING_BUFFER, file))
+        .map_err(|e| compression_error(staged_name, e))
+        .and_then(|nar| store.import_nar(meta, nar).map_err(ApiError::Import));
+    match &result {
+        Ok(outcome) => {
+            tracing::info!("imported {} from an upload", store.print_path(&outcome.info.path));
+            remember();
+        }
+        // Keep the staged NAR unless its contents were refused: after a server error or
+        // missing references, the same narinfo may be retried.
+        Err(e) if e.status() != StatusCode::UNPROCESSABLE_ENTITY => return result.map(drop),
+        Err(_) => {}
+    }
+    // Only our file: a concurrent upload under the same name may have replaced it.
+    if fs::metadata(&staged).is_ok_and(|m| m.ino() == inode) {
+        let _ = fs::remove_file(&staged);
+    }
+    result.map(drop)
+}
+
+/// A failure to start decompressing: unrecognised data is the client's fault, a read
+/// error of the staged file ours.
+fn compression_error(file: &str, e: io::Error) -> ApiError {
+    let ours = e
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<CompressionError>().is_some());
+    if ours {
+        ApiError::UnsupportedCompression {
+            file: file.to_owned(),
+            source: e,
+        }
+    } else {
+        ApiError::io("cannot read a staged upload", e)
+    }
+}
+
+/// `PUT /nix-cache-info`: Nix writes it when it thinks the cache is new. A no-op if it
+/// names our store dir.
+pub(crate) async fn put_cache_info(
+    Extract(state): Extract<Arc<State>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, Refused> {
+    state.authorize(&headers, Access::Upload)?;
+    let text = read_bounded(body, MAX_CACHE_INFO_SIZE).await?;
+    let info = CacheInfo::parse(&String::from_utf8_lossy(&text)).map_err(ApiError::BadCacheInfo)?;
+    let ours = state.store.store_dir();
+    if info.store_dir != *ours {
+        return Err(ApiError::WrongStoreDir {
+            got: info.store_dir.to_string(),
+            ours: ours.to_string(),
+        }
+        .into());
+    }
+    Ok(STORED)
+}
+
+/// Sweeps the server directories now and every [`SWEEP_INTERVAL`], until aborted.
+pub(crate) async fn sweep_periodically(state: Arc<State>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let st = Arc::clone(&state);
+        let _ = tokio::task::spawn_blocking(move || {
+            remove_stale(&st.staging_dir, |_| true);
+            remove_stale(&st.nar_cache_dir, |name| name.starts_with(".tmp-"));
+        })
+        .await;
+    }
+}
+
+/// Removes the files in `dir` selected by `pick` that were last modified more than
+/// [`STALE_AFTER`] ago (an upload in progress keeps its temp file fresh).
+fn remove_stale(dir: &Path, pick: impl Fn(&str) -> bool) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !pick(name) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > STALE_AFTER));
+        if old {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!("removed stale {}", entry.path().display()),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
+            }
+        }
+    }
+}
