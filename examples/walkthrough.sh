@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end, without root: build `store`, create a store under a local root,
-# add a tree, show its metadata as JSON, make a signing key, sign the path, verify it.
+# add a tree, show its metadata as JSON, make a signing key, sign the path, verify it, push
+# it to a file:// binary cache and substitute it into a second store (verified).
 # Usage: examples/walkthrough.sh [WORKDIR]   (default: target/walkthrough)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,4 +41,21 @@ store verify "$path"
 
 echo "== the tree in the store is read-only, with mtime 1"
 ls -la "$work/root$path"
+
+echo "== push the signed closure to a binary cache in a directory (zstd, Nix's layout)"
+store copy --to "file://$work/cache" "$path"
+ls "$work/cache" "$work/cache/nar"
+
+echo "== a second store substitutes it, trusting only our key"
+./target/release/store --root "$work/root2" realise --json \
+  --substituters "file://$work/cache" \
+  --trusted-public-keys "$(cat "$work/walkthrough-1.pub")" "$path"
+./target/release/store --root "$work/root2" verify --all
+
+echo "== without the key, it is refused before anything is downloaded"
+if ./target/release/store --root "$work/root3" realise \
+  --substituters "file://$work/cache" --trusted-public-keys "" "$path"; then
+  echo "unexpected: an untrusted path was accepted" >&2
+  exit 1
+fi
 echo "walkthrough complete"

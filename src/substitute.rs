@@ -29,7 +29,9 @@ use crate::cache::compression;
 use crate::cache::{blocking_reader, Backend, Cache, CacheError, CacheUrl, ClientOptions};
 use crate::format::keys::TrustedKeys;
 use crate::format::narinfo::NarInfo;
+use crate::format::nar::NarReadError;
 use crate::format::store_path::StorePath;
+use crate::fsnar::FsNarError;
 use crate::store::{ImportError, LocalStore, NarImport, StoreError};
 use crate::trust::{check_narinfo, TrustError};
 
@@ -435,14 +437,15 @@ impl Substituter {
                 download_size: received.load(Ordering::Relaxed),
                 installed: out.installed,
             }),
+            // The request itself: the HTTP layer has already retried transient failures.
             Err(ImportError::Open(e)) => Err(Attempt {
-                retryable: e.is_transient(),
-                message: e.to_string(),
+                retryable: false,
+                message: error_chain(&e),
             }),
             Err(ImportError::Store(e)) => Err(Attempt {
-                // A stream that broke off (connection drop, timeout) is worth a retry; a NAR
-                // that arrived whole but does not match what was signed is not.
-                retryable: matches!(e, StoreError::Nar { .. } | StoreError::Io { .. }),
+                // A stream that broke off mid-body (connection drop, stall) is worth another
+                // try; a NAR that arrived but is malformed or does not match is not.
+                retryable: broke_off(&e),
                 message: error_chain(&e),
             }),
         }
@@ -455,11 +458,35 @@ struct Attempt {
     retryable: bool,
 }
 
+/// Whether an import failed because reading the NAR stream failed (as opposed to the NAR
+/// being wrong or the store failing).
+fn broke_off(e: &StoreError) -> bool {
+    match e {
+        StoreError::Nar {
+            source: FsNarError::InvalidNar(NarReadError::Io(io)),
+            ..
+        } => is_network(io),
+        _ => false,
+    }
+}
+
+/// Whether an I/O error came from the cache connection (wrapped by the stream bridge).
+fn is_network(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<CacheError>())
+        .is_some_and(CacheError::is_transient)
+}
+
+/// An error and its causes on one line, skipping causes whose text the message already
+/// contains.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        let _ = write!(s, ": {c}");
+        let text = c.to_string();
+        if !s.contains(&text) {
+            let _ = write!(s, ": {text}");
+        }
         cur = c.source();
     }
     s

@@ -222,17 +222,22 @@ impl Cache {
     pub async fn init_for_writing(&self, store_dir: &StoreDir) -> Result<CacheInfo, CacheError> {
         if let Cache::File(c) = self {
             c.create_layout(&["nar", "log", "realisations"]).await?;
-            if !c.exists(CACHE_INFO_KEY).await? {
-                let text = CacheInfo::new(store_dir.clone()).to_text();
-                c.put(
+        }
+        // Like Nix, create a missing nix-cache-info (an HTTP cache may refuse the PUT, which
+        // is then the error).
+        let info = match self.cache_info().await {
+            Err(CacheError::NotACache { .. }) => {
+                let info = CacheInfo::new(store_dir.clone());
+                self.put(
                     CACHE_INFO_KEY,
-                    PutBody::Bytes(Bytes::from(text)),
+                    PutBody::Bytes(Bytes::from(info.to_text())),
                     content_type::CACHE_INFO,
                 )
                 .await?;
+                info
             }
-        }
-        let info = self.cache_info().await?;
+            other => other?,
+        };
         if info.store_dir != *store_dir {
             return Err(CacheError::WrongStoreDir {
                 cache: self.url().to_string(),

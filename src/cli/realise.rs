@@ -55,17 +55,8 @@ pub fn run(g: &GlobalArgs, args: RealiseArgs) -> Result<ExitCode> {
     for a in &args.paths {
         paths.push(store.parse_user_path(a)?);
     }
-    // Already-valid paths cost no network request (and no async runtime).
-    let mut missing = false;
-    for p in &paths {
-        missing |= !store.is_valid(p)?;
-    }
-    let fetched = if missing {
-        let urls = parse_urls(&settings.substituters)?;
-        substitute(g, &settings, Arc::new(store), &urls, &paths, args.jobs)?
-    } else {
-        Vec::new()
-    };
+    let urls = parse_urls(&settings.substituters)?;
+    let fetched = substitute(g, &settings, Arc::new(store), &urls, &paths, args.jobs)?;
     report(g, &settings, &paths, fetched)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -144,6 +135,14 @@ pub fn substitute(
     paths: &[StorePath],
     jobs: usize,
 ) -> Result<Vec<Fetched>> {
+    // Already-valid paths cost no network request (and no async runtime).
+    let mut missing = false;
+    for p in paths {
+        missing |= !store.is_valid(p)?;
+    }
+    if !missing {
+        return Ok(Vec::new());
+    }
     let keys = trusted_keys(settings)?;
     let options = client_options(settings);
     let rt = runtime()?;

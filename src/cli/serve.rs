@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use clap::{Args, ValueEnum};
 use store::format::keys::TrustedKeys;
 use store::server::{self, NarEncoding, ServerConfig, Token, UploadConfig};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use zeroize::Zeroizing;
 
 use super::GlobalArgs;
@@ -109,7 +109,9 @@ async fn run_server(listen: SocketAddr, config: ServerConfig, quiet: bool) -> Re
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener.local_addr().context("cannot get the bound address")?;
+    let addr = listener
+        .local_addr()
+        .context("cannot get the bound address")?;
     // Tests and scripts read this line to learn the port; keep its shape.
     eprintln!("store serve: listening on http://{addr}");
     if !quiet && config.upload.is_some() {

@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -108,9 +109,10 @@ fn copy_file(
         Some((dir, name)) => {
             let fd = sys::create_file(fd_or_cwd(dir), name, sys::file_mode(job.executable))
                 .map_err(|e| match e {
-                    rustix::io::Errno::EXIST if dir.is_none() => {
-                        FsNarError::TargetExists { path: path() }
-                    }
+                    // Only the root has no directory handle: `name` is then the target path.
+                    rustix::io::Errno::EXIST if dir.is_none() => FsNarError::TargetExists {
+                        path: PathBuf::from(std::ffi::OsStr::from_bytes(name.to_bytes())),
+                    },
                     e => io_err("creating the copy of", path)(e),
                 })?;
             dest_created.store(true, Ordering::Relaxed);

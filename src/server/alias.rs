@@ -103,7 +103,10 @@ pub(crate) fn import_from_path(
         );
         match dumper.join() {
             Ok(Err(e)) if imported.is_err() => {
-                tracing::error!("cannot dump '{}' for an aliased upload: {e}", store.print_path(source))
+                tracing::error!(
+                    "cannot dump '{}' for an aliased upload: {e}",
+                    store.print_path(source)
+                )
             }
             Err(_) => tracing::error!("the NAR dump thread panicked"),
             Ok(_) => {}

@@ -111,9 +111,7 @@ impl ApiError {
 
 fn trust_status(e: &TrustError) -> StatusCode {
     match e {
-        TrustError::WrongPath { .. } | TrustError::BadSignature { .. } => {
-            StatusCode::BAD_REQUEST
-        }
+        TrustError::WrongPath { .. } | TrustError::BadSignature { .. } => StatusCode::BAD_REQUEST,
         TrustError::Unsigned { .. } => StatusCode::FORBIDDEN,
         // `serve` refuses to enable uploads without trusted keys, so this is a bug.
         TrustError::NoTrustedKeys => StatusCode::INTERNAL_SERVER_ERROR,
@@ -149,9 +147,7 @@ fn import_status(e: &StoreError) -> StatusCode {
 /// surfaces as a read error of the NAR stream) is the client's; writing is ours.
 fn nar_status(e: &FsNarError) -> StatusCode {
     match e {
-        FsNarError::InvalidNar(_) | FsNarError::TooDeep { .. } => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
+        FsNarError::InvalidNar(_) | FsNarError::TooDeep { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         FsNarError::Io { .. }
         | FsNarError::UnsupportedType { .. }
         | FsNarError::Changed { .. }
@@ -267,7 +263,9 @@ mod tests {
         let res = ApiError::io("secret /internal/path", io::Error::other("boom")).into_response();
         assert_eq!(res.status(), 500);
         assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let body = rt
             .block_on(axum::body::to_bytes(res.into_body(), 1024))
             .unwrap();

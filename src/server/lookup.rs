@@ -112,8 +112,8 @@ impl Renderer {
         };
         let nix32 = info.nar_hash.to_nix32();
         let url = nar_url(info.path.hash_str(), &nix32, self.encoding);
-        let mut ni = NarInfo::new(info.path.clone(), &url, info.nar_hash, info.nar_size)
-            .map_err(err)?;
+        let mut ni =
+            NarInfo::new(info.path.clone(), &url, info.nar_hash, info.nar_size).map_err(err)?;
         ni.set_compression(Some(self.encoding.label()))
             .map_err(err)?;
         if self.encoding == NarEncoding::Plain {
@@ -157,8 +157,7 @@ impl ChangeProbe {
     }
 
     fn version(&self) -> rusqlite::Result<i64> {
-        self.conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
+        self.conn.query_row("PRAGMA data_version", [], |r| r.get(0))
     }
 
     /// Whether the database changed since the last call (errors count as changes).
@@ -193,5 +192,67 @@ pub(crate) async fn watch(cache: Arc<InfoCache>, probe: ChangeProbe) {
         if changed {
             cache.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::store_path::{StoreDir, StorePathName};
+    use crate::store::Layout;
+
+    fn entry(path: &StorePath) -> Arc<Entry> {
+        Arc::new(Entry {
+            path: path.clone(),
+            nar_hash_nix32: String::new(),
+            nar_size: 1,
+            narinfo: Bytes::new(),
+        })
+    }
+
+    #[test]
+    fn entries_read_before_a_clear_are_not_kept() {
+        let cache = InfoCache::default();
+        let p: StorePath = "a8z667l486sd21m8rs058ir3b2sh8k14-vec-c".parse().unwrap();
+        let before = cache.generation();
+        cache.clear();
+        cache.insert(before, *p.hash(), entry(&p));
+        assert!(cache.get(p.hash()).is_none());
+        cache.insert(cache.generation(), *p.hash(), entry(&p));
+        assert!(cache.get(p.hash()).is_some());
+        cache.remove(p.hash());
+        assert!(cache.get(p.hash()).is_none());
+    }
+
+    #[test]
+    fn probe_sees_commits_of_other_connections() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = Layout::new(StoreDir::new("/ix/store").unwrap(), Some(d.path()));
+        let store = LocalStore::open(layout).unwrap();
+        let mut probe = ChangeProbe::open(&store.layout().db_path()).unwrap();
+        assert!(!probe.changed());
+        let src = d.path().join("f");
+        std::fs::write(&src, b"x").unwrap();
+        let name = StorePathName::new("f").unwrap();
+        let added = store.add_tree(&src, &name).unwrap();
+        assert!(probe.changed());
+        assert!(!probe.changed());
+        store
+            .add_signatures(&added.info.path, ["k:AA".to_owned()])
+            .unwrap();
+        assert!(probe.changed());
+
+        let r = Renderer {
+            encoding: NarEncoding::Zstd,
+            sign_with: Some(SecretKey::from_seed("srv-1", &[3; 32]).unwrap()),
+        };
+        let e = r
+            .render(&store, store.query(&added.info.path).unwrap().unwrap())
+            .unwrap();
+        let text = std::str::from_utf8(&e.narinfo).unwrap();
+        let ni = NarInfo::parse(text, store.store_dir()).unwrap();
+        assert_eq!(ni.sigs().len(), 2);
+        assert_eq!(ni.compression(), Some("zstd"));
+        assert!(ni.url().ends_with(".nar.zst"));
     }
 }

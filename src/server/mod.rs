@@ -5,6 +5,7 @@
 //! GET|HEAD /nix-cache-info          StoreDir, WantMassQuery: 1, Priority
 //! GET|HEAD /<hash32>.narinfo        rendered from the DB (+ our signature if configured)
 //! GET|HEAD /nar/<hash32>-<narhash>.nar[.zst]   the NAR, produced from the store tree
+//! GET|HEAD /nar/<upload name>       the same, under a name a client uploaded it with
 //! PUT      /nar/<file>              stage an upload (bounded, temp + rename, invisible)
 //! PUT      /<hash32>.narinfo        check, then import the staged NAR it names
 //! PUT      /nix-cache-info          accepted as a no-op if it names our store dir
@@ -22,17 +23,17 @@
 //! [`crate::trust::check_narinfo`], the same check substitution uses, and its NAR is
 //! imported with [`LocalStore::import_nar`]; see [`upload`].
 //!
-//! Performance: narinfos are served from an
-//! in-memory map of rendered bytes ([`lookup`]) without touching the file system; every
-//! accepted socket gets `TCP_NODELAY`; NARs are streamed from blocking tasks in 256 KiB
-//! chunks ([`stream`]); zstd NARs are kept compressed under
-//! `<state>/serve/nar-cache/` after the first complete download, so later downloads are
-//! plain file reads with a known length.
+//! Performance: narinfos are served from an in-memory map of rendered bytes ([`lookup`])
+//! without touching the file system; every accepted socket gets `TCP_NODELAY`; NARs are
+//! streamed from blocking tasks in 256 KiB chunks ([`stream`]); zstd NARs are kept
+//! compressed under `<state>/serve/nar-cache/` after the first complete download, so
+//! later downloads are plain file reads with a known length.
 //!
 //! Server directories under the store's state dir: `serve/staging/` (uploaded NARs
 //! waiting for their narinfo), `serve/nar-cache/` and `serve/aliases/` (the NAR names
-//! clients uploaded under, which they may ask for later; see [`alias`]). Files there are replaced with
-//! temp + rename only; stale staged uploads and temp files are swept after an hour.
+//! clients uploaded under, which they may ask for later; see [`alias`]). Files there are
+//! replaced with temp + rename only; stale staged uploads and temp files are swept after
+//! an hour. Nothing bounds the size of `nar-cache/` (use `--no-nar-cache` to turn it off).
 
 mod alias;
 pub mod auth;
@@ -152,7 +153,11 @@ pub(crate) enum Access {
 impl State {
     /// Checks the request's credentials for `access`. Reads are open unless a read token
     /// is set; the upload token is good for reads too.
-    pub(crate) fn authorize(&self, headers: &axum::http::HeaderMap, access: Access) -> Result<(), ApiError> {
+    pub(crate) fn authorize(
+        &self,
+        headers: &axum::http::HeaderMap,
+        access: Access,
+    ) -> Result<(), ApiError> {
         let upload = self.config.upload.as_ref().map(|u| &u.token);
         let accepted: &[Option<&Token>] = match access {
             Access::Read if self.config.read_token.is_none() => return Ok(()),
@@ -192,7 +197,11 @@ pub async fn serve_with_shutdown(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    if config.upload.as_ref().is_some_and(|u| u.trusted_keys.is_empty()) {
+    if config
+        .upload
+        .as_ref()
+        .is_some_and(|u| u.trusted_keys.is_empty())
+    {
         return Err(ServeError::NoTrustedKeys.into());
     }
     let state_dir = config.store.layout().state_dir().join("serve");
@@ -205,8 +214,8 @@ pub async fn serve_with_shutdown(
             source,
         })?;
     }
-    let probe = lookup::ChangeProbe::open(&config.store.layout().db_path())
-        .map_err(ServeError::Probe)?;
+    let probe =
+        lookup::ChangeProbe::open(&config.store.layout().db_path()).map_err(ServeError::Probe)?;
     let state = Arc::new(State {
         store: Arc::clone(&config.store),
         cache_info: routes::cache_info_text(&config),

@@ -73,7 +73,10 @@ pub fn parse_nar_name(file: &str) -> Option<NarName<'_>> {
     let (stem, encoding) = if let Some(s) = file.strip_suffix(NarEncoding::Zstd.suffix()) {
         (s, NarEncoding::Zstd)
     } else {
-        (file.strip_suffix(NarEncoding::Plain.suffix())?, NarEncoding::Plain)
+        (
+            file.strip_suffix(NarEncoding::Plain.suffix())?,
+            NarEncoding::Plain,
+        )
     };
     if stem.len() != HASH_CHARS + 1 + NAR_HASH_CHARS || stem.as_bytes()[HASH_CHARS] != b'-' {
         return None;
@@ -137,7 +140,9 @@ mod tests {
     #[test]
     fn narinfo_names() {
         assert_eq!(
-            parse_narinfo_name(&format!("{H}.narinfo")).unwrap().to_string(),
+            parse_narinfo_name(&format!("{H}.narinfo"))
+                .unwrap()
+                .to_string(),
             H
         );
         for bad in [
@@ -183,8 +188,16 @@ mod tests {
             assert_eq!(upload_name_of_url(&format!("nar/{ok}")), Some(ok.as_str()));
         }
         for bad in [
-            "", ".nar", "../x.nar", "x/y.nar", "X.nar", ".tmp-1.nar", "x.nar.", "x.nar.xz.zst",
-            "x.narx", "x.nar.toolongext",
+            "",
+            ".nar",
+            "../x.nar",
+            "x/y.nar",
+            "X.nar",
+            ".tmp-1.nar",
+            "x.nar.",
+            "x.nar.xz.zst",
+            "x.narx",
+            "x.nar.toolongext",
         ] {
             assert!(!is_upload_name(bad), "{bad}");
         }

@@ -6,14 +6,15 @@ use std::fs::File;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State as Extract};
-use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::extract::{FromRequestParts, Path, State as Extract};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method};
 use axum::response::Response;
 use bytes::Bytes;
 
+use super::alias;
 use super::error::ApiError;
 use super::lookup::Entry;
-use super::alias;
 use super::names::{is_upload_name, nar_url, parse_nar_name, parse_narinfo_name, NarEncoding};
 use super::stream::{self, body_channel, CacheTarget};
 use super::{Access, ServerConfig, State};
@@ -29,6 +30,33 @@ const SHORT: &str = "public, max-age=300";
 const CACHE_INFO_TYPE: &str = "text/x-nix-cache-info";
 const NARINFO_TYPE: &str = "text/x-nix-narinfo";
 const NAR_TYPE: &str = "application/x-nix-nar";
+
+/// The `{file}` segment of a route. A segment that cannot be decoded (bad percent
+/// encoding, not UTF-8) is "not found", without axum's explanatory body.
+pub(crate) struct FileName(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for FileName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(file)) => Ok(FileName(file)),
+            Err(_) => Err(ApiError::NotFound),
+        }
+    }
+}
+
+/// Proof that the request may read; checks `Authorization` in place (the `HeaderMap`
+/// extractor would copy every header of every request).
+pub(crate) struct CanRead;
+
+impl FromRequestParts<Arc<State>> for CanRead {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<State>) -> Result<Self, ApiError> {
+        state.authorize(&parts.headers, Access::Read).map(|()| CanRead)
+    }
+}
 
 /// The nix-cache-info text of a server.
 pub(crate) fn cache_info_text(config: &ServerConfig) -> Bytes {
@@ -92,9 +120,8 @@ impl State {
 
 pub(crate) async fn get_cache_info(
     Extract(state): Extract<Arc<State>>,
-    headers: HeaderMap,
+    _: CanRead,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers, Access::Read)?;
     Ok(respond(
         Body::from(state.cache_info.clone()),
         CACHE_INFO_TYPE,
@@ -105,10 +132,9 @@ pub(crate) async fn get_cache_info(
 
 pub(crate) async fn get_narinfo(
     Extract(state): Extract<Arc<State>>,
-    Path(file): Path<String>,
-    headers: HeaderMap,
+    _: CanRead,
+    FileName(file): FileName,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers, Access::Read)?;
     let hash = parse_narinfo_name(&file).ok_or(ApiError::NotFound)?;
     let entry = state.lookup(hash).await?.ok_or(ApiError::NotFound)?;
     Ok(respond(
@@ -121,11 +147,10 @@ pub(crate) async fn get_narinfo(
 
 pub(crate) async fn get_nar(
     Extract(state): Extract<Arc<State>>,
-    Path(file): Path<String>,
+    _: CanRead,
+    FileName(file): FileName,
     method: Method,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.authorize(&headers, Access::Read)?;
     let (hash, nar_hash, compression) = match parse_nar_name(&file) {
         Some(name) => {
             let c = match name.encoding {
@@ -150,11 +175,21 @@ pub(crate) async fn get_nar(
     if entry.nar_hash_nix32 != nar_hash {
         return Err(ApiError::NotFound);
     }
-    Ok(nar_response(&state, entry, compression, method == Method::HEAD))
+    Ok(nar_response(
+        &state,
+        entry,
+        compression,
+        method == Method::HEAD,
+    ))
 }
 
 /// The NAR of `entry` encoded with `compression` (none, zstd or brotli).
-fn nar_response(state: &Arc<State>, entry: Arc<Entry>, compression: Compression, head: bool) -> Response {
+fn nar_response(
+    state: &Arc<State>,
+    entry: Arc<Entry>,
+    compression: Compression,
+    head: bool,
+) -> Response {
     let st = Arc::clone(state);
     if compression == Compression::None {
         let len = Some(entry.nar_size);
@@ -169,7 +204,11 @@ fn nar_response(state: &Arc<State>, entry: Arc<Entry>, compression: Compression,
     }
     // Only zstd NARs are kept, under their canonical name.
     let cache_name = (compression == Compression::Zstd && state.config.nar_cache).then(|| {
-        let url = nar_url(entry.path.hash_str(), &entry.nar_hash_nix32, NarEncoding::Zstd);
+        let url = nar_url(
+            entry.path.hash_str(),
+            &entry.nar_hash_nix32,
+            NarEncoding::Zstd,
+        );
         url.trim_start_matches("nar/").to_owned()
     });
     // A small open + fstat on the request thread: cheaper than a blocking-pool hop.

@@ -335,7 +335,9 @@ mod tests {
     use super::*;
 
     fn collect(body: Body) -> Result<Vec<u8>, axum::Error> {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(axum::body::to_bytes(body, usize::MAX))
             .map(|b| b.to_vec())
     }
@@ -370,7 +372,10 @@ mod tests {
             w.write_all(&vec![0; CHUNK]).unwrap();
             drop(w);
         });
-        assert!(collect(body).is_err(), "no end marker: must not look complete");
+        assert!(
+            collect(body).is_err(),
+            "no end marker: must not look complete"
+        );
         t.join().unwrap();
     }
 

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, State as Extract};
+use axum::extract::State as Extract;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -40,6 +40,7 @@ use tokio::io::AsyncWriteExt;
 use super::alias::{self, Alias};
 use super::error::ApiError;
 use super::names::{is_upload_name, parse_narinfo_name, upload_name_of_url};
+use super::routes::FileName;
 use super::stream::temp_name;
 use super::{Access, State};
 use crate::cache::compression::{decompress, CompressionError};
@@ -83,16 +84,12 @@ impl IntoResponse for Refused {
 /// `PUT /nar/<file>`.
 pub(crate) async fn put_nar(
     Extract(state): Extract<Arc<State>>,
-    UrlPath(file): UrlPath<String>,
+    FileName(file): FileName,
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, Refused> {
     state.authorize(&headers, Access::Upload)?;
-    let limit = state
-        .config
-        .upload
-        .as_ref()
-        .map_or(0, |u| u.max_nar_size);
+    let limit = state.config.upload.as_ref().map_or(0, |u| u.max_nar_size);
     if !is_upload_name(&file) {
         return Err(ApiError::BadName(file).into());
     }
@@ -160,7 +157,7 @@ async fn read_bounded(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 /// `PUT /<hash32>.narinfo`.
 pub(crate) async fn put_narinfo(
     Extract(state): Extract<Arc<State>>,
-    UrlPath(file): UrlPath<String>,
+    FileName(file): FileName,
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, Refused> {
@@ -173,8 +170,7 @@ pub(crate) async fn put_narinfo(
     let dir = state.store.store_dir();
     let info = NarInfo::parse_bytes(&text, dir).map_err(ApiError::BadNarInfo)?;
     // The name comes from the narinfo (it parsed, so it is valid); the hash from the URL.
-    let name =
-        StorePathName::new(info.store_path().name()).map_err(|_| ApiError::BadName(file))?;
+    let name = StorePathName::new(info.store_path().name()).map_err(|_| ApiError::BadName(file))?;
     let asked = StorePath::from_parts(hash, &name);
     trust::check_narinfo(&info, &asked, &upload.trusted_keys, dir).map_err(ApiError::Untrusted)?;
     let staged_name = upload_name_of_url(info.url())
@@ -219,7 +215,10 @@ fn import_upload(
         }
     };
     if store.is_valid(&meta.path).map_err(ApiError::Store)? {
-        tracing::info!("upload of {} skipped: already valid", store.print_path(&meta.path));
+        tracing::info!(
+            "upload of {} skipped: already valid",
+            store.print_path(&meta.path)
+        );
         remember();
         let _ = fs::remove_file(&staged);
         return Ok(());
@@ -245,12 +244,18 @@ fn import_upload(
         .metadata()
         .map_err(|e| ApiError::io("cannot stat a staged upload", e))?
         .ino();
-    let result = decompress(record.label.as_deref(), BufReader::with_capacity(STAGING_BUFFER, file))
-        .map_err(|e| compression_error(staged_name, e))
-        .and_then(|nar| store.import_nar(meta, nar).map_err(ApiError::Import));
+    let result = decompress(
+        record.label.as_deref(),
+        BufReader::with_capacity(STAGING_BUFFER, file),
+    )
+    .map_err(|e| compression_error(staged_name, e))
+    .and_then(|nar| store.import_nar(meta, nar).map_err(ApiError::Import));
     match &result {
         Ok(outcome) => {
-            tracing::info!("imported {} from an upload", store.print_path(&outcome.info.path));
+            tracing::info!(
+                "imported {} from an upload",
+                store.print_path(&outcome.info.path)
+            );
             remember();
         }
         // Keep the staged NAR unless its contents were refused: after a server error or

@@ -1,0 +1,1029 @@
+//! Hostile and broken binary caches, through the real binary. Every case must be refused
+//! with one clear error naming the path and the reason (non-zero exit, no panic), and must
+//! leave no trace: the path is not registered and nothing of it (nor any `.tmp-*` dir) is
+//! left in the physical store dir. Covers bad, missing and untrusted signatures, narinfos
+//! for other paths, missing closure members (refused before any NAR is requested), NARs
+//! that do not match their narinfo, malicious NARs (traversal names, symlink tricks, the
+//! Nix 2.8 negative NAR vectors), a decompression bomb, and servers that hang, stall or
+//! drop the connection; plus falling through from a hostile cache to a good one.
+
+mod common;
+#[path = "common/http_server.rs"]
+mod http_server;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::Method;
+use bytes::Bytes;
+use common::*;
+use http_server::{Behaviour, TestServer};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use store::format::hash::{Hash, HashAlgo};
+use store::format::keys::SecretKey;
+use store::format::narinfo::NarInfo;
+use store::format::store_path::{StoreDir, StorePath};
+
+const ROOT: &str = "/nix/store/a8z667l486sd21m8rs058ir3b2sh8k14-vec-c";
+const VEC_B: &str = "/nix/store/nk183nb5dfayh95z7ibawczbvbs8gv3z-vec-b";
+const VEC_A: &str = "/nix/store/si47kwc33psiwfxkyw4c9qwx7r6n5zca-vec-a.txt";
+const CLOSURE: [&str; 3] = [VEC_A, VEC_B, ROOT];
+
+/// Generous upper bound for any single refusal (a hang is bounded by the config).
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+fn nix_dir() -> StoreDir {
+    StoreDir::new("/nix/store").unwrap()
+}
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(format!("{FIXTURES}/{rel}"))
+}
+
+fn test_public_key() -> String {
+    fs::read_to_string(fixture("keys/test-cache-1.pub"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn test_secret_key() -> SecretKey {
+    SecretKey::parse(
+        fs::read_to_string(fixture("keys/test-cache-1.sec"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap()
+}
+
+fn file_url(dir: &Path) -> String {
+    format!("file://{}", dir.display())
+}
+
+fn base_name(logical: &str) -> &str {
+    logical.rsplit('/').next().unwrap()
+}
+
+fn hash_part(logical: &str) -> &str {
+    &base_name(logical)[..32]
+}
+
+fn store_path(logical: &str) -> StorePath {
+    nix_dir().parse_path(logical).unwrap()
+}
+
+fn sha256(data: &[u8]) -> Hash {
+    Hash::sha256(Sha256::digest(data).into())
+}
+
+/// A made-up store path for hand-built content: the hash part is derived from `name`.
+fn made_up_path(name: &str) -> String {
+    let h = Hash::of(HashAlgo::Sha256, name.as_bytes()).to_nix32();
+    format!("/nix/store/{}-{name}", &h[..32])
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::write(&target, fs::read(entry.path()).unwrap()).unwrap();
+        }
+    }
+}
+
+/// A writable copy of a fixture cache (`caches/none`, `negative/bad-narhash`, …).
+fn cache_copy(s: &TestStore, rel: &str) -> PathBuf {
+    let dir = s.scratch().join(rel.replace('/', "-"));
+    copy_dir(&fixture(rel), &dir);
+    dir
+}
+
+fn narinfo_file(dir: &Path, logical: &str) -> PathBuf {
+    dir.join(format!("{}.narinfo", hash_part(logical)))
+}
+
+fn read_narinfo(dir: &Path, logical: &str) -> NarInfo {
+    NarInfo::parse(
+        &fs::read_to_string(narinfo_file(dir, logical)).unwrap(),
+        &nix_dir(),
+    )
+    .unwrap()
+}
+
+fn write_narinfo(dir: &Path, key_path: &str, info: &NarInfo) {
+    let file = narinfo_file(dir, key_path);
+    let _ = fs::remove_file(&file);
+    fs::write(file, info.to_text(&nix_dir())).unwrap();
+}
+
+/// An empty cache for `/nix/store`.
+fn empty_cache(s: &TestStore, name: &str) -> PathBuf {
+    let dir = s.scratch().join(name);
+    fs::create_dir_all(dir.join("nar")).unwrap();
+    fs::write(dir.join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
+    dir
+}
+
+/// Puts `file` (the NAR `nar`, compressed as `compression` says) into the cache under
+/// its file hash, and a narinfo for `logical` with NarHash/NarSize `nar_hash`/`nar_size`
+/// signed by the test key. Only checks of the NAR itself can stop such a path.
+fn publish(
+    dir: &Path,
+    logical: &str,
+    nar_hash: Hash,
+    nar_size: u64,
+    compression: &str,
+    file: &[u8],
+) -> NarInfo {
+    let ext = match compression {
+        "none" => ".nar",
+        "zstd" => ".nar.zst",
+        "xz" => ".nar.xz",
+        other => panic!("{other}"),
+    };
+    let file_hash = sha256(file);
+    let url = format!("nar/{}{ext}", file_hash.to_nix32());
+    fs::create_dir_all(dir.join("nar")).unwrap();
+    fs::write(dir.join(&url), file).unwrap();
+    let mut info = NarInfo::new(store_path(logical), &url, nar_hash, nar_size).unwrap();
+    info.set_compression(Some(compression)).unwrap();
+    info.set_file_hash(Some(file_hash)).unwrap();
+    info.set_file_size(Some(file.len() as u64));
+    info.sign(&test_secret_key(), &nix_dir());
+    write_narinfo(dir, logical, &info);
+    info
+}
+
+/// Publishes an uncompressed NAR with its true hash and size, signed.
+fn publish_nar(dir: &Path, logical: &str, nar: &[u8]) -> NarInfo {
+    publish(dir, logical, sha256(nar), nar.len() as u64, "none", nar)
+}
+
+// ---------------------------------------------------------------------------------------
+// Hand-built NARs (the crate's writer refuses bad names, so these are raw tokens).
+
+fn nar_tokens(tokens: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for t in tokens {
+        let t = t.as_bytes();
+        out.extend_from_slice(&(t.len() as u64).to_le_bytes());
+        out.extend_from_slice(t);
+        out.resize(out.len().div_ceil(8) * 8, 0);
+    }
+    out
+}
+
+fn regular_file_nar(contents: &str) -> Vec<u8> {
+    nar_tokens(&[
+        "nix-archive-1",
+        "(",
+        "type",
+        "regular",
+        "contents",
+        contents,
+        ")",
+    ])
+}
+
+// ---------------------------------------------------------------------------------------
+// Running the binary under observation
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    /// Highest `VmHWM` (peak resident memory, KiB) seen while sampling the process every
+    /// few milliseconds. (`wait4`'s `ru_maxrss` is useless here: it includes the memory
+    /// of this test process, which the child was forked from.)
+    peak_rss_kib: u64,
+    elapsed: Duration,
+}
+
+fn vm_hwm_kib(pid: libc::pid_t) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs `cmd`, sampling its peak memory, and kills it (by its PID, while it is certainly
+/// ours: not yet reaped) if it runs longer than `limit`.
+fn run(mut cmd: Command, limit: Duration) -> Run {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    // `done` is set while the child is still unreaped (a zombie at worst), so the
+    // watchdog can never signal a recycled PID.
+    let done = Arc::new(Mutex::new(false));
+    let watchdog = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + limit;
+            let mut peak = 0;
+            loop {
+                {
+                    let finished = done.lock().unwrap();
+                    if *finished {
+                        return (false, peak);
+                    }
+                    if Instant::now() >= deadline {
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        return (true, peak);
+                    }
+                    if let Some(kib) = vm_hwm_kib(pid) {
+                        peak = peak.max(kib);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let r = libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        );
+        assert_eq!(r, 0, "waitid");
+    }
+    *done.lock().unwrap() = true;
+    let status = child.wait().unwrap();
+    let elapsed = start.elapsed();
+    let (killed, peak_rss_kib) = watchdog.join().unwrap();
+    let run = Run {
+        code: status.code(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+        peak_rss_kib,
+        elapsed,
+    };
+    assert!(
+        !killed,
+        "killed after {limit:?}: stdout {} stderr {}",
+        run.stdout, run.stderr
+    );
+    run
+}
+
+fn realise_cmd(s: &TestStore, urls: &str, keys: &str, paths: &[&str], extra: &[&str]) -> Command {
+    let mut c = s.cmd();
+    c.args([
+        "realise",
+        "--substituters",
+        urls,
+        "--trusted-public-keys",
+        keys,
+    ])
+    .args(extra)
+    .args(paths);
+    c
+}
+
+/// Realises `paths` expecting a refusal; returns the error message (from its `error:`
+/// line on) after checking there is exactly one, and no panic.
+fn refused(s: &TestStore, urls: &str, keys: &str, paths: &[&str], extra: &[&str]) -> String {
+    refused_run(s, urls, keys, paths, extra).1
+}
+
+fn refused_run(
+    s: &TestStore,
+    urls: &str,
+    keys: &str,
+    paths: &[&str],
+    extra: &[&str],
+) -> (Run, String) {
+    let r = run(realise_cmd(s, urls, keys, paths, extra), RUN_LIMIT);
+    assert!(
+        r.code.is_some_and(|c| c != 0),
+        "{paths:?} should be refused: exit {:?}, stdout {}, stderr {}",
+        r.code,
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("panicked") && !r.stderr.contains("RUST_BACKTRACE"),
+        "panic: {}",
+        r.stderr
+    );
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    let errors: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "want exactly one error: {}", r.stderr);
+    let msg = lines[errors[0]..].join("\n");
+    eprintln!("refused {paths:?} in {:?}:\n{msg}", r.elapsed);
+    (r, msg)
+}
+
+fn assert_mentions(msg: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(msg.contains(n), "error should mention {n:?}: {msg}");
+    }
+}
+
+/// `logical` is not valid, and nothing of it nor any temp dir is in the physical store.
+fn assert_absent(s: &TestStore, logical: &str) {
+    s.fails(&["path-info", logical]);
+    let real_store = s.real("/nix/store");
+    if let Ok(entries) = fs::read_dir(&real_store) {
+        for e in entries {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert_ne!(name, base_name(logical), "{logical} left on disk");
+            assert!(!name.starts_with(".tmp-"), "temp dir {name} left behind");
+        }
+    }
+}
+
+/// Only `valid` of the vector closure are valid (and verify); the rest left no trace.
+fn assert_only_valid(s: &TestStore, valid: &[&str]) {
+    for p in CLOSURE {
+        if valid.contains(&p) {
+            s.ok(&["path-info", p]);
+        } else {
+            assert_absent(s, p);
+        }
+    }
+    if !valid.is_empty() {
+        s.ok(&["verify", "--all"]);
+    }
+}
+
+fn nix_store() -> TestStore {
+    TestStore::with_store_dir("/nix/store")
+}
+
+/// An HTTP server with its own runtime (the tests block on child processes).
+struct Http {
+    server: TestServer,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Http {
+    fn serve(dir: &Path) -> Http {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = rt.block_on(TestServer::start(dir));
+        Http { server, _rt: rt }
+    }
+
+    fn url(&self) -> &str {
+        &self.server.url
+    }
+
+    fn nar_requests(&self) -> Vec<String> {
+        self.server
+            .requests()
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| p.starts_with("/nar/"))
+            .collect()
+    }
+}
+
+fn config_file(s: &TestStore, text: &str) -> String {
+    let f = s.scratch().join("config.toml");
+    fs::write(&f, text).unwrap();
+    f.to_str().unwrap().to_owned()
+}
+
+// ---------------------------------------------------------------------------------------
+// Signatures and narinfos (refused while planning: no NAR is touched)
+
+#[test]
+fn untrusted_narinfos_are_refused() {
+    let cases = [
+        ("negative/unsigned", "no signature by a trusted key"),
+        ("negative/bad-signature", "no signature by a trusted key"),
+        (
+            "negative/wrong-key-same-name",
+            "no signature by a trusted key",
+        ),
+        ("negative/unknown-key-name", "no signature by a trusted key"),
+        (
+            "negative/bad-narhash-unsigned-edit",
+            "no signature by a trusted key",
+        ),
+    ];
+    for (rel, reason) in cases {
+        let s = nix_store();
+        let url = file_url(&fixture(rel));
+        let msg = refused(&s, &url, &test_public_key(), &[ROOT], &[]);
+        assert_mentions(&msg, &[ROOT, reason, "nothing was downloaded"]);
+        // Planning failed, so not even the good members were fetched.
+        assert_only_valid(&s, &[]);
+    }
+}
+
+#[test]
+fn signature_by_an_untrusted_key_is_refused() {
+    let s = nix_store();
+    let other = SecretKey::generate("someone-else-1").unwrap().to_public();
+    let url = file_url(&fixture("caches/none"));
+    let msg = refused(&s, &url, &other.to_string(), &[ROOT], &[]);
+    // The root is untrusted, so its (unsigned) references are not even looked at.
+    assert_mentions(&msg, &[ROOT, "no signature by a trusted key"]);
+    assert_only_valid(&s, &[]);
+    // No trusted keys at all is refused too.
+    let msg = refused(&s, &url, "", &[ROOT], &[]);
+    assert_mentions(&msg, &[ROOT, "trusted"]);
+    assert_only_valid(&s, &[]);
+}
+
+/// A malformed signature under a trusted key name (bad base64, wrong length).
+#[test]
+fn corrupted_signatures_are_refused() {
+    let s = nix_store();
+    let dir = cache_copy(&s, "caches/none");
+    let good = fs::read_to_string(narinfo_file(&dir, ROOT)).unwrap();
+    for bad_sig in ["test-cache-1:!!!notbase64!!!", "test-cache-1:AAAA"] {
+        let text: String = good
+            .lines()
+            .map(|l| {
+                if l.starts_with("Sig: ") {
+                    format!("Sig: {bad_sig}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        fs::write(narinfo_file(&dir, ROOT), text).unwrap();
+        let msg = refused(&s, &file_url(&dir), &test_public_key(), &[ROOT], &[]);
+        assert_mentions(&msg, &[ROOT, "signature"]);
+        assert_only_valid(&s, &[]);
+    }
+}
+
+#[test]
+fn narinfo_for_another_path_is_refused() {
+    let s = nix_store();
+    let key = test_secret_key();
+
+    // Same hash part, other name, validly signed for what it claims.
+    let dir = cache_copy(&s, "caches/none");
+    let mut info = read_narinfo(&dir, ROOT);
+    let impostor = "/nix/store/a8z667l486sd21m8rs058ir3b2sh8k14-vec-evil";
+    info.set_store_path(store_path(impostor));
+    info.clear_sigs();
+    info.sign(&key, &nix_dir());
+    write_narinfo(&dir, ROOT, &info);
+    let msg = refused(&s, &file_url(&dir), &test_public_key(), &[ROOT], &[]);
+    assert_mentions(&msg, &[ROOT, impostor]);
+    assert_only_valid(&s, &[]);
+    assert_absent(&s, impostor);
+
+    // Another path altogether (vec-b's genuine, signed narinfo served for vec-c).
+    let dir = cache_copy(&s, "caches/none");
+    let b = fs::read(narinfo_file(&dir, VEC_B)).unwrap();
+    fs::write(narinfo_file(&dir, ROOT), b).unwrap();
+    let msg = refused(&s, &file_url(&dir), &test_public_key(), &[ROOT], &[]);
+    assert_mentions(&msg, &[ROOT, hash_part(VEC_B)]);
+    assert_only_valid(&s, &[]);
+
+    // The same over HTTP.
+    let http = Http::serve(&dir);
+    let msg = refused(&s, http.url(), &test_public_key(), &[ROOT], &[]);
+    assert_mentions(&msg, &[ROOT, hash_part(VEC_B)]);
+    assert!(
+        http.nar_requests().is_empty(),
+        "{:?}",
+        http.server.requests()
+    );
+    assert_only_valid(&s, &[]);
+}
+
+/// A closure member that no cache has, or that is untrusted, fails the whole realise
+/// before any NAR is requested, and the error names that member.
+#[test]
+fn missing_or_untrusted_closure_member_fails_before_any_nar_request() {
+    let s = nix_store();
+    let dir = cache_copy(&s, "caches/zstd");
+    fs::remove_file(narinfo_file(&dir, VEC_B)).unwrap();
+    let http = Http::serve(&dir);
+    let msg = refused(&s, http.url(), &test_public_key(), &[ROOT], &[]);
+    assert_mentions(&msg, &[VEC_B, "not found", "nothing was downloaded"]);
+    assert!(
+        http.nar_requests().is_empty(),
+        "NARs requested: {:?}",
+        http.server.requests()
+    );
+    assert!(http
+        .server
+        .requests()
+        .iter()
+        .all(|(m, _)| *m == Method::GET || *m == Method::HEAD));
+    assert_only_valid(&s, &[]);
+
+    // An unsigned member instead of a missing one.
+    let unsigned: String =
+        fs::read_to_string(fixture("caches/zstd").join(format!("{}.narinfo", hash_part(VEC_B))))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("Sig:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+    fs::write(narinfo_file(&dir, VEC_B), unsigned).unwrap();
+    http.server.clear_requests();
+    let msg = refused(&s, http.url(), &test_public_key(), &[ROOT], &[]);
+    assert_mentions(&msg, &[VEC_B, "no signature by a trusted key"]);
+    assert!(
+        !msg.contains(&format!("{ROOT}:")),
+        "only vec-b is at fault: {msg}"
+    );
+    assert!(
+        http.nar_requests().is_empty(),
+        "{:?}",
+        http.server.requests()
+    );
+    assert_only_valid(&s, &[]);
+}
+
+// ---------------------------------------------------------------------------------------
+// NARs that do not match their (signed) narinfo
+
+#[test]
+fn nar_not_matching_its_narinfo_is_refused() {
+    let cases = [
+        ("negative/bad-narhash", "hash mismatch"),
+        ("negative/nar-content-corrupted", "hash mismatch"),
+        ("negative/bad-narsize", "size mismatch"),
+        ("negative/missing-nar", "does not exist"),
+    ];
+    for (rel, reason) in cases {
+        let s = nix_store();
+        let msg = refused(
+            &s,
+            &file_url(&fixture(rel)),
+            &test_public_key(),
+            &[ROOT],
+            &[],
+        );
+        assert_mentions(&msg, &[ROOT, reason]);
+        // The genuine references were substituted; the root left no trace.
+        assert_only_valid(&s, &[VEC_A, VEC_B]);
+    }
+}
+
+/// NarSize smaller than the NAR (re-signed): the stream is cut off and refused.
+#[test]
+fn nar_longer_than_its_narsize_is_refused() {
+    let s = nix_store();
+    let dir = cache_copy(&s, "caches/none");
+    let mut info = read_narinfo(&dir, ROOT);
+    info.set_nar(*info.nar_hash(), info.nar_size() - 8).unwrap();
+    info.clear_sigs();
+    info.sign(&test_secret_key(), &nix_dir());
+    write_narinfo(&dir, ROOT, &info);
+    let msg = refused(&s, &file_url(&dir), &test_public_key(), &[ROOT], &[]);
+    assert_mentions(&msg, &[ROOT, "size mismatch"]);
+    assert_only_valid(&s, &[VEC_A, VEC_B]);
+}
+
+#[test]
+fn truncated_nars_are_refused() {
+    // 1. The narinfo is genuine, the server sends a short NAR.
+    let s = nix_store();
+    let dir = cache_copy(&s, "caches/none");
+    let info = read_narinfo(&dir, ROOT);
+    let nar = fs::read(dir.join(info.url())).unwrap();
+    let http = Http::serve(&dir);
+    http.server.set_behaviour(
+        &format!("/{}", info.url()),
+        Behaviour::Body(Bytes::copy_from_slice(&nar[..nar.len() / 2])),
+    );
+    let msg = refused(&s, http.url(), &test_public_key(), &[ROOT], &[]);
+    assert_mentions(&msg, &[ROOT]);
+    assert_only_valid(&s, &[VEC_A, VEC_B]);
+
+    // 2. The narinfo is re-signed for the truncated bytes: only the NAR parser can
+    // notice.
+    let s = nix_store();
+    let dir = empty_cache(&s, "truncated");
+    let victim = made_up_path("truncated");
+    let full = regular_file_nar("hello, world\n");
+    publish_nar(&dir, &victim, &full[..full.len() - 16]);
+    let msg = refused(&s, &file_url(&dir), &test_public_key(), &[&victim], &[]);
+    assert_mentions(&msg, &[&victim]);
+    assert_absent(&s, &victim);
+}
+
+/// The signature does not cover `URL:`, so a cache can point it anywhere. Keys outside
+/// the cache are refused even though following them would find the genuine NAR.
+#[test]
+fn nar_urls_outside_the_cache_are_refused() {
+    let s = nix_store();
+    let base = s.scratch().join("outer");
+    let dir = base.join("cache");
+    copy_dir(&fixture("caches/none"), &dir);
+    let genuine = read_narinfo(&dir, ROOT);
+    let nar = fs::read(dir.join(genuine.url())).unwrap();
+    fs::write(base.join("outside.nar"), &nar).unwrap();
+    let abs = base.join("outside.nar");
+    let urls = [
+        "../outside.nar".to_owned(),
+        "nar/../../outside.nar".to_owned(),
+        abs.to_str().unwrap().to_owned(),
+        format!("file://{}", abs.display()),
+        "http://127.0.0.1:9/nar/x.nar".to_owned(),
+    ];
+    for url in &urls {
+        let text: String =
+            fs::read_to_string(fixture("caches/none").join(format!("{}.narinfo", hash_part(ROOT))))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    if l.starts_with("URL: ") {
+                        format!("URL: {url}\n")
+                    } else {
+                        format!("{l}\n")
+                    }
+                })
+                .collect();
+        fs::write(narinfo_file(&dir, ROOT), text).unwrap();
+        let msg = refused(&s, &file_url(&dir), &test_public_key(), &[ROOT], &[]);
+        assert_mentions(&msg, &[ROOT]);
+        assert_absent(&s, ROOT);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Malicious NARs, correctly signed
+
+/// The NARs that try to write outside their store path: a `..` entry, names with `/`, a
+/// symlink followed by a directory (or file) of the same name.
+#[test]
+fn escaping_nars_are_refused() {
+    let s = nix_store();
+    let victim_dir = s.scratch().join("victim");
+    fs::create_dir_all(&victim_dir).unwrap();
+    let victim_file = s.scratch().join("victim-file");
+    fs::write(&victim_file, b"original").unwrap();
+    let vd = victim_dir.to_str().unwrap().to_owned();
+    let vf = victim_file.to_str().unwrap().to_owned();
+    let file_entry = |name: &str| -> Vec<String> {
+        [
+            "entry", "(", "name", name, "node", "(", "type", "regular", "contents", "pwned", ")",
+            ")",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let symlink_entry = |name: &str, target: &str| -> Vec<String> {
+        [
+            "entry", "(", "name", name, "node", "(", "type", "symlink", "target", target, ")", ")",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let dir_entry = |name: &str, inner: Vec<String>| -> Vec<String> {
+        let mut t: Vec<String> = ["entry", "(", "name", name, "node", "(", "type", "directory"]
+            .map(str::to_owned)
+            .to_vec();
+        t.extend(inner);
+        t.extend([")".to_owned(), ")".to_owned()]);
+        t
+    };
+    let top_dir = |entries: Vec<Vec<String>>| -> Vec<u8> {
+        let mut t: Vec<String> = ["nix-archive-1", "(", "type", "directory"]
+            .map(str::to_owned)
+            .to_vec();
+        t.extend(entries.into_iter().flatten());
+        t.push(")".to_owned());
+        nar_tokens(&t.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("dotdot", top_dir(vec![file_entry("..")])),
+        ("dot", top_dir(vec![file_entry(".")])),
+        ("slash-up", top_dir(vec![file_entry("../../../../escaped")])),
+        (
+            "slash-abs",
+            top_dir(vec![file_entry("/tmp/escaped-by-nar")]),
+        ),
+        (
+            "symlink-then-dir",
+            top_dir(vec![
+                symlink_entry("a", &vd),
+                dir_entry("a", file_entry("pwned")),
+            ]),
+        ),
+        (
+            "symlink-then-file",
+            top_dir(vec![symlink_entry("a", &vf), file_entry("a")]),
+        ),
+        (
+            "symlink-then-slash",
+            top_dir(vec![symlink_entry("a", &vd), file_entry("a/pwned")]),
+        ),
+        (
+            "nested-dotdot",
+            top_dir(vec![dir_entry("d", file_entry(".."))]),
+        ),
+    ];
+    let dir = empty_cache(&s, "escaping");
+    for (name, nar) in &cases {
+        let p = made_up_path(&format!("hostile-{name}"));
+        publish_nar(&dir, &p, nar);
+        let msg = refused(&s, &file_url(&dir), &test_public_key(), &[&p], &[]);
+        assert_mentions(&msg, &[&p]);
+        assert_absent(&s, &p);
+        assert_eq!(
+            fs::read_dir(&victim_dir).unwrap().count(),
+            0,
+            "{name} wrote into the victim dir"
+        );
+        assert_eq!(fs::read(&victim_file).unwrap(), b"original", "{name}");
+        assert!(!Path::new("/tmp/escaped-by-nar").exists(), "{name}");
+        for up in [s.root(), s.dir.path().to_path_buf(), s.real("/nix")] {
+            assert!(!up.join("escaped").exists(), "{name}");
+            assert!(!up.join("pwned").exists(), "{name}");
+        }
+    }
+}
+
+/// Every hand-built NAR of the Nix 2.8 negative vectors, published with a valid
+/// signature: the invalid and non-canonical ones are refused, the valid ones accepted.
+#[test]
+fn negative_nar_vectors_through_substitution() {
+    let s = nix_store();
+    let dir = empty_cache(&s, "negative-nars");
+    let v = vectors();
+    let cases = v["negative_nars"]["cases"].as_array().unwrap();
+    assert!(cases.len() >= 15);
+    for case in cases {
+        let file = case["file"].as_str().unwrap();
+        let verdict = case["recommended_verdict"].as_str().unwrap();
+        let stem = Path::new(file).file_stem().unwrap().to_str().unwrap();
+        let nar = fs::read(fixture(file)).unwrap();
+        let p = made_up_path(&format!("negative-{stem}"));
+        publish_nar(&dir, &p, &nar);
+        if verdict.starts_with("valid") {
+            s.ok(&[
+                "realise",
+                "--substituters",
+                &file_url(&dir),
+                "--trusted-public-keys",
+                &test_public_key(),
+                &p,
+            ]);
+            s.ok(&["verify", &p]);
+        } else {
+            let msg = refused(&s, &file_url(&dir), &test_public_key(), &[&p], &[]);
+            assert_mentions(&msg, &[&p]);
+            assert_absent(&s, &p);
+        }
+    }
+}
+
+/// NarSize says a few KiB; the zstd file (~tens of KiB) inflates to a NAR that claims a
+/// 1 GiB file. It must be refused quickly, reading little, with bounded memory.
+#[test]
+fn decompression_bomb_is_refused_quickly_with_bounded_memory() {
+    const GIB: usize = 1 << 30;
+    let s = nix_store();
+    let dir = empty_cache(&s, "bomb");
+    let header = {
+        let mut h = nar_tokens(&["nix-archive-1", "(", "type", "regular", "contents"]);
+        h.extend_from_slice(&(GIB as u64).to_le_bytes());
+        h
+    };
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 19).unwrap();
+    enc.write_all(&header).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..GIB / zeros.len() {
+        enc.write_all(&zeros).unwrap();
+    }
+    enc.write_all(&nar_tokens(&[")"])).unwrap();
+    let bomb = enc.finish().unwrap();
+    assert!(bomb.len() < 1 << 20, "bomb is {} bytes", bomb.len());
+
+    let p = made_up_path("bomb");
+    publish(&dir, &p, sha256(b"not this"), 4096, "zstd", &bomb);
+    // Plain zeros as well (no NAR header at all).
+    let q = made_up_path("bomb-zeros");
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 19).unwrap();
+    for _ in 0..GIB / zeros.len() {
+        enc.write_all(&zeros).unwrap();
+    }
+    publish(
+        &dir,
+        &q,
+        sha256(b"nor this"),
+        4096,
+        "zstd",
+        &enc.finish().unwrap(),
+    );
+
+    for path in [&p, &q] {
+        let (r, msg) = refused_run(&s, &file_url(&dir), &test_public_key(), &[path], &[]);
+        eprintln!(
+            "bomb {path}: refused after {:?}, peak {} KiB",
+            r.elapsed, r.peak_rss_kib
+        );
+        assert_mentions(&msg, &[path]);
+        assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);
+        // Inflating the bomb would take far longer than this, and memory is sampled.
+        assert!(
+            r.peak_rss_kib < 200 * 1024,
+            "peak memory {} MiB",
+            r.peak_rss_kib / 1024
+        );
+        assert_absent(&s, path);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Misbehaving servers
+
+fn nar_url(dir: &Path, logical: &str) -> String {
+    format!("/{}", read_narinfo(dir, logical).url())
+}
+
+#[test]
+fn hanging_server_fails_cleanly_within_the_timeouts() {
+    let s = nix_store();
+    let dir = cache_copy(&s, "caches/none");
+    let http = Http::serve(&dir);
+    let url = nar_url(&dir, VEC_A);
+    http.server.set_behaviour(&url, Behaviour::Hang);
+    let config = config_file(&s, "stalled-download-timeout = 2\ndownload-attempts = 2\n");
+    let (r, msg) = refused_run(
+        &s,
+        http.url(),
+        &test_public_key(),
+        &[ROOT],
+        &["--config", &config],
+    );
+    eprintln!(
+        "hang: refused after {:?} and {} GETs",
+        r.elapsed,
+        http.server.count(&Method::GET, &url)
+    );
+    assert!(r.elapsed < Duration::from_secs(25), "took {:?}", r.elapsed);
+    assert_mentions(&msg, &[VEC_A]);
+    assert!(http.server.count(&Method::GET, &url) >= 2);
+    assert_only_valid(&s, &[]);
+}
+
+#[test]
+fn stalling_server_fails_cleanly_within_the_timeouts() {
+    let s = nix_store();
+    let dir = cache_copy(&s, "caches/none");
+    let http = Http::serve(&dir);
+    let url = nar_url(&dir, VEC_A);
+    http.server.set_behaviour(&url, Behaviour::StallAfter(40));
+    let config = config_file(&s, "stalled-download-timeout = 2\ndownload-attempts = 2\n");
+    let (r, msg) = refused_run(
+        &s,
+        http.url(),
+        &test_public_key(),
+        &[ROOT],
+        &["--config", &config],
+    );
+    assert!(r.elapsed < Duration::from_secs(25), "took {:?}", r.elapsed);
+    assert_mentions(&msg, &[VEC_A]);
+    assert!(http.server.count(&Method::GET, &url) >= 2);
+    assert_only_valid(&s, &[]);
+}
+
+#[test]
+fn dropped_connections_are_retried_then_fail_cleanly() {
+    let s = nix_store();
+    let dir = cache_copy(&s, "caches/none");
+    let http = Http::serve(&dir);
+    let url = nar_url(&dir, VEC_A);
+    http.server.set_behaviour(&url, Behaviour::DropAfter(60));
+    let msg = refused(&s, http.url(), &test_public_key(), &[ROOT], &[]);
+    assert_mentions(&msg, &[VEC_A]);
+    let gets = http.server.count(&Method::GET, &url);
+    assert!(gets >= 2, "dropped download not retried ({gets} GETs)");
+    assert_only_valid(&s, &[]);
+}
+
+#[test]
+fn a_single_dropped_connection_is_retried_and_succeeds() {
+    let s = nix_store();
+    let dir = cache_copy(&s, "caches/none");
+    let http = Http::serve(&dir);
+    let url = nar_url(&dir, VEC_B);
+    http.server
+        .queue_behaviours(&url, [Behaviour::DropAfter(100), Behaviour::Normal]);
+    let out = s.ok(&[
+        "--json",
+        "realise",
+        "--substituters",
+        http.url(),
+        "--trusted-public-keys",
+        &test_public_key(),
+        ROOT,
+    ]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        report["substituted"].as_array().unwrap().len(),
+        3,
+        "{report}"
+    );
+    assert_eq!(http.server.count(&Method::GET, &url), 2);
+    assert_only_valid(&s, &CLOSURE);
+}
+
+// ---------------------------------------------------------------------------------------
+// Falling through from a hostile cache
+
+#[test]
+fn hostile_first_cache_falls_through_to_a_good_one() {
+    for rel in [
+        "negative/bad-narhash",
+        "negative/nar-content-corrupted",
+        "negative/missing-nar",
+    ] {
+        let s = nix_store();
+        let bad = file_url(&fixture(rel));
+        let good = file_url(&fixture("caches/none"));
+        let out = s.ok(&[
+            "--json",
+            "realise",
+            "--substituters",
+            &format!("{bad} {good}"),
+            "--trusted-public-keys",
+            &test_public_key(),
+            ROOT,
+        ]);
+        let report: Value = serde_json::from_str(&out).unwrap();
+        let from: BTreeMap<&str, &str> = report["substituted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["path"].as_str().unwrap(), e["from"].as_str().unwrap()))
+            .collect();
+        assert_eq!(from.len(), 3, "{report}");
+        assert_eq!(from[ROOT], good, "{rel}: {report}");
+        assert_only_valid(&s, &CLOSURE);
+    }
+
+    // A signed escaping NAR in the first cache, the genuine path in the second.
+    let s = nix_store();
+    let first = cache_copy(&s, "caches/none");
+    let evil = nar_tokens(&[
+        "nix-archive-1",
+        "(",
+        "type",
+        "directory",
+        "entry",
+        "(",
+        "name",
+        "..",
+        "node",
+        "(",
+        "type",
+        "regular",
+        "contents",
+        "x",
+        ")",
+        ")",
+        ")",
+    ]);
+    let mut info = publish_nar(&first, VEC_A, &evil);
+    // Keep vec-a's real CA and references so the narinfo is otherwise plausible.
+    let genuine = read_narinfo(&fixture("caches/none"), VEC_A);
+    info.set_ca(genuine.ca().copied());
+    info.clear_sigs();
+    info.sign(&test_secret_key(), &nix_dir());
+    write_narinfo(&first, VEC_A, &info);
+    let good = file_url(&fixture("caches/none"));
+    s.ok(&[
+        "realise",
+        "--substituters",
+        &format!("{} {good}", file_url(&first)),
+        "--trusted-public-keys",
+        &test_public_key(),
+        ROOT,
+    ]);
+    assert_only_valid(&s, &CLOSURE);
+}
