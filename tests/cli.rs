@@ -371,11 +371,11 @@ fn leftovers_of_a_killed_run_are_cleaned() {
     fs::create_dir_all(stale.join("out/sub")).unwrap();
     fs::write(stale.join("out/sub/f"), "partial").unwrap();
     fs::set_permissions(stale.join("out/sub"), fs::Permissions::from_mode(0o555)).unwrap();
+    // Its owner created (and locked) this before the dir; the owner is gone.
+    fs::write(s.root().join("ix/var/temproots/.tmp-4194303-0-0.lock"), b"").unwrap();
     // A renamed but unregistered path (killed between rename and register).
     let f = s.scratch().join("late.txt");
     fs::write(&f, "late").unwrap();
-    let hash = s.ok(&["hash", "path", "--base16", f.to_str().unwrap()]);
-    let _ = hash;
     let p = s.ok(&["add", f.to_str().unwrap()]).trim().to_owned();
     assert!(!stale.exists(), "stale temp dir removed");
     // Simulate the crash window for `p`: unregister it but keep the files, with garbage.

@@ -93,6 +93,15 @@ impl Db {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
+        // The common case (an existing store) needs no write lock.
+        let found: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'store_dir'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if found.as_deref() == Some(store_dir.as_str()) {
+            return Ok(Db { conn });
+        }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let found: Option<String> = tx
             .query_row("SELECT value FROM meta WHERE key = 'store_dir'", [], |r| {
@@ -330,6 +339,10 @@ impl Db {
 
 fn migrate(conn: &mut Connection) -> Result<(), DbError> {
     let supported = MIGRATIONS.len() as i64;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == supported {
+        return Ok(()); // up to date: no exclusive lock needed
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > supported {

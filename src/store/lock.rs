@@ -159,28 +159,37 @@ impl Drop for TempDir {
 }
 
 /// Removes temp dirs left behind by processes that died. Returns how many were removed.
+///
+/// Every temp dir has a lock file of the same name in `temproots/`, created and locked before
+/// the dir and removed after it, so scanning that small directory finds them all without
+/// listing the (large) store dir.
 pub fn clean_stale_temp_dirs(layout: &Layout) -> io::Result<usize> {
     let mut removed = 0;
-    let entries = match fs::read_dir(layout.real_store()) {
+    let locks_dir = layout.temp_locks_dir();
+    let entries = match fs::read_dir(&locks_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(annotate(e, layout.real_store())),
+        Err(e) => return Err(annotate(e, &locks_dir)),
     };
     for entry in entries {
         let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !name.starts_with(TEMP_PREFIX) {
+        let file_name = entry.file_name();
+        let Some(name) = file_name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".lock"))
+            .filter(|n| n.starts_with(TEMP_PREFIX) && !n.contains('/'))
+        else {
             continue;
-        }
-        let lock_path = layout.temp_locks_dir().join(format!("{name}.lock"));
-        let Some(lock) = FileLock::try_acquire(&lock_path)? else {
+        };
+        let Some(lock) = FileLock::try_acquire(&entry.path())? else {
             continue; // its owner is alive
         };
-        let dir = entry.path();
-        fsnar::make_writable_and_remove(&dir).map_err(|e| annotate(e, &dir))?;
-        removed += 1;
-        tracing::debug!("removed stale temp dir {}", dir.display());
+        let dir = layout.real_store().join(name);
+        if dir.symlink_metadata().is_ok() {
+            fsnar::make_writable_and_remove(&dir).map_err(|e| annotate(e, &dir))?;
+            tracing::debug!("removed stale temp dir {}", dir.display());
+            removed += 1;
+        }
         lock.remove()?;
     }
     Ok(removed)
@@ -203,9 +212,10 @@ mod tests {
         assert_eq!(clean_stale_temp_dirs(&layout).unwrap(), 0);
         drop(t);
         assert!(!p.exists());
-        // A dead owner's dir (no lock held) is removed.
+        // A dead owner's dir (its lock file exists, but nobody holds it) is removed.
         let stale = layout.real_store().join(".tmp-999999-0-0");
         fs::create_dir(&stale).unwrap();
+        fs::write(layout.temp_locks_dir().join(".tmp-999999-0-0.lock"), b"").unwrap();
         fs::write(stale.join("f"), b"x").unwrap();
         assert_eq!(clean_stale_temp_dirs(&layout).unwrap(), 1);
         assert!(!stale.exists());
