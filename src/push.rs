@@ -195,10 +195,12 @@ async fn push_one(
             )
             .await?;
     }
-    let mut narinfo = NarInfo::new(path.clone(), &url, info.nar_hash, info.nar_size)
-        .map_err(|e| PushError::Prepare {
-            path: printed.clone(),
-            source: io::Error::other(e),
+    let mut narinfo =
+        NarInfo::new(path.clone(), &url, info.nar_hash, info.nar_size).map_err(|e| {
+            PushError::Prepare {
+                path: printed.clone(),
+                source: io::Error::other(e),
+            }
         })?;
     let set = |r: Result<(), crate::format::narinfo::NarInfoError>| {
         r.map_err(|e| PushError::Prepare {
@@ -256,7 +258,9 @@ fn prepare_nar(
         count: 0,
     };
     let mut enc = compression::compress(compression, None, out).map_err(PrepareError::Io)?;
-    store.dump_path(path, &mut enc).map_err(PrepareError::Store)?;
+    store
+        .dump_path(path, &mut enc)
+        .map_err(PrepareError::Store)?;
     let mut out = enc.finish().map_err(PrepareError::Io)?;
     out.inner.flush().map_err(PrepareError::Io)?;
     let synced: &File = out.inner.get_ref();

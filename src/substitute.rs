@@ -28,8 +28,8 @@ use tokio::task::JoinSet;
 use crate::cache::compression;
 use crate::cache::{blocking_reader, Backend, Cache, CacheError, CacheUrl, ClientOptions};
 use crate::format::keys::TrustedKeys;
-use crate::format::narinfo::NarInfo;
 use crate::format::nar::NarReadError;
+use crate::format::narinfo::NarInfo;
 use crate::format::store_path::StorePath;
 use crate::fsnar::FsNarError;
 use crate::store::{ImportError, LocalStore, NarImport, StoreError};
@@ -252,9 +252,10 @@ impl Substituter {
         progress
             .paths_total
             .fetch_add(wanted.len() as u64, Ordering::Relaxed);
-        progress
-            .bytes_total
-            .fetch_add(wanted.values().map(|c| c.info.nar_size()).sum(), Ordering::Relaxed);
+        progress.bytes_total.fetch_add(
+            wanted.values().map(|c| c.info.nar_size()).sum(),
+            Ordering::Relaxed,
+        );
         // Dependency counting over the paths to fetch (self-references and already-valid
         // references do not count).
         let mut waiting_on: HashMap<StorePath, usize> = HashMap::new();
@@ -365,14 +366,16 @@ impl Substituter {
                             reasons.push(format!("{}: {}", c.name, e.message));
                             break;
                         }
-                        tokio::time::sleep(std::time::Duration::from_millis(
-                            250 << (attempt - 1),
-                        ))
-                        .await;
+                        tokio::time::sleep(std::time::Duration::from_millis(250 << (attempt - 1)))
+                            .await;
                     }
                 }
             }
-            match self.lookup(store, path.clone(), candidate.cache + 1).await.1 {
+            match self
+                .lookup(store, path.clone(), candidate.cache + 1)
+                .await
+                .1
+            {
                 Ok(next) => candidate = next,
                 Err(_) => {
                     return Err(SubstituteError::Fetch {
@@ -393,15 +396,7 @@ impl Substituter {
     ) -> Result<Fetched, Attempt> {
         let c = &self.caches[candidate.cache];
         let info = candidate.info.clone();
-        let meta = NarImport {
-            path: info.store_path().clone(),
-            nar_hash: *info.nar_hash(),
-            nar_size: info.nar_size(),
-            references: info.references().clone(),
-            deriver: info.deriver().cloned(),
-            sigs: info.sigs().clone(),
-            ca: info.ca().copied(),
-        };
+        let meta = NarImport::from(&info);
         let (cache, store2) = (c.cache.clone(), store.clone());
         let received = Arc::new(AtomicU64::new(0));
         let counter = received.clone();

@@ -77,7 +77,10 @@ mod tests {
             Err(TrustError::Unsigned { .. })
         ));
         info.sign(&other, &dir);
-        assert!(check_narinfo(&info, &p, &keys, &dir).is_err(), "same name, other key");
+        assert!(
+            check_narinfo(&info, &p, &keys, &dir).is_err(),
+            "same name, other key"
+        );
         info.sign(&key, &dir);
         check_narinfo(&info, &p, &keys, &dir).unwrap();
         assert!(matches!(

@@ -22,7 +22,11 @@ fn add_gives_nix_paths_and_path_info() {
         let tree = extract_tree(name, &s.scratch());
         let printed = s.ok(&["add", tree.to_str().unwrap()]);
         let expected = &case["nix_store_add"];
-        assert_eq!(printed.trim(), expected["store_path"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            printed.trim(),
+            expected["store_path"].as_str().unwrap(),
+            "{name}"
+        );
 
         let json: Value =
             serde_json::from_str(&s.ok(&["path-info", "--json", printed.trim()])).unwrap();
@@ -91,8 +95,14 @@ fn hash_commands_print_what_nix_prints() {
         let tree = extract_tree(name, &s.scratch());
         let t = tree.to_str().unwrap();
         let h = &case["nix_hash_path_sha256"];
-        assert_eq!(s.ok(&["hash", "path", t]).trim(), h["sri"].as_str().unwrap());
-        assert_eq!(s.ok(&["hash", "path", "--sri", t]).trim(), h["sri"].as_str().unwrap());
+        assert_eq!(
+            s.ok(&["hash", "path", t]).trim(),
+            h["sri"].as_str().unwrap()
+        );
+        assert_eq!(
+            s.ok(&["hash", "path", "--sri", t]).trim(),
+            h["sri"].as_str().unwrap()
+        );
         assert_eq!(
             s.ok(&["hash", "path", "--base32", t]).trim(),
             h["base32"].as_str().unwrap()
@@ -102,7 +112,8 @@ fn hash_commands_print_what_nix_prints() {
             h["base16"].as_str().unwrap()
         );
         assert_eq!(
-            s.ok(&["hash", "path", "--type", "sha1", "--base32", t]).trim(),
+            s.ok(&["hash", "path", "--type", "sha1", "--base32", t])
+                .trim(),
             case["nix_hash_path_sha1_base32"].as_str().unwrap()
         );
         if let Some(file_hash) = case["nix_hash_file_sha256"].as_str() {
@@ -116,9 +127,18 @@ fn hash_commands_print_what_nix_prints() {
         let f = s.scratch().join("flat");
         fs::write(&f, data).unwrap();
         for algo in ["md5", "sha1", "sha256", "sha512"] {
-            for (flag, key) in [("--base16", "base16"), ("--base32", "base32"), ("--base64", "base64"), ("--sri", "sri")] {
+            for (flag, key) in [
+                ("--base16", "base16"),
+                ("--base32", "base32"),
+                ("--base64", "base64"),
+                ("--sri", "sri"),
+            ] {
                 let got = s.ok(&["hash", "file", "--type", algo, flag, f.to_str().unwrap()]);
-                assert_eq!(got.trim(), case[algo][key].as_str().unwrap(), "{algo} {flag}");
+                assert_eq!(
+                    got.trim(),
+                    case[algo][key].as_str().unwrap(),
+                    "{algo} {flag}"
+                );
             }
         }
     }
@@ -135,7 +155,10 @@ fn nar_dump_matches_nix_and_restore_round_trips() {
         let out = s.cmd().args(["nar", "dump"]).arg(&tree).output().unwrap();
         assert_success(&out, &name);
         let want = fs::read(format!("{FIXTURES}/{}", case["nar"].as_str().unwrap())).unwrap();
-        assert!(out.stdout == want, "{name}: NAR differs from nix-store --dump");
+        assert!(
+            out.stdout == want,
+            "{name}: NAR differs from nix-store --dump"
+        );
 
         let dest = s.scratch().join(format!("restored-{name}"));
         let mut child = s
@@ -171,7 +194,10 @@ fn nar_restore_refuses_bad_nars_and_leaves_nothing() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{file} accepted");
-        assert!(err.starts_with("error: ") && !err.contains("panicked"), "{file}: {err}");
+        assert!(
+            err.starts_with("error: ") && !err.contains("panicked"),
+            "{file}: {err}"
+        );
         assert!(!dest.exists(), "{file}: target left behind");
     }
 }
@@ -200,7 +226,11 @@ fn verify_reports_modified_and_missing_paths() {
     let err = s.fails(&["verify", "--all"]);
     assert!(err.contains(&format!("path '{pa}' was modified")), "{err}");
     assert!(err.contains(&format!("path '{pb}' is missing")), "{err}");
-    let out = s.cmd().args(["--json", "verify", "--all"]).output().unwrap();
+    let out = s
+        .cmd()
+        .args(["--json", "verify", "--all"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["checked"], 2);
@@ -214,18 +244,37 @@ fn keys_and_signatures() {
     let scratch = s.scratch();
     let (sec, public) = (scratch.join("k.sec"), scratch.join("k.pub"));
     s.ok(&[
-        "key", "generate", "--name", "test-key-1",
-        "--secret-file", sec.to_str().unwrap(), "--public-file", public.to_str().unwrap(),
+        "key",
+        "generate",
+        "--name",
+        "test-key-1",
+        "--secret-file",
+        sec.to_str().unwrap(),
+        "--public-file",
+        public.to_str().unwrap(),
     ]);
-    assert_eq!(fs::metadata(&sec).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(&sec).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let pub_text = fs::read_to_string(&public).unwrap();
     assert!(pub_text.starts_with("test-key-1:") && !pub_text.ends_with('\n'));
-    assert_eq!(s.ok(&["key", "public", "--secret-file", sec.to_str().unwrap()]).trim(), pub_text);
+    assert_eq!(
+        s.ok(&["key", "public", "--secret-file", sec.to_str().unwrap()])
+            .trim(),
+        pub_text
+    );
     let secret = SecretKey::parse(&fs::read_to_string(&sec).unwrap()).unwrap();
     assert!(!format!("{secret:?}").contains(&fs::read_to_string(&sec).unwrap()[11..]));
     let err = s.fails(&[
-        "key", "generate", "--name", "x",
-        "--secret-file", sec.to_str().unwrap(), "--public-file", public.to_str().unwrap(),
+        "key",
+        "generate",
+        "--name",
+        "x",
+        "--secret-file",
+        sec.to_str().unwrap(),
+        "--public-file",
+        public.to_str().unwrap(),
     ]);
     assert!(err.contains("exists"), "{err}");
 
@@ -260,7 +309,10 @@ fn keys_and_signatures() {
 #[test]
 fn errors_are_one_clear_line() {
     let s = TestStore::new();
-    let err = s.fails(&["path-info", "/ix/store/00000000000000000000000000000000-nothing"]);
+    let err = s.fails(&[
+        "path-info",
+        "/ix/store/00000000000000000000000000000000-nothing",
+    ]);
     assert!(err.contains("is not valid"), "{err}");
     let err = s.fails(&["path-info", "/somewhere/else"]);
     assert!(err.contains("not in the store"), "{err}");
@@ -272,7 +324,11 @@ fn errors_are_one_clear_line() {
     let dir = s.scratch().join("withfifo");
     fs::create_dir(&dir).unwrap();
     let fifo = dir.join("pipe");
-    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let err = s.fails(&["add", dir.to_str().unwrap()]);
     assert!(err.contains("pipe"), "{err}");
 }
@@ -294,7 +350,14 @@ fn config_file_env_and_flags() {
     let home = tempfile::tempdir().unwrap();
     let root = home.path().join("r");
     let cfg = home.path().join("c.toml");
-    fs::write(&cfg, format!("store-dir = \"/cfg/store\"\nroot = \"{}\"\n", root.display())).unwrap();
+    fs::write(
+        &cfg,
+        format!(
+            "store-dir = \"/cfg/store\"\nroot = \"{}\"\n",
+            root.display()
+        ),
+    )
+    .unwrap();
     let f = home.path().join("f.txt");
     fs::write(&f, "x").unwrap();
     let run = |extra: &[&str], env: &[(&str, &str)]| {
@@ -319,13 +382,20 @@ fn config_file_env_and_flags() {
     assert!(r3.join("flag/store").is_dir());
     // One root holds one store: another store dir on the same state is refused.
     let mut c = bare_cmd(home.path());
-    c.arg("--config").arg(&cfg).args(["--store-dir", "/other/store", "init"]);
+    c.arg("--config")
+        .arg(&cfg)
+        .args(["--store-dir", "/other/store", "init"]);
     let out = c.output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to store dir '/cfg/store'"));
 
     fs::write(&cfg, "stor-dir = \"/x\"\n").unwrap();
-    let out = bare_cmd(home.path()).arg("--config").arg(&cfg).arg("init").output().unwrap();
+    let out = bare_cmd(home.path())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("init")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
 }

@@ -32,15 +32,7 @@ fn cached(hash: &str) -> (NarImport, Vec<u8>) {
     let text = fs::read_to_string(format!("{dir}/{hash}.narinfo")).unwrap();
     let info = NarInfo::parse(&text, &StoreDir::new("/nix/store").unwrap()).unwrap();
     let nar = fs::read(format!("{dir}/{}", info.url())).unwrap();
-    let meta = NarImport {
-        path: info.store_path().clone(),
-        nar_hash: *info.nar_hash(),
-        nar_size: info.nar_size(),
-        references: info.references().clone(),
-        deriver: info.deriver().cloned(),
-        sigs: info.sigs().clone(),
-        ca: info.ca().copied(),
-    };
+    let meta = NarImport::from(&info);
     (meta, nar)
 }
 
@@ -53,14 +45,20 @@ fn assert_nothing_left(root: &Path, store: &LocalStore, meta: &NarImport) {
         .map(|e| e.unwrap().file_name())
         .filter(|n| n.to_string_lossy().starts_with(".tmp"))
         .collect();
-    assert!(leftovers.is_empty(), "temp dirs left in {}: {leftovers:?}", root.display());
+    assert!(
+        leftovers.is_empty(),
+        "temp dirs left in {}: {leftovers:?}",
+        root.display()
+    );
 }
 
 #[test]
 fn imports_the_vector_closure_in_reference_order() {
     let (_root, store) = nix_store();
     let (c, c_nar) = cached(C);
-    let err = store.import_nar(c.clone(), Cursor::new(&c_nar)).unwrap_err();
+    let err = store
+        .import_nar(c.clone(), Cursor::new(&c_nar))
+        .unwrap_err();
     match &err {
         StoreError::MissingReferences { missing, .. } => assert_eq!(missing.len(), 2, "{err}"),
         e => panic!("unexpected {e}"),
@@ -95,23 +93,52 @@ fn refuses_bad_nars_and_leaves_nothing() {
     let (root, store) = nix_store();
     let (a, a_nar) = cached(A);
     let cases: Vec<(&str, NarImport, Vec<u8>)> = vec![
-        ("wrong hash", {
-            let mut m = a.clone();
-            m.nar_hash = store::format::hash::Hash::of(store::format::hash::HashAlgo::Sha256, b"x");
-            m.ca = None;
-            m
-        }, a_nar.clone()),
-        ("size too small", { let mut m = a.clone(); m.nar_size -= 8; m }, a_nar.clone()),
-        ("size too large", { let mut m = a.clone(); m.nar_size += 8; m }, a_nar.clone()),
+        (
+            "wrong hash",
+            {
+                let mut m = a.clone();
+                m.nar_hash =
+                    store::format::hash::Hash::of(store::format::hash::HashAlgo::Sha256, b"x");
+                m.ca = None;
+                m
+            },
+            a_nar.clone(),
+        ),
+        (
+            "size too small",
+            {
+                let mut m = a.clone();
+                m.nar_size -= 8;
+                m
+            },
+            a_nar.clone(),
+        ),
+        (
+            "size too large",
+            {
+                let mut m = a.clone();
+                m.nar_size += 8;
+                m
+            },
+            a_nar.clone(),
+        ),
         ("truncated", a.clone(), a_nar[..a_nar.len() - 16].to_vec()),
-        ("trailing bytes", a.clone(), [a_nar.clone(), vec![0; 8]].concat()),
+        (
+            "trailing bytes",
+            a.clone(),
+            [a_nar.clone(), vec![0; 8]].concat(),
+        ),
         ("flipped byte", a.clone(), {
             let mut n = a_nar.clone();
             let last = n.len() - 20;
             n[last] ^= 1;
             n
         }),
-        ("not a nar", a.clone(), b"definitely not a NAR archive".to_vec()),
+        (
+            "not a nar",
+            a.clone(),
+            b"definitely not a NAR archive".to_vec(),
+        ),
     ];
     for (what, meta, nar) in cases {
         let err = store.import_nar(meta.clone(), Cursor::new(nar));
@@ -121,9 +148,17 @@ fn refuses_bad_nars_and_leaves_nothing() {
     }
     // A content address that does not match the path.
     let mut lying = a.clone();
-    lying.ca = Some(format!("text:{}", store::format::hash::Hash::of(
-        store::format::hash::HashAlgo::Sha256, b"other")).parse().unwrap());
-    let err = store.import_nar(lying.clone(), Cursor::new(&a_nar)).unwrap_err();
+    lying.ca = Some(
+        format!(
+            "text:{}",
+            store::format::hash::Hash::of(store::format::hash::HashAlgo::Sha256, b"other")
+        )
+        .parse()
+        .unwrap(),
+    );
+    let err = store
+        .import_nar(lying.clone(), Cursor::new(&a_nar))
+        .unwrap_err();
     assert!(matches!(err, StoreError::CaMismatch { .. }), "{err}");
     assert_nothing_left(root.path(), &store, &lying);
     // After all that, the real thing still imports.
@@ -153,7 +188,10 @@ fn concurrent_imports_of_one_path_install_once() {
             std::thread::spawn(move || store.import_nar(a, Cursor::new(nar)).unwrap().installed)
         })
         .collect();
-    let installed: usize = threads.into_iter().map(|t| t.join().unwrap() as usize).sum();
+    let installed: usize = threads
+        .into_iter()
+        .map(|t| t.join().unwrap() as usize)
+        .sum();
     assert_eq!(installed, 1);
     assert_eq!(store.all_valid().unwrap().len(), 1);
     let _: BTreeSet<_> = store.closure([&a.path]).unwrap();

@@ -18,7 +18,12 @@ use super::{GlobalArgs, TrustArgs};
 #[derive(Debug, Args)]
 pub struct CopyArgs {
     /// Push to this cache (file:///dir, http(s)://…)
-    #[arg(long, value_name = "URL", conflicts_with = "from", required_unless_present = "from")]
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "from",
+        required_unless_present = "from"
+    )]
     pub to: Option<String>,
     /// Substitute from this cache only
     #[arg(long, value_name = "URL")]
@@ -66,7 +71,9 @@ pub fn run(g: &GlobalArgs, args: CopyArgs) -> Result<ExitCode> {
         paths.push(store.parse_user_path(a)?);
     }
     if let Some(from) = &args.from {
-        let url: CacheUrl = from.parse().with_context(|| format!("invalid cache URL '{from}'"))?;
+        let url: CacheUrl = from
+            .parse()
+            .with_context(|| format!("invalid cache URL '{from}'"))?;
         let jobs = args.jobs.unwrap_or(store::substitute::DEFAULT_JOBS);
         let fetched = substitute(g, &settings, store.clone(), &[url], &paths, jobs)?;
         if !g.quiet {
@@ -78,7 +85,9 @@ pub fn run(g: &GlobalArgs, args: CopyArgs) -> Result<ExitCode> {
     let Some(to) = &args.to else {
         bail!("give --to URL or --from URL");
     };
-    let url: CacheUrl = to.parse().with_context(|| format!("invalid cache URL '{to}'"))?;
+    let url: CacheUrl = to
+        .parse()
+        .with_context(|| format!("invalid cache URL '{to}'"))?;
     let compression: Compression = args
         .compression
         .parse()
@@ -93,11 +102,12 @@ pub fn run(g: &GlobalArgs, args: CopyArgs) -> Result<ExitCode> {
         jobs: args.jobs.unwrap_or(DEFAULT_PUSH_JOBS),
     };
     let rt = runtime()?;
-    let report = rt.block_on(async {
-        let cache = Arc::new(Cache::open(&url, &client_options(&settings))?);
-        Ok::<_, anyhow::Error>(push(&store, &cache, &paths, &opts).await?)
-    })
-    .with_context(|| format!("cannot copy to {url}"))?;
+    let report = rt
+        .block_on(async {
+            let cache = Arc::new(Cache::open(&url, &client_options(&settings))?);
+            Ok::<_, anyhow::Error>(push(&store, &cache, &paths, &opts).await?)
+        })
+        .with_context(|| format!("cannot copy to {url}"))?;
     if g.json {
         super::print_json(&PushJson {
             already_present: report.present.iter().map(|p| store.print_path(p)).collect(),

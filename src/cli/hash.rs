@@ -44,7 +44,8 @@ pub struct HashArgs {
 }
 
 fn parse_algo(s: &str) -> Result<HashAlgo, String> {
-    s.parse().map_err(|e: store::format::hash::HashError| e.to_string())
+    s.parse()
+        .map_err(|e: store::format::hash::HashError| e.to_string())
 }
 
 impl HashArgs {
@@ -72,8 +73,8 @@ pub fn run(_g: &GlobalArgs, cmd: HashCommand) -> Result<ExitCode> {
             fsnar::dump(path, &mut hasher)
                 .with_context(|| format!("cannot hash '{}'", path.display()))?;
         } else {
-            let mut f = File::open(path)
-                .with_context(|| format!("cannot open '{}'", path.display()))?;
+            let mut f =
+                File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
             io::copy(&mut f, &mut hasher)
                 .with_context(|| format!("cannot read '{}'", path.display()))?;
         }

@@ -54,7 +54,11 @@ pub fn run(_g: &GlobalArgs, cmd: KeyCommand) -> Result<ExitCode> {
             }
             let key = SecretKey::generate(&a.name).context("cannot generate a key")?;
             write_atomically(&a.secret_file, key.to_nix_string().as_bytes(), 0o600)?;
-            write_atomically(&a.public_file, key.to_public().to_string().as_bytes(), 0o644)?;
+            write_atomically(
+                &a.public_file,
+                key.to_public().to_string().as_bytes(),
+                0o644,
+            )?;
         }
         KeyCommand::Public(a) => {
             println!("{}", read_secret_key(&a.secret_file)?.to_public());

@@ -140,7 +140,10 @@ pub fn settings_with(g: &GlobalArgs, trust: &TrustArgs) -> Result<config::Settin
         store_dir: g.store_dir.clone(),
         root: g.root.as_deref().map(absolute),
         substituters: trust.substituters.as_deref().map(config::split_words),
-        trusted_public_keys: trust.trusted_public_keys.as_deref().map(config::split_words),
+        trusted_public_keys: trust
+            .trusted_public_keys
+            .as_deref()
+            .map(config::split_words),
     };
     config::merge(&file, &env, &flags)
 }

@@ -50,7 +50,11 @@ impl PathInfoJson {
             path: store.print_path(&info.path),
             nar_hash: info.nar_hash.to_sri(),
             nar_size: info.nar_size,
-            references: info.references.iter().map(|r| store.print_path(r)).collect(),
+            references: info
+                .references
+                .iter()
+                .map(|r| store.print_path(r))
+                .collect(),
             ca: info.ca.map(|c| c.to_string()),
             deriver: info.deriver.as_ref().map(|d| store.print_path(d)),
             registration_time: info.registration_time,

@@ -87,15 +87,20 @@ fn report(g: &GlobalArgs, s: &Settings, paths: &[StorePath], fetched: Vec<Fetche
 
 pub fn parse_urls(urls: &[String]) -> Result<Vec<CacheUrl>> {
     urls.iter()
-        .map(|u| u.parse().with_context(|| format!("invalid substituter '{u}'")))
+        .map(|u| {
+            u.parse()
+                .with_context(|| format!("invalid substituter '{u}'"))
+        })
         .collect()
 }
 
 pub fn trusted_keys(s: &Settings) -> Result<TrustedKeys> {
     let mut keys = TrustedKeys::new();
     for k in &s.trusted_public_keys {
-        let key = PublicKey::parse(k).with_context(|| format!("invalid trusted public key '{k}'"))?;
-        keys.insert(key).context("conflicting trusted public keys")?;
+        let key =
+            PublicKey::parse(k).with_context(|| format!("invalid trusted public key '{k}'"))?;
+        keys.insert(key)
+            .context("conflicting trusted public keys")?;
     }
     Ok(keys)
 }

@@ -420,7 +420,10 @@ mod tests {
         ] {
             assert_eq!(s.parse::<Hash>().unwrap(), h, "{s}");
         }
-        assert_eq!(Hash::parse_any(HELLO_HEX, Some(HashAlgo::Sha256)).unwrap(), h);
+        assert_eq!(
+            Hash::parse_any(HELLO_HEX, Some(HashAlgo::Sha256)).unwrap(),
+            h
+        );
     }
 
     #[test]

@@ -119,12 +119,12 @@ mod tests {
         }
         let bad = format!("z0xyy{}", "0".repeat(47));
         assert_eq!(decode(bad.as_bytes(), 32), Err(DecodeError::Overflow));
-        assert!(matches!(
-            decode(b"E", 1),
-            Err(DecodeError::Length { .. })
-        ));
+        assert!(matches!(decode(b"E", 1), Err(DecodeError::Length { .. })));
         let upper = "A".repeat(32);
-        assert_eq!(decode(upper.as_bytes(), 20), Err(DecodeError::Character('A')));
+        assert_eq!(
+            decode(upper.as_bytes(), 20),
+            Err(DecodeError::Character('A'))
+        );
         assert_eq!(decode(&[b'0'; 32][..], 20).unwrap(), vec![0; 20]);
     }
 }

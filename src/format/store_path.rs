@@ -64,7 +64,10 @@ impl StorePathName {
         if name.len() > MAX_NAME_LEN {
             return Err(StorePathError::NameTooLong(name.to_owned()));
         }
-        if let Some(ch) = name.chars().find(|&c| !c.is_ascii() || !valid_name_byte(c as u8)) {
+        if let Some(ch) = name
+            .chars()
+            .find(|&c| !c.is_ascii() || !valid_name_byte(c as u8))
+        {
             return Err(StorePathError::IllegalChar {
                 name: name.to_owned(),
                 ch,
@@ -256,12 +259,7 @@ impl StoreDir {
     }
 
     /// `makeStorePath`: the path for a fingerprint type, a sha256 inner hash and a name.
-    pub fn make_store_path(
-        &self,
-        kind: &str,
-        inner: &Hash,
-        name: &StorePathName,
-    ) -> StorePath {
+    pub fn make_store_path(&self, kind: &str, inner: &Hash, name: &StorePathName) -> StorePath {
         let fingerprint = format!(
             "{kind}:{}:{}:{}:{name}",
             inner.algo(),
@@ -404,10 +402,18 @@ mod tests {
         let (q, rest) = nix().parse_path_prefix(&sub).unwrap();
         assert_eq!((q, rest), (p, "/bin/x"));
         assert!(nix().parse_path("/nix/storex/a").is_err());
-        assert!("a8z667l486sd21m8rs058ir3b2sh8k14_vec".parse::<StorePath>().is_err());
-        assert!("e8z667l486sd21m8rs058ir3b2sh8k14-vec".parse::<StorePath>().is_err());
-        assert!("a8z667l486sd21m8rs058ir3b2sh8k14-".parse::<StorePath>().is_err());
-        assert!("a8z667l486sd21m8rs058ir3b2sh8k14-a b".parse::<StorePath>().is_err());
+        assert!("a8z667l486sd21m8rs058ir3b2sh8k14_vec"
+            .parse::<StorePath>()
+            .is_err());
+        assert!("e8z667l486sd21m8rs058ir3b2sh8k14-vec"
+            .parse::<StorePath>()
+            .is_err());
+        assert!("a8z667l486sd21m8rs058ir3b2sh8k14-"
+            .parse::<StorePath>()
+            .is_err());
+        assert!("a8z667l486sd21m8rs058ir3b2sh8k14-a b"
+            .parse::<StorePath>()
+            .is_err());
     }
 
     #[test]
@@ -427,7 +433,15 @@ mod tests {
         for ok in ["/nix/store", "/ix/store", "/a"] {
             assert!(StoreDir::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "/", "nix/store", "/nix/store/", "/nix//store", "/nix/./s", "/a:b"] {
+        for bad in [
+            "",
+            "/",
+            "nix/store",
+            "/nix/store/",
+            "/nix//store",
+            "/nix/./s",
+            "/a:b",
+        ] {
             assert!(StoreDir::new(bad).is_err(), "{bad}");
         }
     }

@@ -54,7 +54,9 @@ impl FromRequestParts<Arc<State>> for CanRead {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<State>) -> Result<Self, ApiError> {
-        state.authorize(&parts.headers, Access::Read).map(|()| CanRead)
+        state
+            .authorize(&parts.headers, Access::Read)
+            .map(|()| CanRead)
     }
 }
 

@@ -45,7 +45,10 @@ pub enum DbError {
     #[error("database belongs to store dir '{found}', not '{expected}'")]
     WrongStoreDir { found: String, expected: String },
     #[error("cannot register '{path}': its reference '{reference}' is not valid")]
-    MissingReference { path: StorePath, reference: StorePath },
+    MissingReference {
+        path: StorePath,
+        reference: StorePath,
+    },
     #[error("path '{0}' is not valid")]
     NotValid(StorePath),
     #[error("corrupt database row for '{path}': {what}")]
@@ -128,7 +131,9 @@ impl Db {
     }
 
     pub fn schema_version(&self) -> Result<i64, DbError> {
-        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
     pub fn is_valid(&self, path: &StorePath) -> Result<bool, DbError> {
@@ -263,8 +268,9 @@ impl Db {
                 "INSERT INTO valid_paths (path, hash_part, nar_hash, nar_size, deriver, sigs, \
                  ca, registration_time, ultimate) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
-            let mut add_ref =
-                tx.prepare_cached("INSERT OR IGNORE INTO refs (referrer, reference) VALUES (?1, ?2)")?;
+            let mut add_ref = tx.prepare_cached(
+                "INSERT OR IGNORE INTO refs (referrer, reference) VALUES (?1, ?2)",
+            )?;
             for info in infos {
                 if find
                     .query_row([info.path.as_str()], |r| r.get::<_, i64>(0))
@@ -360,11 +366,17 @@ fn migrate(conn: &mut Connection) -> Result<(), DbError> {
 }
 
 fn join_sigs(sigs: &BTreeSet<String>) -> String {
-    sigs.iter().map(String::as_str).collect::<Vec<_>>().join(" ")
+    sigs.iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn split_sigs(s: &str) -> BTreeSet<String> {
-    s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    s.split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn parse_path(context: &str, s: &str) -> Result<StorePath, DbError> {
@@ -394,7 +406,10 @@ impl RawRow {
         let nar_hash = Hash::parse_any(&self.nar_hash, Some(HashAlgo::Sha256))
             .map_err(|e| corrupt(e.to_string()))?;
         let ca = match &self.ca {
-            Some(c) => Some(c.parse().map_err(|e: crate::format::ca::CaError| corrupt(e.to_string()))?),
+            Some(c) => Some(
+                c.parse()
+                    .map_err(|e: crate::format::ca::CaError| corrupt(e.to_string()))?,
+            ),
             None => None,
         };
         let deriver = match &self.deriver {
@@ -440,8 +455,11 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Db) {
         let d = tempfile::tempdir().unwrap();
-        let db = Db::open(&d.path().join("db.sqlite"), &StoreDir::new("/ix/store").unwrap())
-            .unwrap();
+        let db = Db::open(
+            &d.path().join("db.sqlite"),
+            &StoreDir::new("/ix/store").unwrap(),
+        )
+        .unwrap();
         (d, db)
     }
 
@@ -458,7 +476,8 @@ mod tests {
         assert_eq!(db.referrers(&b).unwrap(), [c.clone()].into());
         assert_eq!(db.all_valid().unwrap().len(), 3);
         db.add_signatures(&a, ["k:AA".to_owned()]).unwrap();
-        db.add_signatures(&a, ["k:AA".to_owned(), "j:BB".to_owned()]).unwrap();
+        db.add_signatures(&a, ["k:AA".to_owned(), "j:BB".to_owned()])
+            .unwrap();
         assert_eq!(db.query(&a).unwrap().unwrap().sigs.len(), 2);
     }
 

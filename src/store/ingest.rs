@@ -17,6 +17,7 @@ use super::lock::{lock_path, TempDir};
 use super::{LocalStore, PathInfo, StoreError};
 use crate::format::ca::ContentAddress;
 use crate::format::hash::{Hash, HashAlgo, Hasher};
+use crate::format::narinfo::NarInfo;
 use crate::format::store_path::{StorePath, StorePathName};
 use crate::fsnar::{self, RestoreOptions};
 
@@ -30,6 +31,21 @@ pub struct NarImport {
     pub deriver: Option<StorePath>,
     pub sigs: BTreeSet<String>,
     pub ca: Option<ContentAddress>,
+}
+
+impl From<&NarInfo> for NarImport {
+    /// The metadata a narinfo gives for its path.
+    fn from(info: &NarInfo) -> Self {
+        NarImport {
+            path: info.store_path().clone(),
+            nar_hash: *info.nar_hash(),
+            nar_size: info.nar_size(),
+            references: info.references().clone(),
+            deriver: info.deriver().cloned(),
+            sigs: info.sigs().clone(),
+            ca: info.ca().copied(),
+        }
+    }
 }
 
 /// Why [`LocalStore::import_nar_with`] failed: opening the stream, or the import.

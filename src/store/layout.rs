@@ -82,7 +82,10 @@ impl Layout {
     pub fn create(&self) -> io::Result<()> {
         for dir in [
             self.real_store.clone(),
-            self.db_path().parent().map(Path::to_path_buf).unwrap_or_default(),
+            self.db_path()
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
             self.locks_dir(),
             self.temp_locks_dir(),
         ] {
@@ -103,7 +106,10 @@ mod tests {
 
     #[test]
     fn rooted_layout() {
-        let l = Layout::new(StoreDir::new("/nix/store").unwrap(), Some(Path::new("/tmp/r")));
+        let l = Layout::new(
+            StoreDir::new("/nix/store").unwrap(),
+            Some(Path::new("/tmp/r")),
+        );
         assert_eq!(l.real_store(), Path::new("/tmp/r/nix/store"));
         assert_eq!(l.db_path(), Path::new("/tmp/r/ix/var/db/store.sqlite"));
         let l = Layout::new(StoreDir::new(DEFAULT_STORE_DIR).unwrap(), None);

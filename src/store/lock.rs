@@ -33,8 +33,7 @@ impl FileLock {
     pub fn acquire(path: &Path) -> io::Result<FileLock> {
         loop {
             let file = open_lock_file(path)?;
-            flock(&file, FlockOperation::LockExclusive)
-                .map_err(|e| annotate(e.into(), path))?;
+            flock(&file, FlockOperation::LockExclusive).map_err(|e| annotate(e.into(), path))?;
             if still_linked(&file, path)? {
                 return Ok(FileLock {
                     file,

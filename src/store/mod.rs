@@ -59,7 +59,11 @@ pub enum StoreError {
         got: String,
     },
     #[error("size mismatch importing '{path}': expected {expected} bytes, got {got}")]
-    SizeMismatch { path: String, expected: u64, got: u64 },
+    SizeMismatch {
+        path: String,
+        expected: u64,
+        got: u64,
+    },
     #[error("cannot import '{path}': references not valid in this store: {}", missing.join(", "))]
     MissingReferences { path: String, missing: Vec<String> },
     #[error("content address mismatch importing '{path}': {what}")]
@@ -84,7 +88,10 @@ impl StoreError {
 pub enum Verdict {
     Ok,
     Missing,
-    Corrupt { expected: Hash, got: Hash },
+    Corrupt {
+        expected: Hash,
+        got: Hash,
+    },
     /// The tree cannot even be serialised (e.g. a FIFO appeared in it).
     Unreadable(String),
 }
