@@ -50,7 +50,11 @@ fn gen_tree(rng: &mut Rng, dir: &Path, depth: u32) {
                 let mode = [0o644, 0o755, 0o600, 0o744, 0o655, 0o444][rng.below(6) as usize];
                 fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
             }
-            6 => symlink(["target", "../x", "/abs/path", ""][rng.below(3) as usize], &p).unwrap(),
+            6 => symlink(
+                ["target", "../x", "/abs/path", ""][rng.below(3) as usize],
+                &p,
+            )
+            .unwrap(),
             _ if depth < 4 => gen_tree(rng, &p, depth + 1),
             _ => fs::write(&p, b"leaf").unwrap(),
         }
@@ -83,9 +87,16 @@ fn generated_trees_match_nix() {
         assert_success(&nix_nar, "nix-store --dump");
         let ours = s.cmd().args(["nar", "dump", t]).output().unwrap();
         assert_success(&ours, "store nar dump");
-        assert!(ours.stdout == nix_nar.stdout, "seed {seed}: NAR bytes differ");
+        assert!(
+            ours.stdout == nix_nar.stdout,
+            "seed {seed}: NAR bytes differ"
+        );
 
-        for args in [&["path"][..], &["path", "--base32"], &["path", "--type", "sha1", "--base16"]] {
+        for args in [
+            &["path"][..],
+            &["path", "--base32"],
+            &["path", "--type", "sha1", "--base16"],
+        ] {
             let mut nix = nix_cmd("nix", scratch.as_path());
             nix.arg("hash").args(args).arg(t);
             let mut cmd = vec!["hash"];
@@ -110,7 +121,12 @@ fn nix_reads_what_we_add() {
     let scratch = s.scratch();
     let tree = extract_tree("vec-tree", &scratch);
     let p = s.ok(&["add", tree.to_str().unwrap()]).trim().to_owned();
-    let nar = s.cmd().args(["nar", "dump"]).arg(s.real(&p)).output().unwrap();
+    let nar = s
+        .cmd()
+        .args(["nar", "dump"])
+        .arg(s.real(&p))
+        .output()
+        .unwrap();
     assert_success(&nar, "dump");
     let out = scratch.join("restored-by-nix");
     let mut restore = nix_cmd("nix-store", scratch.as_path());
@@ -124,6 +140,10 @@ fn nix_reads_what_we_add() {
     assert!(child.wait().unwrap().success());
     let mut nix_hash = nix_cmd("nix", scratch.as_path());
     nix_hash.args(["hash", "path"]).arg(&out);
-    let info: serde_json::Value = serde_json::from_str(&s.ok(&["path-info", "--json", &p])).unwrap();
-    assert_eq!(stdout_of(nix_hash).trim(), info[0]["narHash"].as_str().unwrap());
+    let info: serde_json::Value =
+        serde_json::from_str(&s.ok(&["path-info", "--json", &p])).unwrap();
+    assert_eq!(
+        stdout_of(nix_hash).trim(),
+        info[0]["narHash"].as_str().unwrap()
+    );
 }

@@ -934,7 +934,9 @@ fn private_http_cache_with_a_bearer_token() {
     // Without credentials the cache looks empty (401 = absent, as in Nix), so creating its
     // nix-cache-info is attempted, and refused; nothing else is uploaded.
     assert!(
-        http.paths(&Method::PUT).iter().all(|p| p == "/nix-cache-info"),
+        http.paths(&Method::PUT)
+            .iter()
+            .all(|p| p == "/nix-cache-info"),
         "{:?}",
         http.paths(&Method::PUT)
     );

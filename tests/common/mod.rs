@@ -93,7 +93,13 @@ impl TestStore {
 /// The binary with a clean environment (HOME in `home`, no STORE_* variables).
 pub fn bare_cmd(home: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_store"));
-    for var in ["STORE_DIR", "STORE_ROOT", "STORE_CONFIG", "STORE_LOG", "XDG_CONFIG_HOME"] {
+    for var in [
+        "STORE_DIR",
+        "STORE_ROOT",
+        "STORE_CONFIG",
+        "STORE_LOG",
+        "XDG_CONFIG_HOME",
+    ] {
         c.env_remove(var);
     }
     c.env("HOME", home);
