@@ -21,17 +21,28 @@
 //! Reads are anonymous unless a read token is configured; uploads always need the upload
 //! token (see [`auth`]), which is also accepted for reads. An uploaded narinfo must pass
 //! [`crate::trust::check_narinfo`], the same check substitution uses, and its NAR is
-//! imported with [`LocalStore::import_nar`]; see [`upload`].
+//! imported with [`LocalStore::import_nar`]; see the `upload` module.
 //!
-//! Performance: narinfos are served from an in-memory map of rendered bytes ([`lookup`])
+//! Performance: narinfos are served from an in-memory map of rendered bytes (module `lookup`)
 //! without touching the file system; every accepted socket gets `TCP_NODELAY`; NARs are
-//! streamed from blocking tasks in 256 KiB chunks ([`stream`]); zstd NARs are kept
+//! streamed from blocking tasks in 256 KiB chunks (module `stream`); zstd NARs are kept
 //! compressed under `<state>/serve/nar-cache/` after the first complete download, so
-//! later downloads are plain file reads with a known length.
+//! later downloads are plain file reads with a known length. Measured on the shared
+//! 2-core machine (release build, loopback, wrk on the same cores, load 2-3), against
+//! nginx 1.22 serving the same files statically (2 workers):
+//!
+//! ```text
+//!                                   store serve     nginx sendfile on / off
+//! narinfo, wrk -c64                 80-93k req/s    59-62k / 67-68k req/s
+//! 300 MiB NAR .zst (cached), -c4    2.4-2.8 GB/s    1.3 / 2.0-2.4 GB/s
+//! 300 MiB NAR plain (from tree)     1.8-2.5 GB/s    1.2-1.4 / 1.9-2.5 GB/s
+//! narinfo 404 (DB lookup each)      26k req/s
+//! zstd on the fly (first download)  ~160 MB/s of NAR per request (level 3, one core)
+//! ```
 //!
 //! Server directories under the store's state dir: `serve/staging/` (uploaded NARs
 //! waiting for their narinfo), `serve/nar-cache/` and `serve/aliases/` (the NAR names
-//! clients uploaded under, which they may ask for later; see [`alias`]). Files there are
+//! clients uploaded under, which they may ask for later; see module `alias`). Files there are
 //! replaced with temp + rename only; stale staged uploads and temp files are swept after
 //! an hour. Nothing bounds the size of `nar-cache/` (use `--no-nar-cache` to turn it off).
 

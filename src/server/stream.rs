@@ -272,15 +272,14 @@ fn install_cache_entry(file: File, tmp: &Path, dest: &Path) {
 
 /// Streams an already-compressed cache entry.
 pub(crate) fn produce_file(mut file: File, mut out: ChunkWriter) {
-    match out.copy_file(&mut file) {
-        Ok(()) => {
-            if let Err(e) = out.finish() {
-                tracing::debug!("NAR download cut short: {e}");
-            }
+    let result = out.copy_file(&mut file);
+    match result.and_then(|()| out.finish()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            tracing::debug!("NAR download cut short: {e}");
         }
         Err(e) => {
             tracing::error!("cannot read a compressed NAR cache entry: {e}");
-            out.fail(e);
         }
     }
 }

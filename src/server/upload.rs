@@ -176,15 +176,8 @@ pub(crate) async fn put_narinfo(
     let staged_name = upload_name_of_url(info.url())
         .ok_or_else(|| ApiError::BadNarUrl(info.url().to_owned()))?
         .to_owned();
-    let meta = NarImport {
-        path: asked,
-        nar_hash: *info.nar_hash(),
-        nar_size: info.nar_size(),
-        references: info.references().clone(),
-        deriver: info.deriver().cloned(),
-        sigs: info.sigs().clone(),
-        ca: info.ca().cloned(),
-    };
+    // `check_narinfo` made sure the narinfo is for `asked`.
+    let meta = NarImport::from(&info);
     let label = info.compression().map(str::to_owned);
     let st = Arc::clone(&state);
     tokio::task::spawn_blocking(move || import_upload(&st, &staged_name, label, meta))
@@ -214,12 +207,16 @@ fn import_upload(
             tracing::warn!("cannot record the upload alias '{staged_name}': {e}");
         }
     };
-    if store.is_valid(&meta.path).map_err(ApiError::Store)? {
+    if let Some(existing) = store.query(&meta.path).map_err(ApiError::Store)? {
+        // Only an alias for the same contents: another build of an input-addressed path
+        // may differ, and its name must then not lead to our contents.
+        if existing.nar_hash == meta.nar_hash {
+            remember();
+        }
         tracing::info!(
             "upload of {} skipped: already valid",
             store.print_path(&meta.path)
         );
-        remember();
         let _ = fs::remove_file(&staged);
         return Ok(());
     }
