@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use axum::http::Method;
 use bytes::Bytes;
 use common::*;
-use http_server::{Behaviour, TestServer};
+use http_server::{Behaviour, BlockingServer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use store::format::hash::{Hash, HashAlgo};
@@ -42,17 +42,6 @@ fn nix_dir() -> StoreDir {
     StoreDir::new("/nix/store").unwrap()
 }
 
-fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(format!("{FIXTURES}/{rel}"))
-}
-
-fn test_public_key() -> String {
-    fs::read_to_string(fixture("keys/test-cache-1.pub"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 fn test_secret_key() -> SecretKey {
     SecretKey::parse(
         fs::read_to_string(fixture("keys/test-cache-1.sec"))
@@ -60,10 +49,6 @@ fn test_secret_key() -> SecretKey {
             .trim(),
     )
     .unwrap()
-}
-
-fn file_url(dir: &Path) -> String {
-    format!("file://{}", dir.display())
 }
 
 fn base_name(logical: &str) -> &str {
@@ -378,36 +363,6 @@ fn nix_store() -> TestStore {
 }
 
 /// An HTTP server with its own runtime (the tests block on child processes).
-struct Http {
-    server: TestServer,
-    _rt: tokio::runtime::Runtime,
-}
-
-impl Http {
-    fn serve(dir: &Path) -> Http {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let server = rt.block_on(TestServer::start(dir));
-        Http { server, _rt: rt }
-    }
-
-    fn url(&self) -> &str {
-        &self.server.url
-    }
-
-    fn nar_requests(&self) -> Vec<String> {
-        self.server
-            .requests()
-            .into_iter()
-            .map(|(_, p)| p)
-            .filter(|p| p.starts_with("/nar/"))
-            .collect()
-    }
-}
-
 fn config_file(s: &TestStore, text: &str) -> String {
     let f = s.scratch().join("config.toml");
     fs::write(&f, text).unwrap();
@@ -508,7 +463,7 @@ fn narinfo_for_another_path_is_refused() {
     assert_only_valid(&s, &[]);
 
     // The same over HTTP.
-    let http = Http::serve(&dir);
+    let http = BlockingServer::serve(&dir);
     let msg = refused(&s, http.url(), &test_public_key(), &[ROOT], &[]);
     assert_mentions(&msg, &[ROOT, hash_part(VEC_B)]);
     assert!(
@@ -526,7 +481,7 @@ fn missing_or_untrusted_closure_member_fails_before_any_nar_request() {
     let s = nix_store();
     let dir = cache_copy(&s, "caches/zstd");
     fs::remove_file(narinfo_file(&dir, VEC_B)).unwrap();
-    let http = Http::serve(&dir);
+    let http = BlockingServer::serve(&dir);
     let msg = refused(&s, http.url(), &test_public_key(), &[ROOT], &[]);
     assert_mentions(&msg, &[VEC_B, "not found", "nothing was downloaded"]);
     assert!(
@@ -613,7 +568,7 @@ fn truncated_nars_are_refused() {
     let dir = cache_copy(&s, "caches/none");
     let info = read_narinfo(&dir, ROOT);
     let nar = fs::read(dir.join(info.url())).unwrap();
-    let http = Http::serve(&dir);
+    let http = BlockingServer::serve(&dir);
     http.server.set_behaviour(
         &format!("/{}", info.url()),
         Behaviour::Body(Bytes::copy_from_slice(&nar[..nar.len() / 2])),
@@ -869,7 +824,7 @@ fn nar_url(dir: &Path, logical: &str) -> String {
 fn hanging_server_fails_cleanly_within_the_timeouts() {
     let s = nix_store();
     let dir = cache_copy(&s, "caches/none");
-    let http = Http::serve(&dir);
+    let http = BlockingServer::serve(&dir);
     let url = nar_url(&dir, VEC_A);
     http.server.set_behaviour(&url, Behaviour::Hang);
     let config = config_file(&s, "stalled-download-timeout = 2\ndownload-attempts = 2\n");
@@ -895,7 +850,7 @@ fn hanging_server_fails_cleanly_within_the_timeouts() {
 fn stalling_server_fails_cleanly_within_the_timeouts() {
     let s = nix_store();
     let dir = cache_copy(&s, "caches/none");
-    let http = Http::serve(&dir);
+    let http = BlockingServer::serve(&dir);
     let url = nar_url(&dir, VEC_A);
     http.server.set_behaviour(&url, Behaviour::StallAfter(40));
     let config = config_file(&s, "stalled-download-timeout = 2\ndownload-attempts = 2\n");
@@ -916,7 +871,7 @@ fn stalling_server_fails_cleanly_within_the_timeouts() {
 fn dropped_connections_are_retried_then_fail_cleanly() {
     let s = nix_store();
     let dir = cache_copy(&s, "caches/none");
-    let http = Http::serve(&dir);
+    let http = BlockingServer::serve(&dir);
     let url = nar_url(&dir, VEC_A);
     http.server.set_behaviour(&url, Behaviour::DropAfter(60));
     let msg = refused(&s, http.url(), &test_public_key(), &[ROOT], &[]);
@@ -930,7 +885,7 @@ fn dropped_connections_are_retried_then_fail_cleanly() {
 fn a_single_dropped_connection_is_retried_and_succeeds() {
     let s = nix_store();
     let dir = cache_copy(&s, "caches/none");
-    let http = Http::serve(&dir);
+    let http = BlockingServer::serve(&dir);
     let url = nar_url(&dir, VEC_B);
     http.server
         .queue_behaviours(&url, [Behaviour::DropAfter(100), Behaviour::Normal]);

@@ -25,21 +25,6 @@ use serde_json::Value;
 
 const ROOT: &str = "/nix/store/a8z667l486sd21m8rs058ir3b2sh8k14-vec-c";
 
-fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(format!("{FIXTURES}/{rel}"))
-}
-
-fn test_public_key() -> String {
-    fs::read_to_string(fixture("keys/test-cache-1.pub"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-fn file_url(dir: &Path) -> String {
-    format!("file://{}", dir.display())
-}
-
 /// `nix`/`nix-store` with the common settings plus `extra` lines of nix.conf.
 fn nix(program: &str, home: &Path, extra: &str) -> Command {
     let mut c = nix_cmd(program, home);

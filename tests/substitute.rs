@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::http::Method;
 use common::*;
-use http_server::{Behaviour, TestServer};
+use http_server::{Behaviour, BlockingServer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use store::format::hash::Hash;
@@ -35,17 +35,6 @@ fn nix_dir() -> StoreDir {
 
 fn vector_cache(name: &str) -> PathBuf {
     PathBuf::from(format!("{FIXTURES}/caches/{name}"))
-}
-
-fn test_public_key() -> String {
-    fs::read_to_string(format!("{FIXTURES}/keys/test-cache-1.pub"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-fn file_url(dir: &Path) -> String {
-    format!("file://{}", dir.display())
 }
 
 fn hash_part(logical: &str) -> &str {
@@ -74,43 +63,6 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// An HTTP server with its own runtime, so the tests themselves stay synchronous and can
 /// block on child processes.
-struct Http {
-    server: TestServer,
-    _rt: tokio::runtime::Runtime,
-}
-
-impl Http {
-    fn serve(dir: &Path) -> Http {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let server = rt.block_on(TestServer::start(dir));
-        Http { server, _rt: rt }
-    }
-
-    fn url(&self) -> &str {
-        &self.server.url
-    }
-
-    fn paths(&self, method: &Method) -> Vec<String> {
-        self.server
-            .requests()
-            .into_iter()
-            .filter(|(m, _)| m == method)
-            .map(|(_, p)| p)
-            .collect()
-    }
-
-    fn nar_gets(&self) -> Vec<String> {
-        self.paths(&Method::GET)
-            .into_iter()
-            .filter(|p| p.starts_with("/nar/"))
-            .collect()
-    }
-}
-
 /// Whether the `from` of a report names the cache at `url` (ignoring `?params` and a
 /// trailing slash).
 fn same_cache(from: &str, url: &str) -> bool {
@@ -278,7 +230,7 @@ fn realises_over_http_and_then_makes_no_requests() {
     let s = nix_store();
     let dir = s.scratch().join("cache");
     copy_dir(&vector_cache("zstd"), &dir);
-    let http = Http::serve(&dir);
+    let http = BlockingServer::serve(&dir);
     let report = realise(&s, http.url(), &test_public_key(), &[ROOT], &[]);
     let subs = substituted(&report);
     assert_eq!(subs.len(), 3, "{report}");
@@ -313,7 +265,7 @@ fn copy_from_valid_paths_makes_no_requests() {
     let s = nix_store();
     let dir = s.scratch().join("cache");
     copy_dir(&vector_cache("none"), &dir);
-    let http = Http::serve(&dir);
+    let http = BlockingServer::serve(&dir);
     let from = |path: &str| {
         s.ok(&[
             "copy",
@@ -354,7 +306,7 @@ fn concurrent_realises_fetch_each_nar_once() {
     let s = nix_store();
     let dir = s.scratch().join("cache");
     copy_dir(&vector_cache("zstd"), &dir);
-    let http = Http::serve(&dir);
+    let http = BlockingServer::serve(&dir);
     let urls = nar_urls(&dir);
     // Slow NARs down so that the processes really overlap.
     for url in urls.values() {
@@ -424,7 +376,7 @@ fn priority_decides_which_cache_is_used() {
     let (da, db) = (s0.scratch().join("a"), s0.scratch().join("b"));
     copy_dir(&vector_cache("zstd"), &da);
     copy_dir(&vector_cache("none"), &db);
-    let (a, b) = (Http::serve(&da), Http::serve(&db));
+    let (a, b) = (BlockingServer::serve(&da), BlockingServer::serve(&db));
     for (a_prio, b_prio, winner) in [(60, 10, "b"), (10, 60, "a")] {
         a.server.clear_requests();
         b.server.clear_requests();
@@ -458,7 +410,7 @@ fn a_cache_without_the_path_falls_through_to_the_next() {
     copy_dir(&vector_cache("zstd"), &da);
     copy_dir(&vector_cache("xz"), &db);
     fs::remove_file(da.join(format!("{}.narinfo", hash_part(ROOT)))).unwrap();
-    let (a, b) = (Http::serve(&da), Http::serve(&db));
+    let (a, b) = (BlockingServer::serve(&da), BlockingServer::serve(&db));
     let urls = format!("{} {}", a.url(), b.url());
     let report = realise(&s, &urls, &test_public_key(), &[ROOT], &[]);
     let subs = substituted(&report);
@@ -476,7 +428,7 @@ fn a_broken_cache_falls_through_to_the_next() {
     let (da, db) = (s0.scratch().join("a"), s0.scratch().join("b"));
     copy_dir(&vector_cache("zstd"), &da);
     copy_dir(&vector_cache("none"), &db);
-    let (a, b) = (Http::serve(&da), Http::serve(&db));
+    let (a, b) = (BlockingServer::serve(&da), BlockingServer::serve(&db));
     let config = s0.scratch().join("fast.toml");
     fs::write(&config, "download-attempts = 2\n").unwrap();
     let config = config.to_str().unwrap();
@@ -798,7 +750,7 @@ fn push_to_http_round_trips_and_uploads_only_once() {
     let dir = src.scratch().join("http-cache");
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
-    let http = Http::serve(&dir);
+    let http = BlockingServer::serve(&dir);
     let report = push(&src, http.url(), &key, "zstd");
     assert_eq!(json_paths(&report["uploaded"]).len(), 3, "{report}");
 
@@ -895,7 +847,7 @@ fn concurrent_pushes_leave_a_correct_cache() {
     let hdir = src.scratch().join("shared-http");
     fs::create_dir_all(&hdir).unwrap();
     fs::write(hdir.join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
-    let http = Http::serve(&hdir);
+    let http = BlockingServer::serve(&hdir);
     let outs = wait_all((0..3).map(|_| spawn(http.url())).collect());
     for (i, out) in outs.iter().enumerate() {
         assert_success(out, &format!("http push {i}"));
@@ -915,7 +867,7 @@ fn private_http_cache_with_a_bearer_token() {
     let dir = src.scratch().join("private");
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
-    let http = Http::serve(&dir);
+    let http = BlockingServer::serve(&dir);
     http.server
         .require_authorization(Some("Bearer s3cret-token"));
     let config = src.scratch().join("private.toml");

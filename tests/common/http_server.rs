@@ -367,3 +367,54 @@ async fn store(file: &Path, body: Body) -> io::Result<()> {
     temp.persist(file).map_err(|e| e.error)?;
     Ok(())
 }
+
+/// A [`TestServer`] with a runtime of its own, for tests that drive the `store` binary
+/// synchronously.
+pub struct BlockingServer {
+    pub server: TestServer,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl BlockingServer {
+    pub fn serve(dir: &Path) -> BlockingServer {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = rt.block_on(TestServer::start(dir));
+        BlockingServer { server, _rt: rt }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.server.url
+    }
+
+    /// Paths requested with `method`, in order.
+    pub fn paths(&self, method: &Method) -> Vec<String> {
+        self.server
+            .requests()
+            .into_iter()
+            .filter(|(m, _)| m == method)
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    /// Every request (any method) under `/nar/`.
+    pub fn nar_requests(&self) -> Vec<String> {
+        self.server
+            .requests()
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| p.starts_with("/nar/"))
+            .collect()
+    }
+
+    /// GET requests under `/nar/`.
+    pub fn nar_gets(&self) -> Vec<String> {
+        self.paths(&Method::GET)
+            .into_iter()
+            .filter(|p| p.starts_with("/nar/"))
+            .collect()
+    }
+}

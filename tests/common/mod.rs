@@ -7,6 +7,24 @@ use std::process::{Command, Output};
 
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nix-2.8");
 
+/// A path inside the vectors.
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(format!("{FIXTURES}/{rel}"))
+}
+
+/// The public half of the vectors' (published, test-only) signing key.
+pub fn test_public_key() -> String {
+    std::fs::read_to_string(fixture("keys/test-cache-1.pub"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// `file://` URL of a cache directory.
+pub fn file_url(dir: &Path) -> String {
+    format!("file://{}", dir.display())
+}
+
 /// The parsed `vectors.json`.
 pub fn vectors() -> serde_json::Value {
     let text = std::fs::read_to_string(format!("{FIXTURES}/vectors.json")).unwrap();
