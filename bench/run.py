@@ -17,7 +17,8 @@ Before timing anything it checks that both tools produce the same results
 with status 2 if they don't. Exit status 1 means a performance target failed.
 
 usage: python3 bench/run.py [--trees DIR] [--reps N] [--only big|src]
-                            [--store-bin PATH] [--work DIR] [--wait-quiet SECONDS]
+                            [--store-bin PATH] [--build] [--work DIR] [--stores-dir DIR]
+                            [--wait-quiet SECONDS] [--max-load L]
 See bench/README.md.
 """
 
@@ -25,7 +26,6 @@ import argparse
 import hashlib
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -117,12 +117,13 @@ def rm_tree(path):
 
 
 # ext4 without a journal (as on this VM) will not reuse an inode freed less than 60 s ago
-# (RECENTCY_MIN in fs/ext4/ialloc.c; 360 s while its inode-table block is dirty), and
-# checking candidates costs a buffer lookup each: right after removing a store of 50,000
-# files, creating 50,000 new ones becomes several times slower. So the fresh stores are
-# all kept until the end of the run, and a run starts at least SETTLE s after the last
-# removal (recorded in WORK/.last-cleanup).
-SETTLE = 65
+# (RECENTCY_MIN in fs/ext4/ialloc.c), or 360 s ago while its inode-table block is dirty
+# (+RECENTCY_DIRTY) -- and creating new files dirties exactly those blocks again -- and
+# checking each candidate costs a buffer lookup: right after removing a store of 50,000
+# files, creating 50,000 new ones becomes 5-10x slower. So the fresh stores are all kept
+# until the end of the run, and a run starts at least SETTLE s after the last removal
+# (recorded in WORK/.last-cleanup).
+SETTLE = 370
 STORES = "stores"
 
 
@@ -261,10 +262,10 @@ def machine_info(store_bin, nix_env):
     return info
 
 
-def ensure_store_bin(path):
-    if os.path.exists(path):
+def ensure_store_bin(path, build):
+    if os.path.exists(path) and not build:
         return path
-    log(f"{path} missing: cargo build --release")
+    log(f"cargo build --release" + ("" if build else f" ({path} missing)"))
     subprocess.run(["cargo", "build", "--release"], cwd=REPO, check=True)
     if not os.path.exists(path):
         sys.exit(f"no binary at {path} after cargo build --release")
@@ -309,6 +310,8 @@ def main():
     ap.add_argument("--only", choices=["big", "src"], help="only this tree")
     ap.add_argument("--store-bin", default=os.path.join(REPO, "target/release/store"),
                     help="our binary (built with cargo build --release if missing)")
+    ap.add_argument("--build", action="store_true",
+                    help="run cargo build --release first even if the binary exists")
     ap.add_argument("--gen-trees", default=GEN_TREES, help="tree generator script")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                     help="wait (up to SECONDS in all) before each group of measurements for the "
@@ -320,7 +323,7 @@ def main():
     if not os.access(GNU_TIME, os.X_OK):
         sys.exit(f"{GNU_TIME} (GNU time) is needed to measure peak RSS")
 
-    store_bin = ensure_store_bin(os.path.abspath(args.store_bin))
+    store_bin = ensure_store_bin(os.path.abspath(args.store_bin), args.build)
     trees = os.path.abspath(args.trees)
     work = os.path.abspath(args.work)
     for p in (trees, work, os.path.abspath(args.stores_dir or work)):
@@ -404,7 +407,7 @@ def main():
 
     # ---- single-core SHA-256 references -----------------------------------
     log("openssl speed -evp sha256 (single core) ...")
-    speed_mbs, speed_all = openssl_speed()
+    speed_mbs, _ = openssl_speed()
     nar_big = os.path.join(work, "big.nar")
     dgst = None
     if "big" in tree_names:
@@ -479,7 +482,7 @@ def main():
                f"store/nix runs interleaved; wall time {elapsed:.0f} s")
     out.append("")
     out.append("## Time\n")
-    out.append("| operation | tree | store median s (min) | nix median s (min) | ratio nix/store | target | pass/fail |")
+    out.append("| operation | tree | store median s (min) | nix median s (min) | ratio nix/store (of mins) | target | pass/fail |")
     out.append("|---|---|---|---|---|---|---|")
     nix_names = {"hash path": "nix hash path", "nar dump": "nix-store --dump",
                  "add": "nix-store --store DIR --add"}
@@ -487,7 +490,7 @@ def main():
         text, ok = target_for(op, t, s, n)
         failed |= not ok
         out.append(f"| store {op} (vs {nix_names[op]}) | {t} | {s.median:.3f} ({s.min:.3f}) | "
-                   f"{n.median:.3f} ({n.min:.3f}) | {n.median / s.median:.2f} | {text} | "
+                   f"{n.median:.3f} ({n.min:.3f}) | {n.median / s.median:.2f} ({n.min / s.min:.2f}) | {text} | "
                    f"{'PASS' if ok else 'FAIL'} |")
     if dgst is not None:
         mbs = nar_big_size / dgst.median / 1e6
