@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -51,6 +52,8 @@ KEY_NAME = "test-cache-1"
 GNU_TIME = "/usr/bin/time"
 MIB = 1 << 20
 CHAIN_LEN = 1000
+SETTLE = 370  # s, see Env.settle
+RUN_PY_LAST_CLEANUP = "/tmp/store-bench/work/.last-cleanup"  # bench/run.py's cleanups
 SECTIONS = ["chain", "src", "big", "serve", "valid"]
 
 # targets
@@ -259,14 +262,14 @@ class Env:
     def __init__(self, args):
         self.work = os.path.abspath(args.work)
         self.trees = os.path.abspath(args.trees)
-        for p in (self.work, self.trees):
+        for p in (self.work, self.trees, os.path.abspath(args.stores_dir or self.work)):
             if os.path.commonpath([p, REPO]) == REPO:
                 sys.exit(f"{p} is inside the repository; put benchmark data elsewhere")
         os.makedirs(self.work, exist_ok=True)
         self.chroot = os.path.join(self.work, "nix-chroot")
         self.cache = os.path.join(self.work, "binary-cache")
         self.serve_root = os.path.join(self.work, "serve-store")
-        self.runs = os.path.join(self.work, "runs")
+        self.runs = os.path.join(os.path.abspath(args.stores_dir), "cache-bench-runs") if args.stores_dir else os.path.join(self.work, "runs")
         self.setup_home = os.path.join(self.work, "home-setup")
         with open(os.path.join(KEY_DIR, f"{KEY_NAME}.pub")) as f:
             self.pubkey = f.read().strip()
@@ -385,8 +388,10 @@ class Env:
         return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
 
     # processes --------------------------------------------------------------
-    def start_nginx(self):
-        d = os.path.join(self.work, "nginx")
+    def start_nginx(self, name="nginx", transfer="sendfile on;\n    tcp_nopush on;"):
+        """nginx serving the cache dir; returns (pid, url). `name` is also its directory
+        under WORK; `transfer` the directives for sending files."""
+        d = os.path.join(self.work, name)
         os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
         port = free_port()
         conf = os.path.join(d, "nginx.conf")
@@ -399,8 +404,7 @@ error_log {d}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
-    sendfile on;
-    tcp_nopush on;
+    {transfer}
     keepalive_requests 1000000;
     client_body_temp_path {d}/tmp/client;
     proxy_temp_path {d}/tmp/proxy;
@@ -418,7 +422,7 @@ http {{
         p = subprocess.Popen(["nginx", "-e", os.path.join(d, "error.log"), "-p", d, "-c", conf],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
-        self.procs.append(("nginx", p))
+        self.procs.append((name, p))
         url = f"http://127.0.0.1:{port}"
         for _ in range(100):
             if p.poll() is not None:
@@ -430,9 +434,10 @@ http {{
                 time.sleep(0.1)
         else:
             raise RuntimeError("nginx did not answer")
-        self.nginx_pid = p.pid
-        self.nginx_url = url
-        log(f"nginx (pid {p.pid}) serving {self.cache} on {url}")
+        log(f"{name} (pid {p.pid}) serving {self.cache} on {url}")
+        if name == "nginx":
+            self.nginx_pid, self.nginx_url = p.pid, url
+        return p.pid, url
 
     def start_serve(self):
         errlog = os.path.join(self.work, "serve.stderr")
@@ -481,13 +486,19 @@ http {{
         os.makedirs(self.runs, exist_ok=True)
 
     def settle(self):
-        """ext4 won't reuse an inode freed < 60 s ago and checks every such candidate, so
-        creating 50,000 files right after deleting 50,000 is slow (see bench/README.md)."""
-        try:
-            with open(os.path.join(self.work, ".last-cleanup")) as f:
-                wait = float(f.read()) + 65 - time.time()
-        except (OSError, ValueError):
-            return
+        """ext4 won't reuse an inode freed < 60 s ago (< 360 s while its inode-table block
+        is dirty, and creating files dirties those blocks again) and checks every such
+        candidate, so creating 50,000 files soon after deleting 50,000 is several times
+        slower (see bench/README.md). Waits until SETTLE s after our last cleanup and after
+        bench/run.py's (its default work dir)."""
+        last = 0.0
+        for f in (os.path.join(self.work, ".last-cleanup"), RUN_PY_LAST_CLEANUP):
+            try:
+                with open(f) as fh:
+                    last = max(last, float(fh.read()))
+            except (OSError, ValueError):
+                pass
+        wait = last + SETTLE - time.time()
         if wait > 0:
             log(f"waiting {wait:.0f} s for ext4 to stop avoiding recently freed inodes ...")
             time.sleep(wait)
@@ -661,8 +672,8 @@ def section_valid(env, rows, rss_rows):
         res = json.load(f)["results"]
     s, n = Result(), Result()
     s.times, n.times = res[0]["times"], res[1]["times"]
-    s.cpu = [u + k for u, k in zip(res[0]["user"], res[0]["system"])]
-    n.cpu = [u + k for u, k in zip(res[1]["user"], res[1]["system"])]
+    s.cpu = [res[0]["user"] + res[0]["system"]]  # hyperfine gives the mean per run
+    n.cpu = [res[1]["user"] + res[1]["system"]]
     # peak RSS for the table: a few runs through GNU time
     for _ in range(3):
         s.rss_kib.append(run_measured(ours, e)[1])
@@ -674,7 +685,10 @@ def section_valid(env, rows, rss_rows):
 
 
 def wrk(url, conns, secs, lua):
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = run_capture(["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "-s", lua, url], None)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) / secs
     m = re.search(r"WRKSUMMARY (.*)", out)
     if not m:
         raise RuntimeError(f"cannot parse wrk output:\n{out}")
@@ -682,7 +696,8 @@ def wrk(url, conns, secs, lua):
     if ec or es:
         raise RuntimeError(f"wrk {url}: {ec} connect errors, {es} bad statuses\n{out}")
     return {"rps": reqs / (dur / 1e6), "mbs": nbytes / (dur / 1e6) / 1e6, "reqs": reqs,
-            "p50": p50 / 1000, "p99": p99 / 1000, "read_err": er, "timeouts": et}
+            "p50": p50 / 1000, "p99": p99 / 1000, "read_err": er, "timeouts": et,
+            "client_cpu": client_cpu}
 
 
 def section_serve(env, reps, serve_rows):
@@ -704,38 +719,50 @@ def section_serve(env, reps, serve_rows):
         if got != nar_hex or n != int(n_info["NarSize"]):
             raise Mismatch(f"NAR from {who} ({u}) hashes to {got} ({n} B), narinfo says {nar_hex}")
         sizes[who] = int(run_capture(["curl", "-sf", "-o", "/dev/null", "-w", "%{size_download}", u], None))
+    # informational: nginx copying through user space instead of sendfile (on loopback the
+    # receiving side of sendfile'd page-cache pages costs the client more)
+    copy_pid, copy_url = env.start_nginx("nginx-nosendfile", "sendfile off;\n    output_buffers 2 1m;")
+    urls["nginx-nosendfile"] = f"{copy_url}/{n_info['URL']}"
     lua = os.path.join(env.work, "wrk-summary.lua")
     with open(lua, "w") as f:
         f.write(WRK_LUA)
     pids = {"nginx": lambda: children(env.nginx_pid) + [env.nginx_pid],
+            "nginx-nosendfile": lambda: children(copy_pid) + [copy_pid],
             "store": lambda: [env.serve_pid]}
     tests = [
         ("narinfo", {"nginx": f"{env.nginx_url}/{h}.narinfo", "store": f"{env.serve_url}/{h}.narinfo"}, 64),
         ("nar", urls, 4),
     ]
-    res = {(t, w): [] for t, _, _ in tests for w in ("nginx", "store")}
+    res = {(t, w): [] for t, u, _ in tests for w in u}
     for rnd in range(reps + 1):
         for t, u, conns in tests:
-            for who in ("nginx", "store"):
+            for who in u:
                 secs = 2 if rnd == 0 else 8
                 c0 = proc_cpu_seconds(pids[who]())
                 r = wrk(u[who], conns, secs, lua)
                 r["cpu"] = (proc_cpu_seconds(pids[who]()) - c0) / secs
                 tag = "warm-up" if rnd == 0 else f"rep {rnd}/{reps}"
-                log(f"serve {t:<7} {who:<5} {tag:<9} {r['rps']:10.0f} req/s {r['mbs']:8.1f} MB/s "
-                    f"p50 {r['p50']:.2f} ms p99 {r['p99']:.2f} ms server CPU {r['cpu']:.2f}  load {load1():.2f}")
+                log(f"serve {t:<7} {who:<16} {tag:<9} {r['rps']:9.0f} req/s {r['mbs']:7.1f} MB/s "
+                    f"p99 {r['p99']:7.2f} ms CPUs server {r['cpu']:.2f} wrk {r['client_cpu']:.2f}  "
+                    f"load {load1():.2f}")
                 if rnd > 0:
                     res[(t, who)].append(r)
-    med = lambda t, w, k: statistics.median(x[k] for x in res[(t, w)])
-    serve_rows.append(("narinfo req/s (wrk -t1 -c64 -d8s, same narinfo)", med("narinfo", "nginx", "rps"),
-                       med("narinfo", "store", "rps"), "req/s",
-                       (med("narinfo", "nginx", "cpu"), med("narinfo", "store", "cpu")),
-                       (med("narinfo", "nginx", "p99"), med("narinfo", "store", "p99"))))
-    serve_rows.append((f"NAR of big MB/s (wrk -t1 -c4 -d8s; nginx file {sizes['nginx'] / MIB:.0f} MiB, "
-                       f"ours {sizes['store'] / MIB:.0f} MiB)",
-                       med("nar", "nginx", "mbs"), med("nar", "store", "mbs"), "MB/s",
-                       (med("nar", "nginx", "cpu"), med("nar", "store", "cpu")),
-                       (med("nar", "nginx", "p99"), med("nar", "store", "p99"))))
+
+    def med(t, w, k):
+        return statistics.median(x[k] for x in res[(t, w)])
+
+    def row(metric, t, w, key, unit, target):
+        serve_rows.append({"metric": metric, "ng": med(t, w, key), "st": med(t, "store", key),
+                           "unit": unit, "target": target,
+                           "cpu": (med(t, w, "cpu"), med(t, "store", "cpu")),
+                           "client": (med(t, w, "client_cpu"), med(t, "store", "client_cpu")),
+                           "p99": (med(t, w, "p99"), med(t, "store", "p99"))})
+
+    row("narinfo req/s (wrk -t1 -c64 -d8s, same narinfo)", "narinfo", "nginx", "rps", "req/s", True)
+    row(f"NAR of big MB/s (wrk -t1 -c4 -d8s; nginx file {sizes['nginx'] / MIB:.0f} MiB, "
+        f"ours {sizes['store'] / MIB:.0f} MiB)", "nar", "nginx", "mbs", "MB/s", True)
+    row("NAR of big MB/s vs nginx with `sendfile off; output_buffers 2 1m;` (info)",
+        "nar", "nginx-nosendfile", "mbs", "MB/s", False)
     env.serve_hwm = vm_hwm_mib(env.serve_pid)
     env.serve_sizes = sizes
     # NarSize-equivalent rate: what a client gets out of it
@@ -778,6 +805,9 @@ def machine_info(env):
     fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", env.work],
                         stdout=subprocess.PIPE, text=True).stdout.strip()
     info["work dir"] = f"{env.work} ({fs or '?'})"
+    fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", env.runs],
+                        stdout=subprocess.PIPE, text=True).stdout.strip()
+    info["fresh stores in"] = f"{env.runs} ({fs or '?'})"
     return info
 
 
@@ -787,6 +817,9 @@ def main():
                     help="everything this benchmark makes (default /tmp/store-bench/cache)")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions (after one warm-up)")
     ap.add_argument("--only", choices=SECTIONS, help="only this part")
+    ap.add_argument("--stores-dir", metavar="DIR",
+                    help="put the fresh stores (and the pipeline's file) in DIR/cache-bench-runs instead of "
+                         "WORK/runs (e.g. a tmpfs, to take the disk out); removed at the start and the end")
     ap.add_argument("--trees", default=DEFAULT_TREES, help="where big/ and src/ are (made if missing)")
     ap.add_argument("--gen-trees", default=GEN_TREES)
     ap.add_argument("--store-bin", default=os.path.join(REPO, "target/release/store"),
@@ -890,18 +923,26 @@ def main():
         out.append("")
     if serve_rows:
         out.append("## Serving: `store serve` vs nginx (static files of the same cache)\n")
-        out.append("| metric | nginx median | store serve median | ratio store/nginx | target | pass/fail | server CPUs used nginx / store | p99 latency ms nginx / store |")
-        out.append("|---|---|---|---|---|---|---|---|")
-        for metric, ng, st, unit, cpu, p99 in serve_rows:
-            ratio = st / ng
+        out.append("| metric | nginx median | store serve median | ratio store/nginx | target | pass/fail | "
+                   "server CPUs nginx / store | wrk CPUs nginx / store | p99 latency ms nginx / store |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for r in serve_rows:
+            ratio = r["st"] / r["ng"]
             ok = ratio >= SERVE_RATIO
-            failed |= not ok
-            out.append(f"| {metric} | {ng:,.0f} {unit} | {st:,.0f} {unit} | {ratio:.2f} | ≥ {SERVE_RATIO} | "
-                       f"{'PASS' if ok else 'FAIL'} | {cpu[0]:.2f} / {cpu[1]:.2f} | {p99[0]:.1f} / {p99[1]:.1f} |")
+            if r["target"]:
+                failed |= not ok
+                target, pf = f"≥ {SERVE_RATIO}", "PASS" if ok else "FAIL"
+            else:
+                target, pf = "(info)", "—"
+            out.append(f"| {r['metric']} | {r['ng']:,.0f} {r['unit']} | {r['st']:,.0f} {r['unit']} | "
+                       f"{ratio:.2f} | {target} | {pf} | {r['cpu'][0]:.2f} / {r['cpu'][1]:.2f} | "
+                       f"{r['client'][0]:.2f} / {r['client'][1]:.2f} | {r['p99'][0]:.1f} / {r['p99'][1]:.1f} |")
         out.append("")
         out.append(f"NAR rate in uncompressed NAR bytes (wire MB/s × NarSize / FileSize): nginx "
                    f"{env.nar_equiv['nginx']:.0f} MB/s, store serve {env.nar_equiv['store']:.0f} MB/s. "
-                   f"`store serve` peak RSS (VmHWM): {env.serve_hwm:.1f} MiB.")
+                   f"`store serve` peak RSS (VmHWM): {env.serve_hwm:.1f} MiB. CPUs = (utime + stime) / "
+                   f"duration, 1.00 = one core busy; the two servers and wrk share the "
+                   f"{os.cpu_count()} cores, and wrk near 1.00 means the client is the limit.")
         out.append("")
     if rss_rows:
         out.append("## Peak RSS (max over all runs incl. warm-up; GNU time %M) and CPU time (user+sys, median)\n")
