@@ -16,7 +16,8 @@ disk cache is cold), from a zstd cache made by `nix copy --to file://…` and se
 
 Serving (`serve`): `store serve` over a store holding the same paths against nginx serving
 the cache directory as static files: narinfo requests/s (wrk -t1 -c64 -d8s) and NAR
-throughput (wrk -t1 -c4 -d8s on the NAR of big).
+throughput (wrk -t1 -c4 -d8s on the NAR of big); for information also the NAR rate of a
+second nginx with `sendfile off` (faster on loopback, see bench/CACHE.md).
 
 Before timing anything it checks that what each tool substituted is what Nix has (path,
 narHash, narSize, references of every path of the closure, and the NAR hash of the files on
