@@ -32,7 +32,7 @@ use crate::format::nar::NarReadError;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::StorePath;
 use crate::fsnar::FsNarError;
-use crate::store::{ImportError, LocalStore, NarImport, StoreError};
+use crate::store::{ImportError, LocalStore, NarImport, Stage, Staged, StoreError};
 use crate::trust::{check_narinfo, TrustError};
 
 /// Default number of NARs downloaded at the same time.
@@ -158,12 +158,18 @@ impl Substituter {
 
     /// Finds a trusted source for every non-valid member of the closures of `paths`, or fails
     /// naming every path that has none. Requests only narinfos.
+    ///
+    /// The walk does not wait for signature checks: as soon as a narinfo for the right path
+    /// arrives its references are asked for, while its signatures are checked on the
+    /// blocking pool. A narinfo that fails the check sends its path on to the next cache.
+    /// Only what is reachable from `paths` through *trusted* narinfos counts at the end, so
+    /// an untrusted narinfo's references can neither add to the plan nor make it fail.
     pub async fn plan(
         &self,
         store: &Arc<LocalStore>,
         paths: &[StorePath],
     ) -> Result<Plan, SubstituteError> {
-        let mut wanted: BTreeMap<StorePath, Candidate> = BTreeMap::new();
+        let mut trusted: BTreeMap<StorePath, Candidate> = BTreeMap::new();
         let mut failed: BTreeMap<StorePath, Vec<String>> = BTreeMap::new();
         let mut seen: BTreeSet<StorePath> = BTreeSet::new();
         let mut queue: Vec<StorePath> = Vec::new();
@@ -172,76 +178,165 @@ impl Substituter {
                 queue.push(p.clone());
             }
         }
+        let keys = Arc::new(self.keys.clone());
         let mut in_flight = FuturesUnordered::new();
+        let mut checking = FuturesUnordered::new();
         loop {
             while in_flight.len() < NARINFO_CONCURRENCY {
                 let Some(p) = queue.pop() else { break };
                 if store.is_valid(&p)? {
                     continue;
                 }
-                in_flight.push(self.lookup(store, p, 0));
+                in_flight.push(self.lookup(store, p, 0, Vec::new()));
             }
-            let Some((path, result)) = in_flight.next().await else {
+            if in_flight.is_empty() && checking.is_empty() {
                 break;
-            };
-            match result {
-                Ok(candidate) => {
-                    for r in candidate.info.references() {
+            }
+            tokio::select! {
+                Some(found) = in_flight.next(), if !in_flight.is_empty() => {
+                    let Found { path, cache, info, reasons } = found;
+                    let Some(info) = info else {
+                        failed.insert(path, reasons);
+                        continue;
+                    };
+                    for r in info.references() {
                         if seen.insert(r.clone()) {
                             queue.push(r.clone());
                         }
                     }
-                    wanted.insert(path, candidate);
+                    let (keys, dir) = (keys.clone(), store.store_dir().clone());
+                    checking.push(tokio::task::spawn_blocking(move || {
+                        let verdict = check_narinfo(&info, &path, &keys, &dir);
+                        (Found { path, cache, info: Some(info), reasons }, verdict)
+                    }));
                 }
-                Err(reasons) => {
-                    failed.insert(path, reasons);
+                Some(checked) = checking.next(), if !checking.is_empty() => {
+                    let (found, verdict) =
+                        checked.map_err(|e| SubstituteError::Task(e.to_string()))?;
+                    let Found { path, cache, info, mut reasons } = found;
+                    match (verdict, info) {
+                        (Ok(()), Some(info)) => {
+                            trusted.insert(path, Candidate { cache, info });
+                        }
+                        (verdict, _) => {
+                            let name = &self.caches[cache].name;
+                            if let Err(e) = verdict {
+                                reasons.push(format!("{name}: untrusted: {e}"));
+                            }
+                            in_flight.push(self.lookup(store, path, cache + 1, reasons));
+                        }
+                    }
                 }
             }
         }
-        if !failed.is_empty() {
+        // What the trusted narinfos make the closure: everything else was speculation.
+        let mut wanted: BTreeMap<StorePath, Candidate> = BTreeMap::new();
+        let mut missing: BTreeMap<StorePath, Vec<String>> = BTreeMap::new();
+        let mut stack: Vec<StorePath> = paths.to_vec();
+        let mut visited: BTreeSet<StorePath> = BTreeSet::new();
+        while let Some(p) = stack.pop() {
+            if !visited.insert(p.clone()) {
+                continue;
+            }
+            if let Some(c) = trusted.remove(&p) {
+                stack.extend(c.info.references().iter().cloned());
+                wanted.insert(p, c);
+            } else if let Some(reasons) = failed.remove(&p) {
+                missing.insert(p, reasons);
+            }
+            // Otherwise it was valid.
+        }
+        if !missing.is_empty() {
             let mut details = String::new();
-            for (p, reasons) in &failed {
+            for (p, reasons) in &missing {
                 let _ = writeln!(details, "  {}:", store.print_path(p));
                 for r in reasons {
                     let _ = writeln!(details, "    {r}");
                 }
             }
             return Err(SubstituteError::Incomplete {
-                count: failed.len(),
+                count: missing.len(),
                 details: details.trim_end().to_owned(),
             });
         }
         Ok(Plan { wanted })
     }
 
-    /// Asks caches `from..` in priority order for a trusted narinfo of `path`. On failure
-    /// returns what each cache said.
+    /// Asks caches `from..` in priority order for a narinfo of `path` (one whose StorePath
+    /// is `path`; its signatures are not checked here). `reasons` collects what each cache
+    /// that had nothing usable said.
     async fn lookup(
         &self,
         store: &LocalStore,
         path: StorePath,
         from: usize,
-    ) -> (StorePath, Result<Candidate, Vec<String>>) {
-        let mut reasons = Vec::new();
+        mut reasons: Vec<String>,
+    ) -> Found {
         for (i, c) in self.caches.iter().enumerate().skip(from) {
             match c.cache.narinfo(path.hash_str(), store.store_dir()).await {
-                Ok(Some(info)) => {
-                    match check_narinfo(&info, &path, &self.keys, store.store_dir()) {
-                        Ok(()) => return (path, Ok(Candidate { cache: i, info })),
-                        Err(e @ TrustError::WrongPath { .. }) => {
-                            reasons.push(format!("{}: {e}", c.name))
-                        }
-                        Err(e) => reasons.push(format!("{}: untrusted: {e}", c.name)),
+                Ok(Some(info)) if info.store_path() == &path => {
+                    return Found {
+                        path,
+                        cache: i,
+                        info: Some(info),
+                        reasons,
                     }
+                }
+                Ok(Some(info)) => {
+                    let e = TrustError::WrongPath {
+                        asked: store.print_path(&path),
+                        got: store.print_path(info.store_path()),
+                    };
+                    reasons.push(format!("{}: {e}", c.name))
                 }
                 Ok(None) => reasons.push(format!("{}: not found", c.name)),
                 Err(e) => reasons.push(format!("{}: {e}", c.name)),
             }
         }
-        (path, Err(reasons))
+        Found {
+            path,
+            cache: self.caches.len(),
+            info: None,
+            reasons,
+        }
     }
 
-    /// Downloads and installs everything in `plan`, references first.
+    /// Like [`Substituter::lookup`], but also checks the signatures: a trusted source for
+    /// `path` from caches `from..`, or what each said.
+    async fn lookup_trusted(
+        &self,
+        store: &LocalStore,
+        path: StorePath,
+        mut from: usize,
+    ) -> Result<Candidate, Vec<String>> {
+        let mut reasons = Vec::new();
+        loop {
+            let found = self.lookup(store, path.clone(), from, reasons).await;
+            reasons = found.reasons;
+            let Some(info) = found.info else {
+                return Err(reasons);
+            };
+            match check_narinfo(&info, &path, &self.keys, store.store_dir()) {
+                Ok(()) => {
+                    return Ok(Candidate {
+                        cache: found.cache,
+                        info,
+                    })
+                }
+                Err(e) => {
+                    reasons.push(format!("{}: untrusted: {e}", self.caches[found.cache].name));
+                    from = found.cache + 1;
+                }
+            }
+        }
+    }
+
+    /// Downloads and installs everything in `plan`. Downloads start in reference order
+    /// (references first), at most `jobs` at a time, and each is unpacked and checked into
+    /// the staging dir as it arrives; staged paths are committed in batches, each batch
+    /// holding whatever has become committable (all its references valid or in the batch)
+    /// while the previous batch was being committed. So paths still become valid only after
+    /// their references, but a chain of small paths costs one sync per batch, not per path.
     pub async fn fetch(
         &self,
         store: &Arc<LocalStore>,
@@ -256,63 +351,94 @@ impl Substituter {
             wanted.values().map(|c| c.info.nar_size()).sum(),
             Ordering::Relaxed,
         );
-        // Dependency counting over the paths to fetch (self-references and already-valid
-        // references do not count).
-        let mut waiting_on: HashMap<StorePath, usize> = HashMap::new();
-        let mut dependents: HashMap<StorePath, Vec<StorePath>> = HashMap::new();
-        for (p, c) in &wanted {
-            let deps: Vec<&StorePath> = c
-                .info
-                .references()
-                .iter()
-                .filter(|r| *r != p && wanted.contains_key(*r))
-                .collect();
-            waiting_on.insert(p.clone(), deps.len());
-            for d in deps {
-                dependents.entry(d.clone()).or_default().push(p.clone());
-            }
-        }
-        let mut ready: Vec<StorePath> = waiting_on
-            .iter()
-            .filter(|(_, n)| **n == 0)
-            .map(|(p, _)| p.clone())
-            .collect();
-        ready.sort();
-        let mut tasks: JoinSet<(StorePath, Result<Fetched, SubstituteError>)> = JoinSet::new();
+        let order = reference_order(&wanted);
+        let rank: HashMap<&StorePath, usize> =
+            order.iter().enumerate().map(|(i, p)| (p, i)).collect();
+        // Started but not yet committed: bounds the open locks and staged trees.
+        let window = self.jobs * 4 + 256;
+        let mut next = 0;
+        let mut outstanding = 0usize;
+        let mut downloads: JoinSet<(StorePath, Result<Downloaded, SubstituteError>)> =
+            JoinSet::new();
+        let mut staged: BTreeMap<usize, (Staged, Fetched)> = BTreeMap::new();
+        let mut valid: BTreeSet<StorePath> = BTreeSet::new();
+        let mut committing: Option<tokio::task::JoinHandle<CommitResult>> = None;
         let mut done = Vec::new();
         let mut first_error = None;
         let this = Arc::new(self.clone_handles());
         loop {
-            while first_error.is_none() && tasks.len() < self.jobs {
-                let Some(p) = ready.pop() else { break };
+            while first_error.is_none()
+                && downloads.len() < self.jobs
+                && outstanding < window
+                && next < order.len()
+            {
+                let p = order[next].clone();
+                next += 1;
+                outstanding += 1;
                 let candidate = wanted[&p].clone();
                 let (store, this, progress) = (store.clone(), this.clone(), progress.clone());
-                tasks.spawn(async move {
+                downloads.spawn(async move {
                     let r = this.fetch_one(&store, &p, candidate, &progress).await;
                     (p, r)
                 });
             }
-            let Some(joined) = tasks.join_next().await else {
+            if committing.is_none() {
+                let batch = committable(&mut staged, &valid, &wanted);
+                if !batch.is_empty() {
+                    let store = store.clone();
+                    committing = Some(tokio::task::spawn_blocking(move || {
+                        let (staged, fetched): (Vec<Staged>, Vec<Fetched>) =
+                            batch.into_iter().unzip();
+                        store.commit_staged(staged).map(|_| fetched)
+                    }));
+                }
+            }
+            if downloads.is_empty() && committing.is_none() {
                 break;
-            };
-            let (path, result) = joined.map_err(|e| SubstituteError::Task(e.to_string()))?;
-            match result {
-                Ok(f) => {
-                    progress.paths_done.fetch_add(1, Ordering::Relaxed);
-                    for d in dependents.remove(&path).unwrap_or_default() {
-                        if let Some(n) = waiting_on.get_mut(&d) {
-                            *n -= 1;
-                            if *n == 0 {
-                                ready.push(d);
-                            }
+            }
+            tokio::select! {
+                Some(joined) = downloads.join_next(), if !downloads.is_empty() => {
+                    let (path, result) =
+                        joined.map_err(|e| SubstituteError::Task(e.to_string()))?;
+                    match result {
+                        Ok(Downloaded::Valid(f)) => {
+                            outstanding -= 1;
+                            progress.paths_done.fetch_add(1, Ordering::Relaxed);
+                            valid.insert(path);
+                            done.push(f);
+                        }
+                        Ok(Downloaded::Staged(s, f)) => {
+                            staged.insert(rank[&path], (*s, f));
+                        }
+                        Err(e) => {
+                            // Let running downloads finish (they are independent and
+                            // atomic), commit what can be, start nothing new, and report
+                            // the first failure.
+                            first_error.get_or_insert(e);
                         }
                     }
-                    done.push(f);
                 }
-                Err(e) => {
-                    // Let running downloads finish (they are independent and atomic), start
-                    // no new ones, and report the first failure.
-                    first_error.get_or_insert(e);
+                joined = async { committing.as_mut().expect("checked").await },
+                    if committing.is_some() => {
+                    committing = None;
+                    let result = joined.map_err(|e| SubstituteError::Task(e.to_string()))?;
+                    match result {
+                        Ok(fetched) => {
+                            outstanding -= fetched.len();
+                            progress
+                                .paths_done
+                                .fetch_add(fetched.len() as u64, Ordering::Relaxed);
+                            for f in fetched {
+                                valid.insert(f.path.clone());
+                                done.push(f);
+                            }
+                        }
+                        Err(e) => {
+                            first_error.get_or_insert(SubstituteError::Store(e));
+                            // Nothing more can be committed safely after a failed commit.
+                            staged.clear();
+                        }
+                    }
                 }
             }
         }
@@ -346,7 +472,7 @@ impl Substituter {
         path: &StorePath,
         first: Candidate,
         progress: &Arc<Progress>,
-    ) -> Result<Fetched, SubstituteError> {
+    ) -> Result<Downloaded, SubstituteError> {
         let printed = store.print_path(path);
         let mut candidate = first;
         let mut reasons = Vec::new();
@@ -372,9 +498,8 @@ impl Substituter {
                 }
             }
             match self
-                .lookup(store, path.clone(), candidate.cache + 1)
+                .lookup_trusted(store, path.clone(), candidate.cache + 1)
                 .await
-                .1
             {
                 Ok(next) => candidate = next,
                 Err(_) => {
@@ -387,13 +512,14 @@ impl Substituter {
         }
     }
 
-    /// One download attempt from one cache.
+    /// One download attempt from one cache: the NAR unpacked and checked into the staging
+    /// dir, or the path found valid.
     async fn download(
         &self,
         store: &Arc<LocalStore>,
         candidate: &Candidate,
         progress: &Arc<Progress>,
-    ) -> Result<Fetched, Attempt> {
+    ) -> Result<Downloaded, Attempt> {
         let c = &self.caches[candidate.cache];
         let info = candidate.info.clone();
         let meta = NarImport::from(&info);
@@ -403,7 +529,7 @@ impl Substituter {
         let progress = progress.clone();
         let handle = tokio::runtime::Handle::current();
         let outcome = tokio::task::spawn_blocking(move || {
-            store2.import_nar_with(meta, || {
+            store2.stage_nar_with(meta, || {
                 let stream = handle
                     .block_on(cache.get(info.url()))?
                     .ok_or_else(|| CacheError::NotFound(info.url().to_owned()))?;
@@ -424,14 +550,19 @@ impl Substituter {
             message: format!("task failed: {e}"),
             retryable: false,
         })?;
+        let fetched = |info: &crate::store::PathInfo, installed| Fetched {
+            path: info.path.clone(),
+            cache: c.name.clone(),
+            nar_size: info.nar_size,
+            download_size: received.load(Ordering::Relaxed),
+            installed,
+        };
         match outcome {
-            Ok(out) => Ok(Fetched {
-                path: out.info.path.clone(),
-                cache: c.name.clone(),
-                nar_size: out.info.nar_size,
-                download_size: received.load(Ordering::Relaxed),
-                installed: out.installed,
-            }),
+            Ok(Stage::Valid(info)) => Ok(Downloaded::Valid(fetched(&info, false))),
+            Ok(Stage::Staged(s)) => {
+                let f = fetched(s.info(), true);
+                Ok(Downloaded::Staged(Box::new(s), f))
+            }
             // The request itself: the HTTP layer has already retried transient failures.
             Err(ImportError::Open(e)) => Err(Attempt {
                 retryable: false,
@@ -445,6 +576,74 @@ impl Substituter {
             }),
         }
     }
+}
+
+/// What [`Substituter::lookup`] found for a path: a narinfo for it from `cache`, or none
+/// (`cache` is then past the last one), and what the caches asked before said.
+struct Found {
+    path: StorePath,
+    cache: usize,
+    info: Option<NarInfo>,
+    reasons: Vec<String>,
+}
+
+/// A successful download: staged for commit, or found valid (another process was first).
+enum Downloaded {
+    Staged(Box<Staged>, Fetched),
+    Valid(Fetched),
+}
+
+type CommitResult = Result<Vec<Fetched>, StoreError>;
+
+/// The paths of `wanted`, each after those of its references that are in `wanted`.
+fn reference_order(wanted: &BTreeMap<StorePath, Candidate>) -> Vec<StorePath> {
+    let mut order = Vec::with_capacity(wanted.len());
+    let mut seen: BTreeSet<&StorePath> = BTreeSet::new();
+    for root in wanted.keys() {
+        if !seen.insert(root) {
+            continue;
+        }
+        // Iterative post-order depth-first search: chains can be long.
+        let mut stack: Vec<(&StorePath, bool)> = vec![(root, false)];
+        while let Some((p, expanded)) = stack.pop() {
+            if expanded {
+                order.push(p.clone());
+                continue;
+            }
+            stack.push((p, true));
+            for r in wanted[p].info.references() {
+                if r != p && wanted.contains_key(r) && seen.insert(r) {
+                    stack.push((r, false));
+                }
+            }
+        }
+    }
+    order
+}
+
+/// Takes out of `staged` (keyed by rank in reference order) every path whose references
+/// among the wanted ones are valid or taken before it.
+fn committable(
+    staged: &mut BTreeMap<usize, (Staged, Fetched)>,
+    valid: &BTreeSet<StorePath>,
+    wanted: &BTreeMap<StorePath, Candidate>,
+) -> Vec<(Staged, Fetched)> {
+    let mut taken: BTreeSet<StorePath> = BTreeSet::new();
+    let mut ranks = Vec::new();
+    for (rank, (s, _)) in staged.iter() {
+        let path = &s.info().path;
+        let ready = s.info().references.iter().all(|r| {
+            r == path || !wanted.contains_key(r) || valid.contains(r) || taken.contains(r)
+        });
+        if ready {
+            taken.insert(path.clone());
+            ranks.push(*rank);
+        }
+    }
+    ranks
+        .into_iter()
+        .filter_map(|r| staged.remove(&r))
+        .collect()
 }
 
 /// The outcome of a failed download attempt.

@@ -125,7 +125,7 @@ pub fn client_options(s: &Settings) -> ClientOptions {
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -152,12 +152,21 @@ pub fn substitute(
     let options = client_options(settings);
     let rt = runtime()?;
     rt.block_on(async {
+        let start = Instant::now();
         let sub = Substituter::open(urls, keys, &options, &store, jobs).await?;
         let plan = sub.plan(&store, paths).await?;
+        tracing::info!(
+            "planned {} path(s), {} NAR bytes, in {:.0?}",
+            plan.len(),
+            plan.nar_bytes(),
+            start.elapsed()
+        );
         let progress = Arc::new(Progress::default());
         let show = !g.quiet && !g.json && std::io::stderr().is_terminal();
         let ticker = show.then(|| tokio::spawn(display(progress.clone())));
+        let fetch_start = Instant::now();
         let result = sub.fetch(&store, plan, progress.clone()).await;
+        tracing::info!("fetched in {:.0?}", fetch_start.elapsed());
         if let Some(t) = ticker {
             t.abort();
             eprint!("\r\x1b[K");

@@ -87,8 +87,10 @@ pub fn restore<R: Read>(
 ) -> Result<RestoreStats, FsNarError> {
     let opts = opts.into();
     let dst = dst.as_ref();
+    // Large file contents bypass this buffer (reads bigger than it go straight through);
+    // it is zeroed once per restore, which a bigger one would make costly for small NARs.
     let mut nar = NarReader::new(BufReader::with_capacity(
-        256 * 1024,
+        64 * 1024,
         HashingReader::new(reader),
     ));
     let mut builder = Builder {
@@ -149,9 +151,16 @@ fn unpack<R: Read>(
                     let direct = sys::set_direct(&file, true);
                     write_large(nar, &mut file, direct, &path)?;
                 } else if size > 0 {
-                    let buf = buf.get_or_insert_with(|| vec![0u8; SMALL_BUF_SIZE]);
+                    // Grown to what the files need, so a NAR of small files never
+                    // zeroes a large buffer.
+                    let want =
+                        usize::try_from(size).map_or(SMALL_BUF_SIZE, |s| s.min(SMALL_BUF_SIZE));
+                    let buf = buf.get_or_insert_with(Vec::new);
+                    if buf.len() < want {
+                        buf.resize(want, 0);
+                    }
                     loop {
-                        let len = fill(nar, buf)?;
+                        let len = fill(nar, &mut buf[..want])?;
                         if len == 0 {
                             break;
                         }

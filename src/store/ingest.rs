@@ -1,19 +1,19 @@
 //! Making paths valid: `add` (a tree on disk becomes a `source` path) and `import_nar`
 //! (a NAR stream with known metadata, the entry point substitution uses).
 //!
-//! Both follow the same protocol, implemented once in [`LocalStore::install`]: lock the
-//! path, return early if it is already valid, build the tree in a private temp dir inside
-//! the store's filesystem (canonicalised as it is written: 0444/0555 files, 0555 dirs,
-//! mtime 1), check its NAR hash and size, `syncfs`, rename into place, fsync the store dir,
-//! and register it in one transaction whose references are already valid.
+//! Both follow the same protocol, [`super::stage`]'s stage-then-commit for one path: lock
+//! the path, return early if it is already valid, build the tree in a private temp dir
+//! inside the store's filesystem (canonicalised as it is written: 0444/0555 files, 0555
+//! dirs, mtime 1), check its NAR hash and size, `syncfs`, rename into place, fsync the store
+//! dir, and register it in one transaction whose references are already valid. Substitution
+//! stages many paths in parallel and commits them in batches instead.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::lock::{lock_path, TempDir};
+use super::stage::{Stage, Staged};
 use super::{LocalStore, PathInfo, StoreError};
 use crate::format::ca::ContentAddress;
 use crate::format::hash::{Hash, HashAlgo, Hasher};
@@ -159,6 +159,24 @@ impl LocalStore {
             }
             .into());
         }
+        match self.stage_nar_with(meta, open)? {
+            Stage::Valid(info) => Ok(AddOutcome {
+                info,
+                installed: false,
+            }),
+            Stage::Staged(staged) => Ok(self.commit_one(staged)?),
+        }
+    }
+
+    /// The first half of [`LocalStore::import_nar_with`]: checks the metadata, then locks
+    /// the path and, unless it is valid, unpacks and checks the NAR into the staging dir
+    /// (see [`super::stage`]). References need not be valid yet; the commit checks them.
+    pub fn stage_nar_with<R: Read, E>(
+        &self,
+        meta: NarImport,
+        open: impl FnOnce() -> Result<R, E>,
+    ) -> Result<Stage, ImportError<E>> {
+        let printed = self.print_path(&meta.path);
         if let Some(ca) = &meta.ca {
             let refs = meta.references.iter().filter(|r| **r != meta.path);
             let self_ref = meta.references.contains(&meta.path);
@@ -186,7 +204,7 @@ impl LocalStore {
             ultimate: false,
         };
         let expect = info.clone();
-        self.install(info, move |dest| {
+        self.stage(info, move |dest| {
             let info = expect;
             let nar = open().map_err(ImportError::Open)?;
             // One byte more than announced is enough to notice an oversized stream.
@@ -241,77 +259,28 @@ impl LocalStore {
         })
     }
 
-    /// The shared install protocol. `build` must create the (canonicalised) tree at the
-    /// path it is given and check it; it is only called when the path is not yet valid.
+    /// The shared install protocol for one path: stage it, then commit it alone.
     fn install<E: From<StoreError>>(
         &self,
         info: PathInfo,
         build: impl FnOnce(&Path) -> Result<(), E>,
     ) -> Result<AddOutcome, E> {
-        let printed = self.print_path(&info.path);
-        if let Some(existing) = self.query(&info.path)? {
-            return Ok(AddOutcome {
-                info: existing,
+        match self.stage(info, build)? {
+            Stage::Valid(info) => Ok(AddOutcome {
+                info,
                 installed: false,
-            });
+            }),
+            Stage::Staged(staged) => Ok(self.commit_one(staged)?),
         }
-        let _lock = lock_path(&self.layout, &info.path)
-            .map_err(|e| StoreError::io(format!("cannot lock '{printed}'"), e))?;
-        // Someone else may have installed it while we waited for the lock.
-        if let Some(existing) = self.query(&info.path)? {
-            return Ok(AddOutcome {
-                info: existing,
-                installed: false,
-            });
-        }
-        let tmp = TempDir::new(&self.layout)
-            .map_err(|e| StoreError::io("cannot create a temp dir in the store", e))?;
-        let staged = tmp.path().join("out");
-        build(&staged)?;
-        Ok(self.commit(&tmp, &staged, info)?)
     }
 
-    /// The end of [`LocalStore::install`]: sync, move into place, register.
-    fn commit(
-        &self,
-        tmp: &TempDir,
-        staged: &Path,
-        mut info: PathInfo,
-    ) -> Result<AddOutcome, StoreError> {
-        let printed = self.print_path(&info.path);
-        let io_err = |what: &str, e| StoreError::io(format!("{what} '{printed}'"), e);
-        sync_filesystem(tmp.path()).map_err(|e| io_err("cannot sync", e))?;
-        let real = self.layout.real_path(&info.path);
-        // A directory here that is not registered is what an interrupted install left
-        // between its rename and its registration: replace it.
-        match fs::symlink_metadata(&real) {
-            Ok(_) => {
-                tracing::warn!("replacing unregistered leftover {}", real.display());
-                fsnar::make_writable_and_remove(&real)
-                    .map_err(|e| io_err("cannot remove the unregistered leftover of", e))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("cannot inspect", e)),
-        }
-        fs::rename(staged, &real).map_err(|e| io_err("cannot move into place", e))?;
-        File::open(self.layout.real_store())
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err("cannot sync the store dir after installing", e))?;
-        info.registration_time = now();
-        self.db().register(std::slice::from_ref(&info))?;
-        tracing::debug!("installed {printed}");
+    fn commit_one(&self, staged: Staged) -> Result<AddOutcome, StoreError> {
+        let mut infos = self.commit_staged(vec![staged])?;
         Ok(AddOutcome {
-            info,
+            info: infos.remove(0),
             installed: true,
         })
     }
-}
-
-/// Flushes the filesystem holding `dir` (one `syncfs` instead of an fsync per file).
-fn sync_filesystem(dir: &Path) -> io::Result<()> {
-    let f = File::open(dir)?;
-    rustix::fs::syncfs(&f)?;
-    Ok(())
 }
 
 /// Checks a content address against the unpacked tree: recursive hashes are NAR hashes
@@ -345,10 +314,4 @@ fn check_content_address(ca: &ContentAddress, nar_hash: &Hash, tree: &Path) -> R
     } else {
         Err(format!("expected {expected}, got {got}"))
     }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

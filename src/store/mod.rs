@@ -12,6 +12,7 @@ pub mod db;
 pub mod ingest;
 pub mod layout;
 pub mod lock;
+pub mod stage;
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
@@ -26,6 +27,7 @@ use crate::fsnar;
 pub use db::{Db, DbError, PathInfo};
 pub use ingest::{AddOutcome, ImportError, NarImport};
 pub use layout::Layout;
+pub use stage::{Stage, Staged};
 
 /// What can go wrong in the local store.
 #[derive(Debug, Error)]
@@ -100,6 +102,7 @@ pub enum Verdict {
 pub struct LocalStore {
     layout: Layout,
     db: Mutex<Db>,
+    staging: stage::StagingSlot,
 }
 
 impl LocalStore {
@@ -119,6 +122,7 @@ impl LocalStore {
         Ok(LocalStore {
             layout,
             db: Mutex::new(db),
+            staging: Default::default(),
         })
     }
 

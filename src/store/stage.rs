@@ -1,0 +1,341 @@
+//! Two-phase installs: *stage* a path (lock it, build and check its tree in a private
+//! staging dir inside the store's filesystem) and later *commit* a batch of staged paths
+//! (one `syncfs`, the renames, one fsync of the store dir, one registration transaction).
+//!
+//! Staging can run for many paths in parallel and in any order; committing is what has to
+//! follow reference order. A batch pays the durability cost once: that is what makes
+//! substituting a thousand small paths cheap. Nothing staged is visible in the store dir
+//! before its commit, and a staged path keeps its install lock until it is committed or
+//! dropped, so another process never fetches it a second time meanwhile.
+//!
+//! Staged trees live in one staging dir per [`LocalStore`] (a temp dir, see
+//! [`super::lock::TempDir`]), shared by everything staged at the same time and removed
+//! when the last of them is gone.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::lock::{lock_path, FileLock, TempDir};
+use super::{LocalStore, PathInfo, StoreError};
+use crate::format::store_path::StorePath;
+use crate::fsnar;
+
+/// A path whose tree is built and checked but not yet visible: commit it with
+/// [`LocalStore::commit_staged`], or drop it to throw it away.
+#[derive(Debug)]
+pub struct Staged {
+    info: PathInfo,
+    tree: PathBuf,
+    moved: bool,
+    _lock: FileLock,
+    _area: Arc<TempDir>,
+}
+
+impl Staged {
+    pub fn info(&self) -> &PathInfo {
+        &self.info
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.moved {
+            if let Err(e) = fsnar::make_writable_and_remove(&self.tree) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!("cannot remove staged tree {}: {e}", self.tree.display());
+                }
+            }
+        }
+    }
+}
+
+/// What staging a path gave.
+#[derive(Debug)]
+pub enum Stage {
+    /// The path was valid already (perhaps installed by another process while we waited
+    /// for its lock); nothing was built.
+    Valid(PathInfo),
+    Staged(Staged),
+}
+
+impl LocalStore {
+    /// Locks `info.path` and, unless it is valid already, has `build` create its
+    /// (canonicalised, checked) tree at the path it is given, inside the staging dir.
+    /// References need not be valid yet; they must be by the time of the commit.
+    pub fn stage<E: From<StoreError>>(
+        &self,
+        info: PathInfo,
+        build: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<Stage, E> {
+        let printed = self.print_path(&info.path);
+        if let Some(existing) = self.query(&info.path)? {
+            return Ok(Stage::Valid(existing));
+        }
+        let lock = lock_path(&self.layout, &info.path)
+            .map_err(|e| StoreError::io(format!("cannot lock '{printed}'"), e))?;
+        // Someone else may have installed it while we waited for the lock.
+        if let Some(existing) = self.query(&info.path)? {
+            return Ok(Stage::Valid(existing));
+        }
+        let area = self.staging_area()?;
+        let tree = area.path().join(info.path.as_str());
+        // A tree left here by an earlier attempt in this process (its lock was released).
+        if tree.symlink_metadata().is_ok() {
+            fsnar::make_writable_and_remove(&tree)
+                .map_err(|e| StoreError::io(format!("cannot clear {}", tree.display()), e))?;
+        }
+        let staged = Staged {
+            info,
+            tree,
+            moved: false,
+            _lock: lock,
+            _area: area,
+        };
+        build(&staged.tree)?;
+        Ok(Stage::Staged(staged))
+    }
+
+    /// Makes a batch of staged paths valid: one `syncfs`, the renames into the store dir,
+    /// one fsync of the store dir, one transaction. Every reference of every path must be
+    /// valid or in the batch; the batch is put in reference order here. On error, paths
+    /// already renamed stay as unregistered leftovers, which the next install of the same
+    /// path replaces: nothing becomes valid without its tree being complete.
+    pub fn commit_staged(&self, batch: Vec<Staged>) -> Result<Vec<PathInfo>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut batch = reference_order(batch);
+        {
+            let db = self.db();
+            let in_batch: HashSet<&StorePath> = batch.iter().map(|s| &s.info.path).collect();
+            for s in &batch {
+                for r in s.info.references.iter().filter(|r| **r != s.info.path) {
+                    if !in_batch.contains(r) && !db.is_valid(r)? {
+                        return Err(StoreError::MissingReferences {
+                            path: self.print_path(&s.info.path),
+                            missing: vec![self.print_path(r)],
+                        });
+                    }
+                }
+            }
+        }
+        let area = batch[0]._area.clone();
+        sync_filesystem(area.path())
+            .map_err(|e| StoreError::io("cannot sync the store's filesystem", e))?;
+        for s in &mut batch {
+            self.move_into_place(s)?;
+        }
+        File::open(self.layout.real_store())
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StoreError::io("cannot sync the store dir after installing", e))?;
+        let now = now();
+        let mut infos: Vec<PathInfo> = batch.iter().map(|s| s.info.clone()).collect();
+        for info in &mut infos {
+            info.registration_time = now;
+        }
+        self.db().register(&infos)?;
+        for info in &infos {
+            tracing::debug!("installed {}", self.print_path(&info.path));
+        }
+        Ok(infos)
+    }
+
+    fn move_into_place(&self, s: &mut Staged) -> Result<(), StoreError> {
+        let printed = self.print_path(&s.info.path);
+        let io_err = |what: &str, e| StoreError::io(format!("{what} '{printed}'"), e);
+        let real = self.layout.real_path(&s.info.path);
+        // A directory here that is not registered is what an interrupted install left
+        // between its rename and its registration: replace it.
+        match fs::symlink_metadata(&real) {
+            Ok(_) => {
+                tracing::warn!("replacing unregistered leftover {}", real.display());
+                fsnar::make_writable_and_remove(&real)
+                    .map_err(|e| io_err("cannot remove the unregistered leftover of", e))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("cannot inspect", e)),
+        }
+        fs::rename(&s.tree, &real).map_err(|e| io_err("cannot move into place", e))?;
+        s.moved = true;
+        Ok(())
+    }
+
+    /// The staging dir shared by everything currently staged by this store handle.
+    fn staging_area(&self) -> Result<Arc<TempDir>, StoreError> {
+        let mut slot = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(area) = slot.upgrade() {
+            return Ok(area);
+        }
+        let area = Arc::new(
+            TempDir::new(&self.layout)
+                .map_err(|e| StoreError::io("cannot create a temp dir in the store", e))?,
+        );
+        *slot = Arc::downgrade(&area);
+        Ok(area)
+    }
+}
+
+/// The slot [`LocalStore`] keeps its staging dir in.
+pub(super) type StagingSlot = std::sync::Mutex<Weak<TempDir>>;
+
+/// Sorts a batch so that each path comes after those of its references that are in it.
+fn reference_order(batch: Vec<Staged>) -> Vec<Staged> {
+    let index: std::collections::HashMap<StorePath, usize> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.info.path.clone(), i))
+        .collect();
+    let mut slots: Vec<Option<Staged>> = batch.into_iter().map(Some).collect();
+    let mut out = Vec::with_capacity(slots.len());
+    let mut state = vec![0u8; slots.len()]; // 0 new, 1 visiting, 2 done
+    for start in 0..slots.len() {
+        // Iterative depth-first search (chains can be long).
+        let mut stack = vec![(start, false)];
+        while let Some((i, expanded)) = stack.pop() {
+            if expanded {
+                state[i] = 2;
+                if let Some(s) = slots[i].take() {
+                    out.push(s);
+                }
+                continue;
+            }
+            if state[i] != 0 {
+                continue;
+            }
+            state[i] = 1;
+            stack.push((i, true));
+            let Some(s) = slots[i].as_ref() else { continue };
+            for r in &s.info.references {
+                if let Some(&j) = index.get(r) {
+                    if j != i && state[j] == 0 {
+                        stack.push((j, false));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Flushes the filesystem holding `dir` (one `syncfs` instead of an fsync per file).
+fn sync_filesystem(dir: &Path) -> io::Result<()> {
+    let f = File::open(dir)?;
+    rustix::fs::syncfs(&f)?;
+    Ok(())
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::format::hash::{Hash, HashAlgo, HashSink};
+    use crate::format::store_path::{StoreDir, StorePathName};
+    use crate::store::{Layout, NarImport};
+
+    /// Metadata and NAR of a one-file path with `body`, referencing `refs`.
+    fn file_path(
+        store: &LocalStore,
+        name: &str,
+        body: &str,
+        refs: &[&StorePath],
+    ) -> (NarImport, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        fs::write(&f, body).unwrap();
+        let mut nar = Vec::new();
+        fsnar::dump(&f, &mut nar).unwrap();
+        let mut sink = HashSink::new(HashAlgo::Sha256);
+        io::Write::write_all(&mut sink, &nar).unwrap();
+        let (nar_hash, nar_size) = sink.finish();
+        let references: BTreeSet<StorePath> = refs.iter().map(|r| (*r).clone()).collect();
+        let path = store
+            .store_dir()
+            .make_text_path(
+                &Hash::of(HashAlgo::Sha256, body.as_bytes()),
+                references.iter(),
+                &StorePathName::new(name).unwrap(),
+            )
+            .unwrap();
+        let meta = NarImport {
+            path,
+            nar_hash,
+            nar_size,
+            references,
+            deriver: None,
+            sigs: BTreeSet::new(),
+            ca: None,
+        };
+        (meta, nar)
+    }
+
+    fn stage(store: &LocalStore, meta: NarImport, nar: &[u8]) -> Staged {
+        match store
+            .stage_nar_with(meta, || Ok::<_, io::Error>(nar))
+            .unwrap()
+        {
+            Stage::Staged(s) => s,
+            Stage::Valid(_) => panic!("already valid"),
+        }
+    }
+
+    #[test]
+    fn batches_commit_in_reference_order_and_need_their_references() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(Layout::new(
+            StoreDir::new("/ix/store").unwrap(),
+            Some(root.path()),
+        ))
+        .unwrap();
+        let (a, nar_a) = file_path(&store, "a", "a\n", &[]);
+        let (b, nar_b) = file_path(&store, "b", "b\n", &[&a.path]);
+        let (c, nar_c) = file_path(&store, "c", "c\n", &[&b.path]);
+        let (pa, pb, pc) = (a.path.clone(), b.path.clone(), c.path.clone());
+
+        // Staged paths are invisible, and a batch missing a reference is refused whole.
+        let sb = stage(&store, b, &nar_b);
+        assert!(!store.layout().real_path(&pb).exists());
+        let err = store.commit_staged(vec![sb]).unwrap_err();
+        assert!(matches!(err, StoreError::MissingReferences { .. }), "{err}");
+        assert!(!store.is_valid(&pb).unwrap());
+        assert!(!store.layout().real_path(&pb).exists());
+
+        // Given out of order, a complete batch is sorted and committed in one go.
+        let (b, _) = file_path(&store, "b", "b\n", &[&pa]);
+        let batch = vec![
+            stage(&store, c, &nar_c),
+            stage(&store, b, &nar_b),
+            stage(&store, a, &nar_a),
+        ];
+        let infos = store.commit_staged(batch).unwrap();
+        let order: Vec<_> = infos.iter().map(|i| i.path.clone()).collect();
+        assert_eq!(order, vec![pa.clone(), pb.clone(), pc.clone()]);
+        for p in [&pa, &pb, &pc] {
+            assert!(store.is_valid(p).unwrap());
+            assert!(store.layout().real_path(p).exists());
+        }
+        // The staging dir is gone once nothing is staged.
+        let leftovers: Vec<_> = fs::read_dir(store.layout().real_store())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // Staging a valid path builds nothing.
+        let (a2, _) = file_path(&store, "a", "a\n", &[]);
+        assert!(matches!(
+            store.stage_nar_with(a2, || Err::<&[u8], _>("must not open")),
+            Ok(Stage::Valid(_))
+        ));
+    }
+}

@@ -1,0 +1,208 @@
+//! Substitution of many paths: NARs staged in parallel and committed in batches must still
+//! make paths valid only after their references, and the speculative narinfo walk must not
+//! let an untrusted narinfo's references into the plan.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+
+use common::*;
+use serde_json::Value;
+use store::format::hash::{Hash, HashAlgo, HashSink};
+use store::format::store_path::{StoreDir, StorePathName};
+use store::store::{Layout, LocalStore, NarImport};
+
+const CHAIN: usize = 300;
+
+/// Builds a chain of `CHAIN` paths in a library-opened store (each a small file naming the
+/// previous path, which it references) and returns the logical path of the top.
+fn make_chain(root: &std::path::Path, scratch: &std::path::Path) -> String {
+    let dir = StoreDir::new("/nix/store").unwrap();
+    let store = LocalStore::open(Layout::new(dir.clone(), Some(root))).unwrap();
+    let mut prev: Option<store::format::store_path::StorePath> = None;
+    let mut top = String::new();
+    for i in 0..CHAIN {
+        let file = scratch.join(format!("link-{i}"));
+        let body = match &prev {
+            Some(p) => format!("link {i} after {}\n", dir.display_path(p)),
+            None => format!("link {i}\n"),
+        };
+        fs::write(&file, body).unwrap();
+        let mut nar = Vec::new();
+        store::fsnar::dump(&file, &mut nar).unwrap();
+        let mut sink = HashSink::new(HashAlgo::Sha256);
+        std::io::Write::write_all(&mut sink, &nar).unwrap();
+        let (nar_hash, nar_size) = sink.finish();
+        let references: BTreeSet<_> = prev.iter().cloned().collect();
+        // An input-addressed-looking path: any hash will do for a test chain.
+        let path = dir
+            .make_text_path(
+                &Hash::of(HashAlgo::Sha256, &nar),
+                references.iter(),
+                &StorePathName::new(&format!("link-{i}")).unwrap(),
+            )
+            .unwrap();
+        store
+            .import_nar(
+                NarImport {
+                    path: path.clone(),
+                    nar_hash,
+                    nar_size,
+                    references,
+                    deriver: None,
+                    sigs: BTreeSet::new(),
+                    ca: None,
+                },
+                nar.as_slice(),
+            )
+            .unwrap();
+        top = dir.display_path(&path);
+        prev = Some(path);
+    }
+    top
+}
+
+#[test]
+fn a_long_chain_is_committed_in_reference_order() {
+    let src = TestStore::with_store_dir("/nix/store");
+    let top = make_chain(&src.root(), &src.scratch());
+    let key_dir = src.scratch();
+    let (sec, publ) = (key_dir.join("k.sec"), key_dir.join("k.pub"));
+    src.ok(&[
+        "key",
+        "generate",
+        "--name",
+        "chain-test-1",
+        "--secret-file",
+        sec.to_str().unwrap(),
+        "--public-file",
+        publ.to_str().unwrap(),
+    ]);
+    let public = fs::read_to_string(&publ).unwrap().trim().to_owned();
+    let cache = src.scratch().join("cache");
+    let url = file_url(&cache);
+    src.ok(&[
+        "copy",
+        "--to",
+        &url,
+        "--secret-key-file",
+        sec.to_str().unwrap(),
+        &top,
+    ]);
+
+    let dst = TestStore::with_store_dir("/nix/store");
+    let report: Value = serde_json::from_str(&dst.ok(&[
+        "--json",
+        "realise",
+        "--jobs",
+        "8",
+        "--substituters",
+        &url,
+        "--trusted-public-keys",
+        &public,
+        &top,
+    ]))
+    .unwrap();
+    assert_eq!(report["substituted"].as_array().unwrap().len(), CHAIN);
+    // Every path is valid, intact, and registered after its reference.
+    let out = dst.cmd().args(["verify", "--all"]).output().unwrap();
+    assert_success(&out, "verify --all");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(&format!("{CHAIN} ok, 0 bad")), "{said}");
+    let infos: Vec<Value> =
+        serde_json::from_str(&dst.ok(&["path-info", "--json", "-r", &top])).unwrap();
+    assert_eq!(infos.len(), CHAIN);
+    let src_infos: Vec<Value> =
+        serde_json::from_str(&src.ok(&["path-info", "--json", "-r", &top])).unwrap();
+    let key = |v: &Value| {
+        (
+            v["path"].as_str().unwrap().to_owned(),
+            v["narHash"].as_str().unwrap().to_owned(),
+            v["references"].to_string(),
+        )
+    };
+    let mut a: Vec<_> = infos.iter().map(key).collect();
+    let mut b: Vec<_> = src_infos.iter().map(key).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    // Nothing left behind in the store dir but the paths themselves.
+    let real = dst.root().join("nix/store");
+    let stray: Vec<_> = fs::read_dir(&real)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}
+
+#[test]
+fn an_untrusted_narinfo_cannot_add_references_to_the_plan() {
+    // Cache A has the top of the vector closure with an extra (nonexistent) reference and
+    // therefore a broken signature; cache B has the real one. The walk may look the bogus
+    // reference up, but it must not count: realise succeeds from B.
+    const ROOT: &str = "/nix/store/a8z667l486sd21m8rs058ir3b2sh8k14-vec-c";
+    let s = TestStore::with_store_dir("/nix/store");
+    let (da, db) = (s.scratch().join("a"), s.scratch().join("b"));
+    copy_dir(&fixture("caches/zstd"), &da);
+    copy_dir(&fixture("caches/xz"), &db);
+    let ni = da.join("a8z667l486sd21m8rs058ir3b2sh8k14.narinfo");
+    let text = fs::read_to_string(&ni).unwrap();
+    let bogus = "0000000000000000000000000000000a-bogus";
+    let edited: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("References: ") {
+            Some(refs) => format!("References: {refs} {bogus}\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    assert_ne!(edited, text);
+    fs::write(&ni, edited).unwrap();
+    let urls = format!(
+        "{}?priority=10 {}?priority=20",
+        file_url(&da),
+        file_url(&db)
+    );
+    let report: Value = serde_json::from_str(&s.ok(&[
+        "--json",
+        "realise",
+        "--substituters",
+        &urls,
+        "--trusted-public-keys",
+        &test_public_key(),
+        ROOT,
+    ]))
+    .unwrap();
+    let subs = report["substituted"].as_array().unwrap();
+    assert_eq!(subs.len(), 3, "{report}");
+    let root = subs.iter().find(|e| e["path"] == ROOT).unwrap();
+    assert!(root["from"].as_str().unwrap().contains("/b"), "{report}");
+
+    // With only cache A, the path is untrusted and the error names it, not the bogus one.
+    let s2 = TestStore::with_store_dir("/nix/store");
+    let err = s2.fails(&[
+        "realise",
+        "--substituters",
+        &file_url(&da),
+        "--trusted-public-keys",
+        &test_public_key(),
+        ROOT,
+    ]);
+    assert!(err.contains(ROOT) && err.contains("untrusted"), "{err}");
+    assert!(!err.contains("bogus"), "{err}");
+}
+
+/// Copies a directory tree; the copies are writable (the fixtures are read-only).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::write(&target, fs::read(entry.path()).unwrap()).unwrap();
+        }
+    }
+}
