@@ -172,8 +172,8 @@ fn json_field_order_is_nix_order() {
 
 fn vector_texts() -> Vec<(String, Vec<u8>)> {
     all_drvs()
-        .into_iter()
-        .map(|(_, d)| (d.name.clone(), d.print(&dir()).into_bytes()))
+        .into_values()
+        .map(|d| (d.name.clone(), d.print(&dir()).into_bytes()))
         .collect()
 }
 
