@@ -243,7 +243,7 @@ impl LocalStore {
 
     /// The shared install protocol. `build` must create the (canonicalised) tree at the
     /// path it is given and check it; it is only called when the path is not yet valid.
-    fn install<E: From<StoreError>>(
+    pub(super) fn install<E: From<StoreError>>(
         &self,
         info: PathInfo,
         build: impl FnOnce(&Path) -> Result<(), E>,

@@ -12,6 +12,7 @@ pub mod db;
 pub mod ingest;
 pub mod layout;
 pub mod lock;
+mod text;
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
