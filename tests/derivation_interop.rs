@@ -334,3 +334,60 @@ fn show_derivation_of_files_and_vectors() {
     ]);
     assert!(err.contains("not valid"), "{err}");
 }
+
+#[test]
+fn instantiate_errors_are_clean() {
+    // No Nix needed: bad recipes fail with a message, not a panic, and write nothing.
+    let s = TestStore::with_store_dir("/nix/store");
+    let d = s.scratch();
+    let err = s.fails(&["instantiate", d.join("missing.toml").to_str().unwrap()]);
+    assert!(err.contains("cannot read recipe"), "{err}");
+    for (text, want) in [
+        ("name = \"x\"\n", "missing field `builder`"),
+        (
+            "name = \"x\"\nbuilder = \"b\"\ncolour = 1\n",
+            "unknown field",
+        ),
+        (
+            "name = \"x\"\nbuilder = \"${inputs.y}\"\n",
+            "undeclared input 'y'",
+        ),
+        (
+            "name = \"x\"\nbuilder = \"${oops}\"\n",
+            "unknown placeholder",
+        ),
+        (
+            "name = \"x.drv\"\nbuilder = \"b\"\n",
+            "may not end in '.drv'",
+        ),
+        (
+            "name = \"x\"\nbuilder = \"b\"\noutput_hash = \"sha256-AAAA\"\n",
+            "invalid output hash",
+        ),
+    ] {
+        let f = d.join("r.toml");
+        fs::write(&f, text).unwrap();
+        let err = s.fails(&["instantiate", f.to_str().unwrap()]);
+        assert!(err.contains(want), "{text}: {err}");
+    }
+    // A recipe that works prints one .drv path, and its JSON form names the outputs.
+    let f = d.join("ok.toml");
+    fs::write(
+        &f,
+        "name = \"ok\"\nbuilder = \"/bin/sh\"\noutputs = [\"out\", \"man\"]\n",
+    )
+    .unwrap();
+    let out = s.ok(&["instantiate", "--json", f.to_str().unwrap()]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let drv = v[0]["drvPath"].as_str().unwrap();
+    assert!(
+        drv.starts_with("/nix/store/") && drv.ends_with("-ok.drv"),
+        "{out}"
+    );
+    assert!(v[0]["outputs"]["man"]
+        .as_str()
+        .unwrap()
+        .ends_with("-ok-man"));
+    let shown: Value = serde_json::from_str(&s.ok(&["derivation", "show", drv])).unwrap();
+    assert_eq!(shown[drv]["env"]["outputs"], "out man");
+}
