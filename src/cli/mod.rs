@@ -4,8 +4,10 @@
 mod add;
 mod config;
 mod copy;
+mod derivation;
 mod hash;
 mod init;
+mod instantiate;
 mod key;
 mod nar;
 mod path_info;
@@ -70,6 +72,9 @@ pub enum Command {
     Realise(realise::RealiseArgs),
     Copy(copy::CopyArgs),
     Serve(serve::ServeArgs),
+    #[command(subcommand)]
+    Derivation(derivation::DerivationCommand),
+    Instantiate(instantiate::InstantiateArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -86,6 +91,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Realise(a) => realise::run(g, a),
         Command::Copy(a) => copy::run(g, a),
         Command::Serve(a) => serve::run(g, a),
+        Command::Derivation(a) => derivation::run(g, a),
+        Command::Instantiate(a) => instantiate::run(g, a),
     }
 }
 

@@ -1,11 +1,12 @@
 //! Pure, synchronous Nix 2.8 formats: hashes and their encodings, store paths,
-//! content addresses, NAR, narinfo, signing keys and nix-cache-info.
+//! content addresses, NAR, narinfo, signing keys, nix-cache-info and derivations.
 //!
 //! Nothing in here touches the file system or the network; everything works on
 //! bytes, strings, `io::Read` and `io::Write`. See `store-format.md`.
 
 pub mod ca;
 pub mod cache_info;
+pub mod derivation;
 pub mod hash;
 pub mod keys;
 pub mod nar;

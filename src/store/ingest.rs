@@ -259,8 +259,10 @@ impl LocalStore {
         })
     }
 
-    /// The shared install protocol for one path: stage it, then commit it alone.
-    fn install<E: From<StoreError>>(
+    /// The shared install protocol for one path: stage it, then commit it alone. `build`
+    /// must create the (canonicalised) tree at the path it is given and check it; it is
+    /// only called when the path is not yet valid.
+    pub(super) fn install<E: From<StoreError>>(
         &self,
         info: PathInfo,
         build: impl FnOnce(&Path) -> Result<(), E>,

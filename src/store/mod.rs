@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod layout;
 pub mod lock;
 pub mod stage;
+mod text;
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
