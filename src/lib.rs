@@ -7,8 +7,10 @@
 //!   nix-cache-info). No file system, no network, only `io::Read`/`io::Write`.
 //! * [`fsnar`]: file trees to NAR and back (dump, hash, strict unpack, canonicalisation).
 //! * [`store`]: the local store: layout, SQLite metadata, locks, atomic installs.
+//! * [`build`]: running builders in a sandbox, reference scanning, output canonicalisation.
 //! * `cli` (in the binary): the command line, the only place that uses `anyhow`.
 
+pub mod build;
 pub mod cache;
 pub mod format;
 pub mod fsnar;
