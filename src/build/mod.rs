@@ -7,3 +7,4 @@
 //! * [`canonicalise`]: puts a freshly built output into canonical store form in place.
 
 pub mod refscan;
+pub mod sandbox;

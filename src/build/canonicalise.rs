@@ -1,0 +1,1 @@
+//! Canonicalisation of a freshly built output.
