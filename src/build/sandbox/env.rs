@@ -143,7 +143,7 @@ mod tests {
         assert_eq!(expect("out"), Some("/ix/store/x-a"));
         assert_eq!(expect("NIX_OUTPUT_CHECKED"), None);
         assert_eq!(expect("http_proxy"), None);
-        assert_eq!(env.len(), 15);
+        assert_eq!(env.len(), 13);
 
         let fod = standard_env(
             &drv,
