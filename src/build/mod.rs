@@ -6,5 +6,6 @@
 //!   over the output's NAR, like Nix).
 //! * [`canonicalise`]: puts a freshly built output into canonical store form in place.
 
+pub mod canonicalise;
 pub mod refscan;
 pub mod sandbox;
