@@ -213,3 +213,32 @@ fn refscan_throughput() {
         );
     }
 }
+
+/// Throughput of [`scan_path`] (NAR dump + scan) over a real tree, e.g. the `big` bench tree:
+/// `REFSCAN_TREE=/tmp/store-bench/trees/big cargo test --release --lib refscan_tree_throughput
+/// -- --ignored --nocapture`. Includes reading the files (from the page cache when warm).
+#[test]
+#[ignore]
+fn refscan_tree_throughput() {
+    let Some(tree) = std::env::var_os("REFSCAN_TREE") else {
+        eprintln!("SKIPPED refscan_tree_throughput: set REFSCAN_TREE to a tree");
+        return;
+    };
+    let tree = std::path::PathBuf::from(tree);
+    let candidates = [H1, H2, H3];
+    for round in 0..3 {
+        let start = std::time::Instant::now();
+        let mut s = RefScanSink::new(candidates).unwrap();
+        let size = fsnar::dump(&tree, &mut s).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        let start = std::time::Instant::now();
+        fsnar::dump(&tree, &mut std::io::sink()).unwrap();
+        let dump_only = start.elapsed().as_secs_f64();
+        eprintln!(
+            "refscan tree round {round}: {:.2} GiB NAR scanned in {secs:.3} s = {:.2} GiB/s \
+             (dump alone {dump_only:.3} s)",
+            size as f64 / (1u64 << 30) as f64,
+            size as f64 / (1u64 << 30) as f64 / secs
+        );
+    }
+}
