@@ -7,7 +7,8 @@
 //!   nix-cache-info). No file system, no network, only `io::Read`/`io::Write`.
 //! * [`fsnar`]: file trees to NAR and back (dump, hash, strict unpack, canonicalisation).
 //! * [`store`]: the local store: layout, SQLite metadata, locks, atomic installs.
-//! * [`build`]: recipes instantiated into `.drv` files in the local store.
+//! * [`build`]: recipes to `.drv` files; running builders in a sandbox, reference scanning,
+//!   output canonicalisation.
 //! * `cli` (in the binary): the command line, the only place that uses `anyhow`.
 
 pub mod build;
