@@ -32,6 +32,10 @@ pub struct FileConfig {
     pub stalled_download_timeout: Option<u64>,
     /// Tries in total for transient HTTP failures.
     pub download_attempts: Option<u32>,
+    /// GC keeps the outputs of live derivations (default false, as Nix).
+    pub keep_outputs: Option<bool>,
+    /// GC keeps the derivers of live paths (default true, as Nix).
+    pub keep_derivations: Option<bool>,
 }
 
 /// A list given either as a TOML array or as one space-separated string (as in nix.conf).
@@ -77,6 +81,8 @@ pub struct Settings {
     pub connect_timeout: Option<u64>,
     pub stalled_download_timeout: Option<u64>,
     pub download_attempts: Option<u32>,
+    pub keep_outputs: bool,
+    pub keep_derivations: bool,
 }
 
 /// Merges the layers: flags > env > file > defaults. Pure: no I/O, no globals.
@@ -118,6 +124,8 @@ pub fn merge(file: &FileConfig, env: &Layer, flags: &Layer) -> Result<Settings> 
         connect_timeout: file.connect_timeout,
         stalled_download_timeout: file.stalled_download_timeout,
         download_attempts: file.download_attempts,
+        keep_outputs: file.keep_outputs.unwrap_or(false),
+        keep_derivations: file.keep_derivations.unwrap_or(true),
     })
 }
 
@@ -162,6 +170,10 @@ mod tests {
         let d = merge(&FileConfig::default(), &Layer::default(), &Layer::default()).unwrap();
         assert_eq!(d.store_dir.as_str(), DEFAULT_STORE_DIR);
         assert_eq!(d.root, None);
+        assert!(!d.keep_outputs && d.keep_derivations, "Nix's defaults");
+        let gc = parse_file("keep-outputs = true\nkeep-derivations = false\n").unwrap();
+        let g = merge(&gc, &Layer::default(), &Layer::default()).unwrap();
+        assert!(g.keep_outputs && !g.keep_derivations);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 mod add;
 mod config;
 mod copy;
+mod delete;
+mod gc;
 mod hash;
 mod init;
 mod key;
@@ -70,6 +72,8 @@ pub enum Command {
     Realise(realise::RealiseArgs),
     Copy(copy::CopyArgs),
     Serve(serve::ServeArgs),
+    Gc(gc::GcArgs),
+    Delete(delete::DeleteArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -86,6 +90,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Realise(a) => realise::run(g, a),
         Command::Copy(a) => copy::run(g, a),
         Command::Serve(a) => serve::run(g, a),
+        Command::Gc(a) => gc::run(g, a),
+        Command::Delete(a) => delete::run(g, a),
     }
 }
 
