@@ -8,12 +8,19 @@
 //! rename and its registration, or between a collection's commit and its renames).
 //! See store-format.md, "Garbage collection".
 
+use std::ffi::{CStr, CString};
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
-use rustix::fs::{flock, FlockOperation};
+use rustix::fs::{
+    chmodat, fchmod, flock, openat, statat, unlinkat, AtFlags, Dir, FileType, FlockOperation, Mode,
+    OFlags, CWD,
+};
+use rustix::io::Errno;
 
 use super::layout::{annotate, Layout};
 use crate::format::store_path::StorePath;
@@ -65,28 +72,26 @@ impl Trash {
     /// freed (allocated blocks of what was removed) and the number of entries removed.
     pub fn empty(&self, layout: &Layout, threads: usize) -> io::Result<(u64, usize)> {
         let trash = layout.trash_dir();
-        let mut entries = Vec::new();
+        let mut names = Vec::new();
         for e in fs::read_dir(&trash).map_err(|e| annotate(e, &trash))? {
             let e = e.map_err(|e| annotate(e, &trash))?;
-            entries.push(e.path());
+            names.push(CString::new(e.file_name().as_bytes()).map_err(io::Error::other)?);
         }
-        let n = entries.len();
-        let threads = threads.clamp(1, 8).min(n.max(1));
+        let n = names.len();
+        let threads = threads.clamp(1, 64).min(n.max(1));
+        let dirfd = self.dir.as_fd();
         let freed = std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
-                    let mine: Vec<&Path> = entries
-                        .iter()
-                        .skip(t)
-                        .step_by(threads)
-                        .map(|p| p.as_path())
-                        .collect();
-                    let trash = &trash;
+                    let (names, trash) = (&names, &trash);
                     s.spawn(move || {
                         let mut freed = 0;
                         let mut writable = true; // the trash dir is ours, 0700
-                        for p in mine {
-                            freed += remove_tree(p, trash, &mut writable)?;
+                        for name in names.iter().skip(t).step_by(threads) {
+                            freed += remove_at(dirfd, name, &mut writable).map_err(|e| {
+                                let p = trash.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+                                annotate(e.into(), &p)
+                            })?;
                         }
                         Ok::<u64, io::Error>(freed)
                     })
@@ -130,52 +135,91 @@ fn rename_aside(from: &Path, to: &Path) -> io::Result<bool> {
             Err(e) if !removed_old && fs::symlink_metadata(to).is_ok() => {
                 tracing::debug!("removing stale trash entry {}: {e}", to.display());
                 removed_old = true;
-                let parent = to.parent().unwrap_or(Path::new("."));
-                remove_tree(to, parent, &mut true)?;
+                remove_tree(to)?;
             }
             Err(e) => return Err(e),
         }
     }
 }
 
-/// Removes `path` (in the directory `parent`) and everything below it, making directories
-/// writable only where removal is refused. Returns the bytes of allocated blocks freed.
-fn remove_tree(path: &Path, parent: &Path, parent_writable: &mut bool) -> io::Result<u64> {
-    let m = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(annotate(e, path)),
+/// Removes `path` and everything below it (its parent must be writable). See [`remove_at`].
+fn remove_tree(path: &Path) -> io::Result<u64> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::other(format!(
+            "cannot remove '{}'",
+            path.display()
+        )));
     };
-    let mut freed = 0;
-    if m.is_dir() {
-        let mut writable = m.mode() & 0o200 != 0;
-        for e in fs::read_dir(path).map_err(|e| annotate(e, path))? {
-            let e = e.map_err(|e| annotate(e, path))?;
-            freed += remove_tree(&e.path(), path, &mut writable)?;
-        }
-        freed += m.blocks() * 512;
-        with_writable_parent(parent, parent_writable, || fs::remove_dir(path))
-            .map_err(|e| annotate(e, path))?;
-    } else {
-        if m.nlink() <= 1 {
-            freed += m.blocks() * 512;
-        }
-        with_writable_parent(parent, parent_writable, || fs::remove_file(path))
-            .map_err(|e| annotate(e, path))?;
+    let dirfd =
+        openat(CWD, dir, dir_flags(), Mode::empty()).map_err(|e| annotate(e.into(), dir))?;
+    let name = CString::new(name.as_bytes()).map_err(io::Error::other)?;
+    remove_at(dirfd.as_fd(), &name, &mut true).map_err(|e| annotate(e.into(), path))
+}
+
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+/// Removes `name` in the directory `parent` and everything below it, relative to open
+/// directory handles (no path lookups, no symlink followed). Directories are made writable
+/// only where a removal is refused (never needed as root). Returns the bytes of allocated
+/// blocks freed (of files with one link, and of directories).
+fn remove_at(
+    parent: BorrowedFd<'_>,
+    name: &CStr,
+    parent_writable: &mut bool,
+) -> Result<u64, Errno> {
+    let st = match statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let blocks = st.st_blocks as u64 * 512;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        with_writable_parent(parent, parent_writable, || {
+            unlinkat(parent, name, AtFlags::empty())
+        })?;
+        return Ok(if st.st_nlink <= 1 { blocks } else { 0 });
     }
+    let fd = match openat(parent, name, dir_flags(), Mode::empty()) {
+        Err(Errno::ACCESS) => {
+            chmodat(parent, name, Mode::from_raw_mode(0o700), AtFlags::empty())?;
+            openat(parent, name, dir_flags(), Mode::empty())?
+        }
+        r => r?,
+    };
+    let mut names = Vec::new();
+    let mut dir = Dir::new(rustix::io::dup(&fd)?)?;
+    while let Some(entry) = dir.read() {
+        let entry = entry?;
+        let n = entry.file_name();
+        if n != c"." && n != c".." {
+            names.push(n.to_owned());
+        }
+    }
+    drop(dir);
+    let mut writable = st.st_mode & 0o200 != 0;
+    let mut freed = blocks;
+    for n in names {
+        freed += remove_at(fd.as_fd(), &n, &mut writable)?;
+    }
+    drop(fd);
+    with_writable_parent(parent, parent_writable, || {
+        unlinkat(parent, name, AtFlags::REMOVEDIR)
+    })?;
     Ok(freed)
 }
 
 /// Runs `op`; if it is refused for lack of write permission on `parent`, makes `parent`
 /// writable (once) and retries.
 fn with_writable_parent(
-    parent: &Path,
+    parent: BorrowedFd<'_>,
     writable: &mut bool,
-    op: impl Fn() -> io::Result<()>,
-) -> io::Result<()> {
+    op: impl Fn() -> Result<(), Errno>,
+) -> Result<(), Errno> {
     match op() {
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !*writable => {
-            fs::set_permissions(parent, fs::Permissions::from_mode(0o700))?;
+        Err(Errno::ACCESS) if !*writable => {
+            fchmod(parent, Mode::from_raw_mode(0o700))?;
             *writable = true;
             op()
         }
