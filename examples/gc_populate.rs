@@ -44,8 +44,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .filter(|&k| k < j)
                 .map(|k| group[k].clone())
                 .collect();
-            if g >= live_groups {
-                refs.insert(all[g - live_groups][j].clone());
+            if let Some(live) = g.checked_sub(live_groups).map(|l| &all[l]) {
+                let live: &Vec<StorePath> = live;
+                refs.insert(live[j].clone());
             }
             let _ = fs::remove_dir_all(&stage);
             fs::create_dir(&stage)?;
