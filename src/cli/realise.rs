@@ -22,7 +22,7 @@ use store::cache::{Cache, CacheUrl, ClientOptions};
 use store::format::derivation::derived_path::{DerivedPath, OutputsSpec};
 use store::format::keys::{PublicKey, TrustedKeys};
 use store::format::store_path::StorePath;
-use store::push::{push, PushOptions, DEFAULT_PUSH_JOBS};
+use store::push::{push, push_logs, PushOptions, DEFAULT_PUSH_JOBS};
 use store::store::LocalStore;
 use store::substitute::{Fetched, Progress, Substituter, DEFAULT_JOBS};
 
@@ -306,7 +306,8 @@ fn out_links(
     Ok(())
 }
 
-/// Pushes the closures of `paths` to `url`, signing with the configured keys.
+/// Pushes the closures of `paths` to `url`, signing with the configured keys, and the build
+/// logs of what was built here.
 fn push_closures(
     settings: &Settings,
     store: &Arc<LocalStore>,
@@ -329,7 +330,8 @@ fn push_closures(
     let rt = runtime()?;
     rt.block_on(async {
         let cache = Arc::new(Cache::open(&url, &client_options(settings))?);
-        Ok::<_, anyhow::Error>(push(store, &cache, paths, &opts).await?)
+        push(store, &cache, paths, &opts).await?;
+        Ok::<_, anyhow::Error>(push_logs(store, &cache, paths).await?)
     })
     .with_context(|| format!("cannot push to {url}"))?;
     Ok(())
