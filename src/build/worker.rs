@@ -158,7 +158,7 @@ pub async fn realise(
     };
     let graph = Arc::new(graph);
     let config = Arc::new(opts.build.clone());
-    let mut pending: BTreeSet<StorePath> = to_build;
+    let mut sched = Schedule::new(&graph, to_build);
     let mut running: JoinSet<(StorePath, Result<Built, BuildError>)> = JoinSet::new();
     let mut failures: BTreeMap<StorePath, RealiseError> = BTreeMap::new();
     let mut fetch_failure: Option<RealiseError> = None;
@@ -166,15 +166,16 @@ pub async fn realise(
     let max_jobs = opts.max_jobs.max(1);
     loop {
         if !stopping {
-            start_ready(
-                store,
-                &graph,
-                &config,
-                &mut pending,
-                &mut running,
-                &mut failures,
-                max_jobs,
-            )?;
+            while running.len() < max_jobs {
+                let Some((drv, inputs)) = sched.next_startable(store)? else {
+                    break;
+                };
+                let (store, graph, config) = (store.clone(), graph.clone(), config.clone());
+                running.spawn_blocking(move || {
+                    let result = build_derivation(&store, &drv, &graph[&drv], &inputs, &config);
+                    (drv, result)
+                });
+            }
         }
         if running.is_empty() && fetch.is_none() {
             break;
@@ -183,8 +184,20 @@ pub async fn realise(
             Some(joined) = running.join_next(), if !running.is_empty() => {
                 let (drv, result) = joined.map_err(|e| RealiseError::Task(e.to_string()))?;
                 match result {
-                    Ok(built) => realised.built.push(built),
+                    Ok(built) => {
+                        sched.built(&drv, built.outputs.values().map(|i| i.path.clone()));
+                        realised.built.push(built);
+                    }
                     Err(e) => {
+                        for dependent in sched.failed(&drv) {
+                            failures.insert(
+                                dependent.clone(),
+                                RealiseError::Derivation {
+                                    path: store.print_path(&dependent),
+                                    reason: format!("dependency '{}' failed", store.print_path(&drv)),
+                                },
+                            );
+                        }
                         failures.insert(drv, e.into());
                         stopping |= !opts.keep_going;
                     }
@@ -204,7 +217,7 @@ pub async fn realise(
         }
     }
     // Whatever could not start: its inputs never became valid.
-    for drv in std::mem::take(&mut pending) {
+    for drv in sched.take_pending() {
         if failures.is_empty() && fetch_failure.is_none() {
             let missing = missing_inputs(store, &graph, &drv)?;
             failures.insert(
@@ -340,54 +353,111 @@ fn missing_inputs(
     Ok(missing)
 }
 
-/// Starts the pending builds whose inputs are all valid, up to `max_jobs` running; gives up
-/// those that depend on a failed build.
-fn start_ready(
-    store: &Arc<LocalStore>,
-    graph: &Arc<BTreeMap<StorePath, Derivation>>,
-    config: &Arc<BuildConfig>,
-    pending: &mut BTreeSet<StorePath>,
-    running: &mut JoinSet<(StorePath, Result<Built, BuildError>)>,
-    failures: &mut BTreeMap<StorePath, RealiseError>,
-    max_jobs: usize,
-) -> Result<(), RealiseError> {
-    let candidates: Vec<StorePath> = pending.iter().cloned().collect();
-    for drv in candidates {
-        if running.len() >= max_jobs {
-            break;
+/// Which builds can start: dependency counts among the builds (in memory), then, for those
+/// whose input builds are done, the validity of every input (some come from the fetch that
+/// runs alongside). Paths seen valid are remembered.
+struct Schedule<'g> {
+    graph: &'g BTreeMap<StorePath, Derivation>,
+    /// Builds not started, with the input builds each still waits for.
+    waiting: BTreeMap<StorePath, BTreeSet<StorePath>>,
+    /// Build → the builds that use it.
+    dependents: BTreeMap<StorePath, Vec<StorePath>>,
+    /// Builds whose input builds are all done.
+    ready: BTreeSet<StorePath>,
+    known_valid: std::collections::HashSet<StorePath>,
+}
+
+impl<'g> Schedule<'g> {
+    fn new(graph: &'g BTreeMap<StorePath, Derivation>, to_build: BTreeSet<StorePath>) -> Self {
+        let mut waiting = BTreeMap::new();
+        let mut dependents: BTreeMap<StorePath, Vec<StorePath>> = BTreeMap::new();
+        let mut ready = BTreeSet::new();
+        for d in &to_build {
+            let deps: BTreeSet<StorePath> = graph[d]
+                .input_drvs
+                .keys()
+                .filter(|i| to_build.contains(*i))
+                .cloned()
+                .collect();
+            for i in &deps {
+                dependents.entry(i.clone()).or_default().push(d.clone());
+            }
+            if deps.is_empty() {
+                ready.insert(d.clone());
+            }
+            waiting.insert(d.clone(), deps);
         }
-        if let Some(failed) = graph[&drv]
-            .input_drvs
-            .keys()
-            .find(|i| failures.contains_key(*i))
-        {
-            pending.remove(&drv);
-            failures.insert(
-                drv.clone(),
-                RealiseError::Derivation {
-                    path: store.print_path(&drv),
-                    reason: format!("dependency '{}' failed", store.print_path(failed)),
-                },
-            );
-            continue;
+        Schedule {
+            graph,
+            waiting,
+            dependents,
+            ready,
+            known_valid: Default::default(),
         }
-        let inputs = inputs_of(graph, &drv);
-        let mut ready = true;
-        for p in &inputs {
-            if !store.is_valid(p)? {
-                ready = false;
-                break;
+    }
+
+    /// A build whose inputs are all valid, taken out of the schedule, with its inputs.
+    fn next_startable(
+        &mut self,
+        store: &LocalStore,
+    ) -> Result<Option<(StorePath, BTreeSet<StorePath>)>, StoreError> {
+        let candidates: Vec<StorePath> = self.ready.iter().cloned().collect();
+        for drv in candidates {
+            let inputs = inputs_of(self.graph, &drv);
+            let mut all = true;
+            for p in &inputs {
+                if self.known_valid.contains(p) {
+                    continue;
+                }
+                if store.is_valid(p)? {
+                    self.known_valid.insert(p.clone());
+                } else {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                self.ready.remove(&drv);
+                self.waiting.remove(&drv);
+                return Ok(Some((drv, inputs)));
             }
         }
-        if !ready {
-            continue;
-        }
-        pending.remove(&drv);
-        let (store, graph, config) = (store.clone(), graph.clone(), config.clone());
-        running.spawn_blocking(move || {
-            let result = build_derivation(&store, &drv, &graph[&drv], &inputs, &config);
-            (drv, result)
-        });
+        Ok(None)
     }
-    Ok(())
+
+    /// Records a finished build and its (valid) outputs.
+    fn built(&mut self, drv: &StorePath, outputs: impl IntoIterator<Item = StorePath>) {
+        self.known_valid.extend(outputs);
+        for d in self.dependents.remove(drv).unwrap_or_default() {
+            if let Some(w) = self.waiting.get_mut(&d) {
+                w.remove(drv);
+                if w.is_empty() {
+                    self.ready.insert(d);
+                }
+            }
+        }
+    }
+
+    /// Records a failed build; returns the builds given up because they depend on it
+    /// (directly or not).
+    fn failed(&mut self, drv: &StorePath) -> Vec<StorePath> {
+        let mut given_up = Vec::new();
+        let mut stack = vec![drv.clone()];
+        while let Some(d) = stack.pop() {
+            for dep in self.dependents.remove(&d).unwrap_or_default() {
+                if self.waiting.remove(&dep).is_some() {
+                    self.ready.remove(&dep);
+                    stack.push(dep.clone());
+                    given_up.push(dep);
+                }
+            }
+        }
+        given_up
+    }
+
+    /// The builds never started.
+    fn take_pending(&mut self) -> Vec<StorePath> {
+        self.ready.clear();
+        std::mem::take(&mut self.waiting).into_keys().collect()
+    }
 }
