@@ -83,12 +83,29 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// A plan that fetches nothing.
+    pub fn empty() -> Plan {
+        Plan {
+            wanted: BTreeMap::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.wanted.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.wanted.is_empty()
+    }
+
+    /// Adds what `other` fetches.
+    pub fn merge(&mut self, other: Plan) {
+        self.wanted.extend(other.wanted);
+    }
+
+    /// Whether `path` is to be fetched.
+    pub fn contains(&self, path: &StorePath) -> bool {
+        self.wanted.contains_key(path)
     }
 
     /// Sum of the NarSizes to fetch.
@@ -116,6 +133,8 @@ pub struct Progress {
     pub paths_done: AtomicU64,
     pub bytes_total: AtomicU64,
     pub bytes_done: AtomicU64,
+    /// Signalled whenever paths became valid (for schedulers waiting on them).
+    pub changed: tokio::sync::Notify,
 }
 
 impl Substituter {
@@ -169,6 +188,32 @@ impl Substituter {
         store: &Arc<LocalStore>,
         paths: &[StorePath],
     ) -> Result<Plan, SubstituteError> {
+        let (plan, missing) = self.plan_partial(store, paths).await?;
+        if !missing.is_empty() {
+            let mut details = String::new();
+            for (p, reasons) in &missing {
+                let _ = writeln!(details, "  {}:", store.print_path(p));
+                for r in reasons {
+                    let _ = writeln!(details, "    {r}");
+                }
+            }
+            return Err(SubstituteError::Incomplete {
+                count: missing.len(),
+                details: details.trim_end().to_owned(),
+            });
+        }
+        Ok(plan)
+    }
+
+    /// Like [`Substituter::plan`], but a path of `paths` whose closure cannot be
+    /// substituted whole is left out instead of failing everything: returns the plan for
+    /// the others, and for each closure member that no cache has (trusted) what the caches
+    /// said, keyed by that member.
+    pub async fn plan_partial(
+        &self,
+        store: &Arc<LocalStore>,
+        paths: &[StorePath],
+    ) -> Result<(Plan, BTreeMap<StorePath, Vec<String>>), SubstituteError> {
         let mut trusted: BTreeMap<StorePath, Candidate> = BTreeMap::new();
         let mut failed: BTreeMap<StorePath, Vec<String>> = BTreeMap::new();
         let mut seen: BTreeSet<StorePath> = BTreeSet::new();
@@ -229,37 +274,36 @@ impl Substituter {
                 }
             }
         }
-        // What the trusted narinfos make the closure: everything else was speculation.
+        // What the trusted narinfos make the closure: everything else was speculation. A
+        // requested path whose closure misses something is dropped with all it alone needed.
         let mut wanted: BTreeMap<StorePath, Candidate> = BTreeMap::new();
         let mut missing: BTreeMap<StorePath, Vec<String>> = BTreeMap::new();
-        let mut stack: Vec<StorePath> = paths.to_vec();
-        let mut visited: BTreeSet<StorePath> = BTreeSet::new();
-        while let Some(p) = stack.pop() {
-            if !visited.insert(p.clone()) {
-                continue;
+        for root in paths {
+            let mut members: Vec<StorePath> = Vec::new();
+            let mut stack: Vec<&StorePath> = vec![root];
+            let mut visited: BTreeSet<&StorePath> = BTreeSet::new();
+            let mut complete = true;
+            while let Some(p) = stack.pop() {
+                if !visited.insert(p) || wanted.contains_key(p) {
+                    continue;
+                }
+                if let Some(c) = trusted.get(p) {
+                    stack.extend(c.info.references().iter());
+                    members.push(p.clone());
+                } else if let Some(reasons) = failed.get(p) {
+                    missing.insert(p.clone(), reasons.clone());
+                    complete = false;
+                }
+                // Otherwise it was valid.
             }
-            if let Some(c) = trusted.remove(&p) {
-                stack.extend(c.info.references().iter().cloned());
-                wanted.insert(p, c);
-            } else if let Some(reasons) = failed.remove(&p) {
-                missing.insert(p, reasons);
-            }
-            // Otherwise it was valid.
-        }
-        if !missing.is_empty() {
-            let mut details = String::new();
-            for (p, reasons) in &missing {
-                let _ = writeln!(details, "  {}:", store.print_path(p));
-                for r in reasons {
-                    let _ = writeln!(details, "    {r}");
+            if complete {
+                for m in members {
+                    let c = trusted[&m].clone();
+                    wanted.insert(m, c);
                 }
             }
-            return Err(SubstituteError::Incomplete {
-                count: missing.len(),
-                details: details.trim_end().to_owned(),
-            });
         }
-        Ok(Plan { wanted })
+        Ok((Plan { wanted }, missing))
     }
 
     /// Asks caches `from..` in priority order for a narinfo of `path` (one whose StorePath
@@ -404,6 +448,7 @@ impl Substituter {
                         Ok(Downloaded::Valid(f)) => {
                             outstanding -= 1;
                             progress.paths_done.fetch_add(1, Ordering::Relaxed);
+                            progress.changed.notify_one();
                             valid.insert(path);
                             done.push(f);
                         }
@@ -432,6 +477,7 @@ impl Substituter {
                                 valid.insert(f.path.clone());
                                 done.push(f);
                             }
+                            progress.changed.notify_one();
                         }
                         Err(e) => {
                             first_error.get_or_insert(SubstituteError::Store(e));

@@ -10,6 +10,9 @@
 //! * [`canonicalise`]: puts a freshly built output into canonical store form in place.
 
 pub mod canonicalise;
+pub mod local;
+pub mod logs;
 pub mod recipe;
 pub mod refscan;
 pub mod sandbox;
+pub mod worker;

@@ -32,6 +32,20 @@ pub struct FileConfig {
     pub stalled_download_timeout: Option<u64>,
     /// Tries in total for transient HTTP failures.
     pub download_attempts: Option<u32>,
+    /// Secret keys that sign what is built locally (a list or a space-separated string).
+    pub secret_key_files: Option<Words>,
+    /// Build in the sandbox (default true); false is `--no-sandbox`.
+    pub sandbox: Option<bool>,
+    /// Host paths visible read-only in the sandbox: `PATH` or `INSIDE=OUTSIDE`.
+    pub sandbox_paths: Option<Words>,
+    /// Builds at the same time (default: the number of cores).
+    pub max_jobs: Option<usize>,
+    /// `NIX_BUILD_CORES` given to builders (default: the number of cores).
+    pub cores: Option<u32>,
+    /// Seconds a build may run.
+    pub timeout: Option<u64>,
+    /// Seconds a build may go without output.
+    pub max_silent_time: Option<u64>,
 }
 
 /// A list given either as a TOML array or as one space-separated string (as in nix.conf).
@@ -77,6 +91,14 @@ pub struct Settings {
     pub connect_timeout: Option<u64>,
     pub stalled_download_timeout: Option<u64>,
     pub download_attempts: Option<u32>,
+    pub secret_key_files: Vec<PathBuf>,
+    /// Build in the sandbox (default true).
+    pub sandbox: bool,
+    pub sandbox_paths: Vec<String>,
+    pub max_jobs: Option<usize>,
+    pub cores: Option<u32>,
+    pub timeout: Option<u64>,
+    pub max_silent_time: Option<u64>,
 }
 
 /// Merges the layers: flags > env > file > defaults. Pure: no I/O, no globals.
@@ -118,6 +140,24 @@ pub fn merge(file: &FileConfig, env: &Layer, flags: &Layer) -> Result<Settings> 
         connect_timeout: file.connect_timeout,
         stalled_download_timeout: file.stalled_download_timeout,
         download_attempts: file.download_attempts,
+        secret_key_files: file
+            .secret_key_files
+            .clone()
+            .map(Words::into_vec)
+            .unwrap_or_default()
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+        sandbox: file.sandbox.unwrap_or(true),
+        sandbox_paths: file
+            .sandbox_paths
+            .clone()
+            .map(Words::into_vec)
+            .unwrap_or_default(),
+        max_jobs: file.max_jobs,
+        cores: file.cores,
+        timeout: file.timeout,
+        max_silent_time: file.max_silent_time,
     })
 }
 

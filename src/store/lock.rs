@@ -113,6 +113,7 @@ const TEMP_PREFIX: &str = ".tmp-";
 pub struct TempDir {
     path: PathBuf,
     lock: Option<FileLock>,
+    kept: bool,
 }
 
 impl TempDir {
@@ -135,11 +136,22 @@ impl TempDir {
         Ok(TempDir {
             path,
             lock: Some(lock),
+            kept: false,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Keeps the dir and what is in it (for inspection, e.g. a failed build's dir): it is
+    /// no longer removed on drop nor by the stale temp dir cleanup. Returns its path.
+    pub fn keep(mut self) -> PathBuf {
+        if let Some(lock) = self.lock.take() {
+            let _ = lock.remove();
+        }
+        self.kept = true;
+        self.path.clone()
     }
 }
 
@@ -147,6 +159,9 @@ use std::os::unix::fs::DirBuilderExt;
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         if let Err(e) = fsnar::make_writable_and_remove(&self.path) {
             tracing::warn!("cannot remove temp dir {}: {e}", self.path.display());
             return; // keep the lock file so the next run retries

@@ -28,7 +28,7 @@ use crate::fsnar;
 pub use db::{Db, DbError, PathInfo};
 pub use ingest::{AddOutcome, ImportError, NarImport};
 pub use layout::Layout;
-pub use stage::{Stage, Staged};
+pub use stage::{InstallLock, Stage, Staged};
 
 /// What can go wrong in the local store.
 #[derive(Debug, Error)]

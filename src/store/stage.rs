@@ -53,6 +53,10 @@ impl Drop for Staged {
     }
 }
 
+/// The install lock of one store path, held until dropped (or moved into a [`Staged`]).
+#[derive(Debug)]
+pub struct InstallLock(FileLock);
+
 /// What staging a path gave.
 #[derive(Debug)]
 pub enum Stage {
@@ -71,16 +75,34 @@ impl LocalStore {
         info: PathInfo,
         build: impl FnOnce(&Path) -> Result<(), E>,
     ) -> Result<Stage, E> {
-        let printed = self.print_path(&info.path);
         if let Some(existing) = self.query(&info.path)? {
             return Ok(Stage::Valid(existing));
         }
-        let lock = lock_path(&self.layout, &info.path)
-            .map_err(|e| StoreError::io(format!("cannot lock '{printed}'"), e))?;
+        let lock = self.lock_for_install(&info.path)?;
         // Someone else may have installed it while we waited for the lock.
         if let Some(existing) = self.query(&info.path)? {
             return Ok(Stage::Valid(existing));
         }
+        Ok(Stage::Staged(self.stage_locked(lock, info, build)?))
+    }
+
+    /// Takes the install lock of `path` (blocking while another process holds it). Whoever
+    /// holds it is the only one who may make `path` valid; check validity again once it is
+    /// held.
+    pub fn lock_for_install(&self, path: &StorePath) -> Result<InstallLock, StoreError> {
+        let lock = lock_path(&self.layout, path)
+            .map_err(|e| StoreError::io(format!("cannot lock '{}'", self.print_path(path)), e))?;
+        Ok(InstallLock(lock))
+    }
+
+    /// Like [`LocalStore::stage`] for a path whose install lock the caller holds and knows
+    /// not to be valid.
+    pub fn stage_locked<E: From<StoreError>>(
+        &self,
+        lock: InstallLock,
+        info: PathInfo,
+        build: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<Staged, E> {
         let area = self.staging_area()?;
         let tree = area.path().join(info.path.as_str());
         // A tree left here by an earlier attempt in this process (its lock was released).
@@ -92,11 +114,11 @@ impl LocalStore {
             info,
             tree,
             moved: false,
-            _lock: lock,
+            _lock: lock.0,
             _area: area,
         };
         build(&staged.tree)?;
-        Ok(Stage::Staged(staged))
+        Ok(staged)
     }
 
     /// Makes a batch of staged paths valid: one `syncfs`, the renames into the store dir,

@@ -1,0 +1,395 @@
+//! Realising derived paths: for every wanted derivation output that is not valid,
+//! substitute it when a trusted cache has its whole closure, otherwise build it once its
+//! inputs are valid.
+//!
+//! 1. Paths given as such (and `.drv` files that are not valid yet) are substituted first:
+//!    there is no other way to get them.
+//! 2. Planning goes down the derivation graph level by level. The wanted outputs that are
+//!    not valid are looked up in the caches ([`Substituter::plan_partial`]: only paths
+//!    whose closure is complete and trusted count); a derivation with an output no cache
+//!    can provide is built, which makes the outputs it uses from its input derivations
+//!    wanted in turn. With `check`, the requested derivations are rebuilt regardless.
+//! 3. Execution: one fetch of everything to substitute runs alongside the builds. A build
+//!    starts as soon as all the paths it uses are valid (substituted or built), at most
+//!    `max_jobs` at a time, each on the blocking pool ([`super::local`]). A failed build
+//!    stops new builds from starting (running ones finish), unless `keep_going`, where only
+//!    the builds that depend on it are given up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::task::JoinSet;
+
+use super::local::{build_derivation, BuildConfig, BuildError, Built};
+use crate::format::derivation::derived_path::{DerivedPath, OutputsSpec};
+use crate::format::derivation::hash::derivation_closure;
+use crate::format::derivation::Derivation;
+use crate::format::store_path::StorePath;
+use crate::store::{LocalStore, StoreError};
+use crate::substitute::{Fetched, Plan, Progress, SubstituteError, Substituter};
+
+/// How to realise.
+#[derive(Debug, Clone)]
+pub struct RealiseOptions {
+    /// Builds at the same time.
+    pub max_jobs: usize,
+    /// Go on with independent builds after a failure.
+    pub keep_going: bool,
+    pub build: BuildConfig,
+}
+
+#[derive(Debug, Error)]
+pub enum RealiseError {
+    #[error(transparent)]
+    Substitute(#[from] SubstituteError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("cannot read derivation '{path}': {reason}")]
+    Derivation { path: String, reason: String },
+    #[error("derivation '{drv}' has no output named {outputs}")]
+    NoSuchOutput { drv: String, outputs: String },
+    #[error("{count} derivation(s) could not be built:\n{details}")]
+    BuildsFailed { count: usize, details: String },
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// What a realise did.
+#[derive(Debug, Default)]
+pub struct Realised {
+    pub substituted: Vec<Fetched>,
+    pub built: Vec<Built>,
+    /// For each requested derivation: output name → path.
+    pub outputs: Vec<(StorePath, BTreeMap<String, StorePath>)>,
+}
+
+/// Realises `targets`; see the module doc. `sub` is `None` when no substituters are
+/// configured (then everything not valid is built).
+pub async fn realise(
+    store: &Arc<LocalStore>,
+    sub: Option<Arc<Substituter>>,
+    targets: &[DerivedPath],
+    opts: &RealiseOptions,
+    progress: Arc<Progress>,
+) -> Result<Realised, RealiseError> {
+    let mut realised = Realised::default();
+    // 1. Paths that can only be substituted.
+    let mut first: Vec<StorePath> = Vec::new();
+    for t in targets {
+        if !store.is_valid(t.path())? {
+            first.push(t.path().clone());
+        }
+    }
+    if !first.is_empty() {
+        let Some(sub) = &sub else {
+            let listed: Vec<String> = first.iter().map(|p| store.print_path(p)).collect();
+            return Err(SubstituteError::NoCaches(format!(
+                "{} not valid and no substituters are configured",
+                listed.join(", ")
+            ))
+            .into());
+        };
+        let plan = sub.plan(store, &first).await?;
+        realised
+            .substituted
+            .extend(sub.fetch(store, plan, progress.clone()).await?);
+    }
+
+    // 2. Plan.
+    let mut wanted: BTreeMap<StorePath, OutputsSpec> = BTreeMap::new();
+    for t in targets {
+        if let DerivedPath::Built { drv, outputs } = t {
+            let merged = match (wanted.remove(drv), outputs) {
+                (Some(OutputsSpec::All), _) | (_, OutputsSpec::All) => OutputsSpec::All,
+                (Some(OutputsSpec::Names(mut a)), OutputsSpec::Names(b)) => {
+                    a.extend(b.iter().cloned());
+                    OutputsSpec::Names(a)
+                }
+                (None, o) => o.clone(),
+            };
+            wanted.insert(drv.clone(), merged);
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(realised);
+    }
+    let graph = load_graph(store, wanted.keys())?;
+    let mut needed: BTreeMap<StorePath, BTreeSet<String>> = BTreeMap::new();
+    for (drv_path, spec) in &wanted {
+        let drv = &graph[drv_path];
+        let (known, unknown) = spec.select(drv);
+        if !unknown.is_empty() {
+            return Err(RealiseError::NoSuchOutput {
+                drv: store.print_path(drv_path),
+                outputs: unknown.join(", "),
+            });
+        }
+        needed.insert(
+            drv_path.clone(),
+            known.iter().map(|o| (*o).to_owned()).collect(),
+        );
+        realised.outputs.push((
+            drv_path.clone(),
+            known
+                .iter()
+                .filter_map(|o| drv.output_path(o).map(|p| ((*o).to_owned(), p.clone())))
+                .collect(),
+        ));
+    }
+    let checking: BTreeSet<StorePath> = if opts.build.check {
+        wanted.keys().cloned().collect()
+    } else {
+        BTreeSet::new()
+    };
+    let (to_build, plan) = decide(store, sub.as_deref(), &graph, needed, &checking).await?;
+
+    // 3. Execute.
+    let mut fetch = match (&sub, plan.is_empty()) {
+        (Some(sub), false) => {
+            let (sub, store, progress) = (sub.clone(), store.clone(), progress.clone());
+            Some(tokio::spawn(async move {
+                sub.fetch(&store, plan, progress).await
+            }))
+        }
+        _ => None,
+    };
+    let graph = Arc::new(graph);
+    let config = Arc::new(opts.build.clone());
+    let mut pending: BTreeSet<StorePath> = to_build;
+    let mut running: JoinSet<(StorePath, Result<Built, BuildError>)> = JoinSet::new();
+    let mut failures: BTreeMap<StorePath, RealiseError> = BTreeMap::new();
+    let mut stopping = false;
+    let max_jobs = opts.max_jobs.max(1);
+    loop {
+        if !stopping {
+            start_ready(
+                store,
+                &graph,
+                &config,
+                &mut pending,
+                &mut running,
+                &mut failures,
+                max_jobs,
+            )?;
+        }
+        if running.is_empty() && fetch.is_none() {
+            break;
+        }
+        tokio::select! {
+            Some(joined) = running.join_next(), if !running.is_empty() => {
+                let (drv, result) = joined.map_err(|e| RealiseError::Task(e.to_string()))?;
+                match result {
+                    Ok(built) => realised.built.push(built),
+                    Err(e) => {
+                        failures.insert(drv, e.into());
+                        stopping |= !opts.keep_going;
+                    }
+                }
+            }
+            joined = async { fetch.as_mut().expect("checked").await }, if fetch.is_some() => {
+                fetch = None;
+                match joined.map_err(|e| RealiseError::Task(e.to_string()))? {
+                    Ok(fetched) => realised.substituted.extend(fetched),
+                    Err(e) => {
+                        // Keyed by a path no derivation has, to keep it apart.
+                        failures.insert(
+                            StorePath::from_parts(
+                                crate::format::store_path::StorePathHash::new([0; 20]),
+                                &"substitution".parse().expect("valid name"),
+                            ),
+                            e.into(),
+                        );
+                        stopping |= !opts.keep_going;
+                    }
+                }
+            }
+            _ = progress.changed.notified(), if fetch.is_some() => {}
+        }
+    }
+    // Whatever could not start: its inputs never became valid.
+    for drv in std::mem::take(&mut pending) {
+        if failures.is_empty() {
+            let missing = missing_inputs(store, &graph, &drv)?;
+            failures.insert(
+                drv.clone(),
+                RealiseError::Derivation {
+                    path: store.print_path(&drv),
+                    reason: format!("its inputs are not valid: {}", missing.join(", ")),
+                },
+            );
+        }
+    }
+    match failures.len() {
+        0 => Ok(realised),
+        1 => Err(failures.into_values().next().expect("one")),
+        n => Err(RealiseError::BuildsFailed {
+            count: n,
+            details: failures
+                .values()
+                .map(|e| format!("  {e}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }),
+    }
+}
+
+/// Reads the derivations of the closures of `roots` from the store.
+fn load_graph<'a>(
+    store: &LocalStore,
+    roots: impl IntoIterator<Item = &'a StorePath>,
+) -> Result<BTreeMap<StorePath, Derivation>, RealiseError> {
+    let dir = store.store_dir().clone();
+    let mut lookup = |p: &StorePath| -> Result<Derivation, String> {
+        if !store.is_valid(p).map_err(|e| e.to_string())? {
+            return Err("it is not valid".to_owned());
+        }
+        let bytes = std::fs::read(store.layout().real_path(p)).map_err(|e| e.to_string())?;
+        Derivation::parse_store_drv(&bytes, &dir, p).map_err(|e| e.to_string())
+    };
+    derivation_closure(&dir, roots, &mut lookup).map_err(|e| RealiseError::Derivation {
+        path: String::new(),
+        reason: e.to_string(),
+    })
+}
+
+/// Decides what to build and what to substitute; see the module doc.
+async fn decide(
+    store: &Arc<LocalStore>,
+    sub: Option<&Substituter>,
+    graph: &BTreeMap<StorePath, Derivation>,
+    mut needed: BTreeMap<StorePath, BTreeSet<String>>,
+    checking: &BTreeSet<StorePath>,
+) -> Result<(BTreeSet<StorePath>, Plan), RealiseError> {
+    let mut to_build: BTreeSet<StorePath> = BTreeSet::new();
+    let mut plan = Plan::empty();
+    let mut frontier: Vec<StorePath> = needed.keys().cloned().collect();
+    while !frontier.is_empty() {
+        let mut query: Vec<StorePath> = Vec::new();
+        let mut missing: BTreeSet<StorePath> = BTreeSet::new();
+        for d in &frontier {
+            if to_build.contains(d) {
+                continue;
+            }
+            for o in &needed[d] {
+                let p = graph[d].output_path(o).expect("outputs have paths");
+                if !store.is_valid(p)? && !plan.contains(p) {
+                    query.push(p.clone());
+                }
+            }
+        }
+        if !query.is_empty() {
+            match sub {
+                Some(sub) if !checking_all(&frontier, checking) => {
+                    let (more, _) = sub.plan_partial(store, &query).await?;
+                    for p in &query {
+                        if !more.contains(p) {
+                            missing.insert(p.clone());
+                        }
+                    }
+                    plan.merge(more);
+                }
+                _ => missing.extend(query),
+            }
+        }
+        let mut next: Vec<StorePath> = Vec::new();
+        for d in std::mem::take(&mut frontier) {
+            let drv = &graph[&d];
+            let build = checking.contains(&d)
+                || needed[&d]
+                    .iter()
+                    .any(|o| drv.output_path(o).is_some_and(|p| missing.contains(p)));
+            if build && to_build.insert(d.clone()) {
+                for (input, outs) in &drv.input_drvs {
+                    let entry = needed.entry(input.clone()).or_default();
+                    let before = entry.len();
+                    entry.extend(outs.iter().cloned());
+                    if entry.len() > before {
+                        next.push(input.clone());
+                    }
+                }
+            }
+        }
+        frontier = next;
+    }
+    Ok((to_build, plan))
+}
+
+fn checking_all(frontier: &[StorePath], checking: &BTreeSet<StorePath>) -> bool {
+    !checking.is_empty() && frontier.iter().all(|d| checking.contains(d))
+}
+
+/// The paths a build of `drv` uses.
+fn inputs_of(graph: &BTreeMap<StorePath, Derivation>, drv: &StorePath) -> BTreeSet<StorePath> {
+    graph[drv]
+        .input_paths(|i, o| graph.get(i).and_then(|d| d.output_path(o)).cloned())
+        .0
+}
+
+fn missing_inputs(
+    store: &LocalStore,
+    graph: &BTreeMap<StorePath, Derivation>,
+    drv: &StorePath,
+) -> Result<Vec<String>, StoreError> {
+    let mut missing = Vec::new();
+    for p in inputs_of(graph, drv) {
+        if !store.is_valid(&p)? {
+            missing.push(store.print_path(&p));
+        }
+    }
+    Ok(missing)
+}
+
+/// Starts the pending builds whose inputs are all valid, up to `max_jobs` running; gives up
+/// those that depend on a failed build.
+fn start_ready(
+    store: &Arc<LocalStore>,
+    graph: &Arc<BTreeMap<StorePath, Derivation>>,
+    config: &Arc<BuildConfig>,
+    pending: &mut BTreeSet<StorePath>,
+    running: &mut JoinSet<(StorePath, Result<Built, BuildError>)>,
+    failures: &mut BTreeMap<StorePath, RealiseError>,
+    max_jobs: usize,
+) -> Result<(), RealiseError> {
+    let candidates: Vec<StorePath> = pending.iter().cloned().collect();
+    for drv in candidates {
+        if running.len() >= max_jobs {
+            break;
+        }
+        if let Some(failed) = graph[&drv]
+            .input_drvs
+            .keys()
+            .find(|i| failures.contains_key(*i))
+        {
+            pending.remove(&drv);
+            failures.insert(
+                drv.clone(),
+                RealiseError::Derivation {
+                    path: store.print_path(&drv),
+                    reason: format!("dependency '{}' failed", store.print_path(failed)),
+                },
+            );
+            continue;
+        }
+        let inputs = inputs_of(graph, &drv);
+        let mut ready = true;
+        for p in &inputs {
+            if !store.is_valid(p)? {
+                ready = false;
+                break;
+            }
+        }
+        if !ready {
+            continue;
+        }
+        pending.remove(&drv);
+        let (store, graph, config) = (store.clone(), graph.clone(), config.clone());
+        running.spawn_blocking(move || {
+            let result = build_derivation(&store, &drv, &graph[&drv], &inputs, &config);
+            (drv, result)
+        });
+    }
+    Ok(())
+}
