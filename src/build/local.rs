@@ -267,7 +267,7 @@ pub fn build_derivation(
     let status =
         sandbox::run(&spec, config.mode, &mut log).map_err(|source| BuildError::Sandbox {
             drv: printed.clone(),
-            source,
+            source: Box::new(source),
         })?;
     log.finish().map_err(io_err("cannot write the build log"))?;
     if !status.success() {
@@ -303,7 +303,7 @@ pub fn build_derivation(
             hash_and_scan(&built, &candidates).map_err(|source| BuildError::Scan {
                 drv: printed.clone(),
                 path: path_str.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let mut ca = None;
         if let Some((_, fod)) = fixed {
