@@ -421,3 +421,90 @@ derivation {
     c.args(["--check-validity", &out_path]);
     assert!(!c.output().unwrap().status.success());
 }
+
+#[test]
+fn substitutes_what_the_cache_has_and_builds_the_rest() {
+    if !nix_available("substitutes_what_the_cache_has_and_builds_the_rest")
+        || !sandbox_or_skip("substitutes_what_the_cache_has_and_builds_the_rest")
+    {
+        return;
+    }
+    let p = Pair::new();
+    let expr = p.scratch.join("chain.nix");
+    fs::write(
+        &expr,
+        r#"
+let
+  mk = name: script: derivation {
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+  };
+  a = mk "bs-a" "echo a > $out";
+  b = mk "bs-b" "echo ${a} > $out";
+  c = mk "bs-c" "echo ${b} > $out";
+in { inherit a b c; }
+"#,
+    )
+    .unwrap();
+    let drv = |attr: &str| {
+        let mut c = p.nix("nix-instantiate");
+        c.arg(&expr).args(["-A", attr]);
+        stdout_of(c).trim().to_owned()
+    };
+    let (b_drv, c_drv) = (drv("b"), drv("c"));
+    // Nix builds b (and a); the cache gets c's .drv closure and b's output closure.
+    let nb = p.nix_realise(&b_drv);
+    assert_success(&nb, "nix-store --realise b");
+    let b_out = text(&nb.stdout).trim().to_owned();
+    p.push_derivation(&c_drv);
+    let url = format!(
+        "file://{}?compression=none&secret-key={}",
+        p.cache.display(),
+        fixture("keys/test-cache-1.sec").display()
+    );
+    let mut c = p.nix("nix");
+    c.args(["copy", "--to", &url, &b_out]);
+    stdout_of(c);
+
+    let ours = p.our_realise(&["--json", &c_drv]);
+    assert_success(&ours, "store realise --json c");
+    let report: Value = serde_json::from_str(&text(&ours.stdout))
+        .unwrap_or_else(|e| panic!("--json: {e}: {}", text(&ours.stdout)));
+    let built: Vec<&str> = report["built"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["drv"].as_str().unwrap())
+        .collect();
+    assert_eq!(built, vec![c_drv.as_str()], "only c is built: {report}");
+    let substituted: BTreeSet<&str> = report["substituted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["path"].as_str().unwrap())
+        .collect();
+    assert!(substituted.contains(b_out.as_str()), "{report}");
+
+    // The result is what Nix builds.
+    let nc = p.nix_realise(&c_drv);
+    assert_success(&nc, "nix-store --realise c");
+    let c_out = text(&nc.stdout).trim().to_owned();
+    assert_eq!(report["realised"], serde_json::json!([c_out]), "{report}");
+    let mut c = p.nix("nix");
+    c.args(["path-info", "--json", "-r", &c_out]);
+    let theirs = infos(&stdout_of(c));
+    let mine = infos(&p.s.ok(&["path-info", "--json", "-r", &c_out]));
+    for (path, want) in &theirs {
+        let got = mine
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} missing in ours"));
+        assert_eq!(
+            (&got.0, got.1, &got.2),
+            (&want.0, want.1, &want.2),
+            "{path}"
+        );
+    }
+    assert_eq!(mine.len(), theirs.len());
+}
