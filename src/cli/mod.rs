@@ -9,6 +9,7 @@ mod hash;
 mod init;
 mod instantiate;
 mod key;
+mod log;
 mod nar;
 mod path_info;
 mod realise;
@@ -75,6 +76,7 @@ pub enum Command {
     #[command(subcommand)]
     Derivation(derivation::DerivationCommand),
     Instantiate(instantiate::InstantiateArgs),
+    Log(log::LogArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -93,6 +95,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(a) => serve::run(g, a),
         Command::Derivation(a) => derivation::run(g, a),
         Command::Instantiate(a) => instantiate::run(g, a),
+        Command::Log(a) => log::run(g, a),
     }
 }
 
