@@ -252,6 +252,13 @@ args = ["-c", "read u < /proc/sys/kernel/random/uuid; echo $u > $out"]
     assert_success(&out, "second realise");
     assert_eq!(text(&out.stdout).lines().collect::<Vec<_>>(), vec![d.out()]);
     assert_eq!(b.read(d.out()), first);
+    // The JSON report says so too.
+    let out = b.realise(&["--json", &d.path]);
+    assert_success(&out, "realise --json");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["built"], serde_json::json!([]), "{report}");
+    assert_eq!(report["substituted"], serde_json::json!([]), "{report}");
+    assert_eq!(report["realised"], serde_json::json!([d.out()]), "{report}");
     // The output path itself is also accepted, and is a no-op.
     assert_eq!(b.realise_ok(&[d.out()]), vec![d.out().to_owned()]);
     assert_eq!(b.read(d.out()), first);
@@ -832,4 +839,76 @@ fn out_link_points_at_the_output() {
         "{}",
         target.display()
     );
+}
+
+#[test]
+fn limits_and_leftover_processes() {
+    if !sandbox_or_skip("limits_and_leftover_processes") {
+        return;
+    }
+    let b = Builds::new();
+    let slow = b.drv(
+        "slow",
+        "name = \"slow\"\nbuilder = \"/bin/sh\"\nargs = [\"-c\", \"/bin/sleep 30; echo x > $out\"]\n",
+    );
+    for (flag, want) in [
+        ("--timeout", "timed out"),
+        ("--max-silent-time", "no output"),
+    ] {
+        let start = std::time::Instant::now();
+        let err = b.realise_fails(&[flag, "1", &slow.path]);
+        assert!(err.contains(want), "{flag}: {err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{flag} took {:?}",
+            start.elapsed()
+        );
+        assert!(!b.valid(slow.out()));
+    }
+    // A process the builder leaves behind, holding the log pipe, neither delays the build nor
+    // survives it (the sandbox's PID namespace goes with the builder).
+    let bg = b.drv(
+        "bg",
+        "name = \"bg\"\nbuilder = \"/bin/sh\"\nargs = [\"-c\", \"/bin/sleep 30 & echo x > $out\"]\n",
+    );
+    let start = std::time::Instant::now();
+    assert_eq!(b.realise_ok(&[&bg.path]), vec![bg.out()]);
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn log_of_a_failed_build_and_only_closure_references() {
+    if !sandbox_or_skip("log_of_a_failed_build_and_only_closure_references") {
+        return;
+    }
+    let b = Builds::new();
+    let f = b.drv(
+        "f",
+        "name = \"f\"\nbuilder = \"/bin/sh\"\nargs = [\"-c\", \"echo failing-log-line; exit 5\"]\n",
+    );
+    b.realise_fails(&[&f.path]);
+    let log = b.s.ok(&["log", &f.path]);
+    assert!(log.contains("failing-log-line"), "{log}");
+
+    // A valid path that is not in the input closure is not a reference even when the
+    // output names it (only the inputs' closure and the outputs are candidates).
+    let other = b.drv(
+        "other",
+        "name = \"other\"\nbuilder = \"/bin/sh\"\nargs = [\"-c\", \"echo other > $out\"]\n",
+    );
+    b.realise_ok(&[&other.path]);
+    let naming = b.drv(
+        "naming",
+        &format!(
+            "name = \"naming\"\nbuilder = \"/bin/sh\"\nargs = [\"-c\", \"echo {} > $out\"]\n",
+            other.out()
+        ),
+    );
+    b.realise_ok(&[&naming.path]);
+    assert_eq!(b.read(naming.out()), format!("{}\n", other.out()));
+    assert_eq!(b.references(naming.out()), set(&[]));
 }
