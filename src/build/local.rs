@@ -217,6 +217,10 @@ pub fn build_derivation(
     let tmp = TempDir::new(store.layout()).map_err(io_err("cannot create a temp dir"))?;
     let build_dir = tmp.path().join("build");
     fs::create_dir(&build_dir).map_err(io_err("cannot create the build dir"))?;
+    // Rooted, then checked: a collection keeps their closures from now on.
+    for p in inputs {
+        store.add_temp_root(p)?;
+    }
     let closure = store.closure(inputs.iter())?;
     let dir = store.store_dir();
     let build_top = config.mode.build_top(&build_dir);
@@ -389,6 +393,11 @@ pub fn build_derivation(
         })?);
     }
     store.commit_staged(batch)?;
+    let names = outputs
+        .iter()
+        .map(|(o, p)| ((*o).to_owned(), (*p).clone()))
+        .collect();
+    store.register_derivation_outputs(drv_path, &names)?;
     drop(tmp);
     Ok(Built {
         drv: drv_path.clone(),

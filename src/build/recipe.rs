@@ -492,6 +492,17 @@ impl<'s> Instantiator<'s> {
                 source: Box::new(source),
             })?;
         let drv_path = added.info.path;
+        let outputs = drv
+            .output_paths()
+            .into_iter()
+            .map(|(o, p)| (o.to_owned(), p.clone()))
+            .collect();
+        self.store
+            .register_derivation_outputs(&drv_path, &outputs)
+            .map_err(|source| RecipeError::Store {
+                recipe: rpath.to_owned(),
+                source: Box::new(source),
+            })?;
         tracing::debug!("instantiated {}", dir.display_path(&drv_path));
         self.drvs.insert(drv_path.clone(), drv.clone());
         Ok(Instantiated { drv_path, drv })

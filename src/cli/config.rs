@@ -46,6 +46,10 @@ pub struct FileConfig {
     pub timeout: Option<u64>,
     /// Seconds a build may go without output.
     pub max_silent_time: Option<u64>,
+    /// GC keeps the outputs of live derivations (default false, as Nix).
+    pub keep_outputs: Option<bool>,
+    /// GC keeps the derivers of live paths (default true, as Nix).
+    pub keep_derivations: Option<bool>,
 }
 
 /// A list given either as a TOML array or as one space-separated string (as in nix.conf).
@@ -99,6 +103,8 @@ pub struct Settings {
     pub cores: Option<u32>,
     pub timeout: Option<u64>,
     pub max_silent_time: Option<u64>,
+    pub keep_outputs: bool,
+    pub keep_derivations: bool,
 }
 
 /// Merges the layers: flags > env > file > defaults. Pure: no I/O, no globals.
@@ -158,6 +164,8 @@ pub fn merge(file: &FileConfig, env: &Layer, flags: &Layer) -> Result<Settings> 
         cores: file.cores,
         timeout: file.timeout,
         max_silent_time: file.max_silent_time,
+        keep_outputs: file.keep_outputs.unwrap_or(false),
+        keep_derivations: file.keep_derivations.unwrap_or(true),
     })
 }
 
@@ -202,6 +210,10 @@ mod tests {
         let d = merge(&FileConfig::default(), &Layer::default(), &Layer::default()).unwrap();
         assert_eq!(d.store_dir.as_str(), DEFAULT_STORE_DIR);
         assert_eq!(d.root, None);
+        assert!(!d.keep_outputs && d.keep_derivations, "Nix's defaults");
+        let gc = parse_file("keep-outputs = true\nkeep-derivations = false\n").unwrap();
+        let g = merge(&gc, &Layer::default(), &Layer::default()).unwrap();
+        assert!(g.keep_outputs && !g.keep_derivations);
     }
 
     #[test]

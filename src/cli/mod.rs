@@ -4,7 +4,9 @@
 mod add;
 mod config;
 mod copy;
+mod delete;
 mod derivation;
+mod gc;
 mod hash;
 mod init;
 mod instantiate;
@@ -77,6 +79,8 @@ pub enum Command {
     Derivation(derivation::DerivationCommand),
     Instantiate(instantiate::InstantiateArgs),
     Log(log::LogArgs),
+    Gc(gc::GcArgs),
+    Delete(delete::DeleteArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -96,6 +100,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Derivation(a) => derivation::run(g, a),
         Command::Instantiate(a) => instantiate::run(g, a),
         Command::Log(a) => log::run(g, a),
+        Command::Gc(a) => gc::run(g, a),
+        Command::Delete(a) => delete::run(g, a),
     }
 }
 

@@ -70,6 +70,10 @@ pub struct RealiseArgs {
     /// Push the realised closures to this cache afterwards (signing with secret-key-files)
     #[arg(long, value_name = "URL")]
     pub push_to: Option<String>,
+    /// Make LINK a symlink to the result and a garbage collector root (LINK-dev for output
+    /// dev, LINK-2 for the second argument, …), like nix-build's `result`
+    #[arg(long, short = 'o', value_name = "LINK")]
+    pub out_link: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -110,7 +114,7 @@ pub fn run(g: &GlobalArgs, args: RealiseArgs) -> Result<ExitCode> {
         .collect();
     let (printed, fetched, built) = match opaque {
         // Only store paths: substitution alone (and no runtime at all when all are valid).
-        Some(paths) if args.push_to.is_none() => {
+        Some(paths) if args.push_to.is_none() && args.out_link.is_none() => {
             let fetched = substitute(g, &settings, store.clone(), &urls, &paths, args.jobs)?;
             (paths, fetched, Vec::new())
         }
@@ -127,6 +131,9 @@ pub fn run(g: &GlobalArgs, args: RealiseArgs) -> Result<ExitCode> {
                         }
                     }
                 }
+            }
+            if let Some(link) = &args.out_link {
+                out_links(&store, link, &targets, &realised)?;
             }
             if let Some(url) = &args.push_to {
                 push_closures(&settings, &store, url, &printed, args.jobs)?;
@@ -258,6 +265,45 @@ fn build(
         }
         Ok::<_, anyhow::Error>(result?)
     })
+}
+
+/// Creates the `--out-link` symlinks (and their GC roots).
+fn out_links(
+    store: &LocalStore,
+    link: &Path,
+    targets: &[DerivedPath],
+    realised: &Realised,
+) -> Result<()> {
+    for (i, t) in targets.iter().enumerate() {
+        let base = if i == 0 {
+            link.as_os_str().to_owned()
+        } else {
+            let mut b = link.as_os_str().to_owned();
+            b.push(format!("-{}", i + 1));
+            b
+        };
+        let mut links: Vec<(PathBuf, StorePath)> = Vec::new();
+        match t {
+            DerivedPath::Opaque(p) => links.push((PathBuf::from(&base), p.clone())),
+            DerivedPath::Built { drv, .. } => {
+                if let Some((_, outs)) = realised.outputs.iter().find(|(d, _)| d == drv) {
+                    for (o, p) in outs {
+                        let mut name = base.clone();
+                        if o != "out" {
+                            name.push(format!("-{o}"));
+                        }
+                        links.push((PathBuf::from(name), p.clone()));
+                    }
+                }
+            }
+        }
+        for (l, p) in links {
+            store
+                .add_indirect_root(&l, &p)
+                .with_context(|| format!("cannot create the link '{}'", l.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Pushes the closures of `paths` to `url`, signing with the configured keys.

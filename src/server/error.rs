@@ -139,7 +139,8 @@ fn import_status(e: &StoreError) -> StatusCode {
         | StoreError::NotWritable { .. }
         | StoreError::Io { .. }
         | StoreError::SourceChanged(_)
-        | StoreError::NotValid(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        | StoreError::NotValid(_)
+        | StoreError::Roots(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

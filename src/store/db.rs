@@ -5,8 +5,13 @@
 //! enforces it inside one transaction, and the `refs` foreign keys back it up. The schema
 //! is versioned with `PRAGMA user_version`; [`MIGRATIONS`] brings older databases up to
 //! date. See store-format.md, "Database".
+//!
+//! The bulk view of the whole graph that the garbage collector needs (one query per table,
+//! deletion in one durable transaction) is in [`graph`].
 
-use std::collections::{BTreeSet, HashMap};
+pub mod graph;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -56,7 +61,8 @@ pub enum DbError {
 }
 
 /// Schema migrations; entry `i` upgrades from `user_version` i to i+1.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
@@ -79,7 +85,19 @@ CREATE TABLE refs (
     PRIMARY KEY (referrer, reference)
 );
 CREATE INDEX refs_reference ON refs(reference);
-"#];
+"#,
+    r#"
+-- v2: which outputs a derivation has (as Nix's DerivationOutputs): `id` is the output name,
+-- `path` the output's base name, which need not be valid.
+CREATE TABLE derivation_outputs (
+    drv  INTEGER NOT NULL REFERENCES valid_paths(id) ON DELETE CASCADE,
+    id   TEXT NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (drv, id)
+);
+CREATE INDEX derivation_outputs_path ON derivation_outputs(path);
+"#,
+];
 
 /// An open metadata database.
 pub struct Db {
@@ -343,6 +361,73 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Records the outputs (name → path) of a valid derivation, replacing what was
+    /// recorded for the same output names. The outputs need not be valid.
+    pub fn register_derivation_outputs(
+        &mut self,
+        drv: &StorePath,
+        outputs: &BTreeMap<String, StorePath>,
+    ) -> Result<(), DbError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id: i64 = tx
+            .query_row(
+                "SELECT id FROM valid_paths WHERE path = ?1",
+                [drv.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| DbError::NotValid(drv.clone()))?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO derivation_outputs (drv, id, path) VALUES (?1, ?2, ?3)",
+            )?;
+            for (name, path) in outputs {
+                put.execute(params![id, name, path.as_str()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The recorded outputs (name → path) of a valid derivation; empty if none or if the
+    /// derivation is not valid.
+    pub fn derivation_outputs(
+        &self,
+        drv: &StorePath,
+    ) -> Result<BTreeMap<String, StorePath>, DbError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT o.id, o.path FROM derivation_outputs o \
+             JOIN valid_paths v ON v.id = o.drv WHERE v.path = ?1",
+        )?;
+        let rows = stmt.query_map([drv.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            let (name, path) = r?;
+            out.insert(name, parse_path(drv.as_str(), &path)?);
+        }
+        Ok(out)
+    }
+
+    /// The valid derivations that have `output` among their recorded outputs.
+    pub fn valid_derivers(&self, output: &StorePath) -> Result<BTreeSet<StorePath>, DbError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT v.path FROM derivation_outputs o \
+             JOIN valid_paths v ON v.id = o.drv WHERE o.path = ?1",
+        )?;
+        let rows = stmt.query_map([output.as_str()], |r| r.get::<_, String>(0))?;
+        let mut out = BTreeSet::new();
+        for r in rows {
+            out.insert(parse_path(output.as_str(), &r?)?);
+        }
+        Ok(out)
+    }
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), DbError> {
     let supported = MIGRATIONS.len() as i64;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -488,6 +573,26 @@ mod tests {
         let err = db.register(&[info(&a, &[]), info(&c, &[&b])]).unwrap_err();
         assert!(matches!(err, DbError::MissingReference { .. }), "{err}");
         assert!(!db.is_valid(&a).unwrap(), "the whole batch must roll back");
+    }
+
+    #[test]
+    fn derivation_outputs_follow_the_derivation() {
+        let (_d, mut db) = open();
+        let (drv, out, dev) = (sp("x.drv", 1), sp("x", 2), sp("x-dev", 3));
+        let outputs: BTreeMap<String, StorePath> = [
+            ("out".to_owned(), out.clone()),
+            ("dev".to_owned(), dev.clone()),
+        ]
+        .into();
+        assert!(matches!(
+            db.register_derivation_outputs(&drv, &outputs),
+            Err(DbError::NotValid(_))
+        ));
+        db.register(&[info(&drv, &[]), info(&out, &[])]).unwrap();
+        db.register_derivation_outputs(&drv, &outputs).unwrap();
+        assert_eq!(db.derivation_outputs(&drv).unwrap(), outputs);
+        assert_eq!(db.valid_derivers(&dev).unwrap(), [drv.clone()].into());
+        assert!(db.valid_derivers(&drv).unwrap().is_empty());
     }
 
     #[test]

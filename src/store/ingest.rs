@@ -100,6 +100,7 @@ impl LocalStore {
         let path = self
             .store_dir()
             .make_source_path(&nar_hash, [], false, name);
+        self.add_temp_root(&path)?; // gc: before checking validity (see roots.rs)
         let info = PathInfo {
             path: path.clone(),
             nar_hash,
@@ -141,6 +142,10 @@ impl LocalStore {
         meta: NarImport,
         open: impl FnOnce() -> Result<R, E>,
     ) -> Result<AddOutcome, ImportError<E>> {
+        // gc: temp roots before checking validity, for the path and its references.
+        for p in std::iter::once(&meta.path).chain(&meta.references) {
+            self.add_temp_root(p)?;
+        }
         let printed = self.print_path(&meta.path);
         let missing: Vec<String> = {
             let db = self.db();

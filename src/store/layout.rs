@@ -7,6 +7,10 @@
 //! <root>/ix/var/db/store.sqlite        metadata (WAL)
 //! <root>/ix/var/locks/<hash32>.lock    per-path locks (flock)
 //! <root>/ix/var/temproots/<tmp>.lock   held by the owner of each temp dir while it lives
+//! <root>/ix/var/temproots/<id>.roots   temp roots of one live process (see `roots`)
+//! <root>/ix/var/gcroots/               GC roots: symlinks (indirect ones in `auto/`)
+//! <root>/ix/var/gc.lock                taken exclusively by the collector, shared to add roots
+//! <root>/<store-dir>/.gc-trash/        dead paths renamed aside, being removed
 //! ```
 //! Without a root, `<root>` is empty: the store dir is used as is and state is `/ix/var`.
 //! See store-format.md, "On-disk layout".
@@ -72,6 +76,22 @@ impl Layout {
         self.state_dir.join("temproots")
     }
 
+    /// GC roots: symlinks to store paths, or (in `auto/`) to links that point into the store.
+    pub fn gc_roots_dir(&self) -> PathBuf {
+        self.state_dir.join("gcroots")
+    }
+
+    /// The collector's global lock (exclusive while collecting, shared to add temp roots).
+    pub fn gc_lock_path(&self) -> PathBuf {
+        self.state_dir.join("gc.lock")
+    }
+
+    /// Where the collector renames dead paths before removing them; inside the physical
+    /// store dir so the rename is atomic. Its name can never be a store path's.
+    pub fn trash_dir(&self) -> PathBuf {
+        self.real_store.join(".gc-trash")
+    }
+
     /// The physical location of a store path.
     pub fn real_path(&self, path: &StorePath) -> PathBuf {
         self.real_store.join(path.as_str())
@@ -88,6 +108,7 @@ impl Layout {
                 .unwrap_or_default(),
             self.locks_dir(),
             self.temp_locks_dir(),
+            self.gc_roots_dir().join("auto"),
         ] {
             fs::create_dir_all(&dir).map_err(|e| annotate(e, &dir))?;
         }

@@ -105,6 +105,12 @@ pub fn lock_path(layout: &Layout, path: &StorePath) -> io::Result<FileLock> {
     FileLock::acquire(&layout.locks_dir().join(format!("{}.lock", path.hash_str())))
 }
 
+/// Takes a store path's install lock if nobody holds it (the collector, before removing an
+/// unregistered entry, checks that no install is using it).
+pub fn try_lock_path(layout: &Layout, path: &StorePath) -> io::Result<Option<FileLock>> {
+    FileLock::try_acquire(&layout.locks_dir().join(format!("{}.lock", path.hash_str())))
+}
+
 const TEMP_PREFIX: &str = ".tmp-";
 
 /// A private temp dir inside the physical store dir (so renames out of it are atomic),

@@ -9,11 +9,14 @@
 //! open). See store-format.md, "On-disk layout".
 
 pub mod db;
+pub mod gc;
 pub mod ingest;
 pub mod layout;
 pub mod lock;
+pub mod roots;
 pub mod stage;
 mod text;
+mod trash;
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
@@ -26,6 +29,7 @@ use crate::format::hash::{Hash, HashAlgo, HashSink};
 use crate::format::store_path::{StoreDir, StorePath, StorePathError};
 use crate::fsnar;
 pub use db::{Db, DbError, PathInfo};
+pub use gc::{GcError, GcOptions, GcReport};
 pub use ingest::{AddOutcome, ImportError, NarImport};
 pub use layout::Layout;
 pub use stage::{InstallLock, Stage, Staged};
@@ -75,6 +79,8 @@ pub enum StoreError {
     SourceChanged(String),
     #[error("path '{0}' is not valid")]
     NotValid(String),
+    #[error(transparent)]
+    Roots(#[from] roots::RootsError),
 }
 
 impl StoreError {
@@ -104,6 +110,8 @@ pub struct LocalStore {
     layout: Layout,
     db: Mutex<Db>,
     staging: stage::StagingSlot,
+    /// This process's temp roots (see [`roots`]).
+    temp_roots: roots::TempRoots,
 }
 
 impl LocalStore {
@@ -124,6 +132,7 @@ impl LocalStore {
             layout,
             db: Mutex::new(db),
             staging: Default::default(),
+            temp_roots: roots::TempRoots::default(),
         })
     }
 
@@ -211,6 +220,31 @@ impl LocalStore {
             DbError::NotValid(p) => StoreError::NotValid(self.print_path(&p)),
             e => e.into(),
         })
+    }
+
+    /// Records the outputs (name → path) of a valid derivation (see [`Db`]).
+    pub fn register_derivation_outputs(
+        &self,
+        drv: &StorePath,
+        outputs: &std::collections::BTreeMap<String, StorePath>,
+    ) -> Result<(), StoreError> {
+        self.db()
+            .register_derivation_outputs(drv, outputs)
+            .map_err(|e| match e {
+                DbError::NotValid(p) => StoreError::NotValid(self.print_path(&p)),
+                e => e.into(),
+            })
+    }
+
+    pub fn derivation_outputs(
+        &self,
+        drv: &StorePath,
+    ) -> Result<std::collections::BTreeMap<String, StorePath>, StoreError> {
+        Ok(self.db().derivation_outputs(drv)?)
+    }
+
+    pub fn valid_derivers(&self, output: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
+        Ok(self.db().valid_derivers(output)?)
     }
 
     /// Writes the NAR of a valid path.

@@ -75,6 +75,8 @@ impl LocalStore {
         info: PathInfo,
         build: impl FnOnce(&Path) -> Result<(), E>,
     ) -> Result<Stage, E> {
+        // Rooted before validity is checked, so a collection cannot take it from under us.
+        self.add_temp_root(&info.path)?;
         if let Some(existing) = self.query(&info.path)? {
             return Ok(Stage::Valid(existing));
         }
@@ -103,6 +105,7 @@ impl LocalStore {
         info: PathInfo,
         build: impl FnOnce(&Path) -> Result<(), E>,
     ) -> Result<Staged, E> {
+        self.add_temp_root(&info.path)?;
         let area = self.staging_area()?;
         let tree = area.path().join(info.path.as_str());
         // A tree left here by an earlier attempt in this process (its lock was released).
@@ -131,6 +134,12 @@ impl LocalStore {
             return Ok(Vec::new());
         }
         let mut batch = reference_order(batch);
+        // References outside the batch must stay valid until the batch is registered.
+        for s in &batch {
+            for r in s.info.references.iter().filter(|r| **r != s.info.path) {
+                self.add_temp_root(r)?;
+            }
+        }
         {
             let db = self.db();
             let in_batch: HashSet<&StorePath> = batch.iter().map(|s| &s.info.path).collect();
