@@ -912,3 +912,65 @@ fn log_of_a_failed_build_and_only_closure_references() {
     assert_eq!(b.read(naming.out()), format!("{}\n", other.out()));
     assert_eq!(b.references(naming.out()), set(&[]));
 }
+
+#[test]
+fn outputs_are_canonicalised_and_fods_may_not_refer() {
+    use std::os::unix::fs::MetadataExt;
+    if !sandbox_or_skip("outputs_are_canonicalised_and_fods_may_not_refer") {
+        return;
+    }
+    let b = Builds::new();
+    let d = b.drv(
+        "perms",
+        r#"
+name = "perms"
+builder = "/bin/sh"
+args = ["-c", "/bin/mkdir -p $out/d; echo a > $out/d/f; /bin/chmod 4777 $out/d/f; /bin/ln $out/d/f $out/hard; echo b > $out/plain; /bin/chmod 600 $out/plain; /bin/chmod 777 $out/d; /bin/touch -d 2020-01-01 $out/d/f; /bin/ln -s /nowhere $out/dangling"]
+"#,
+    );
+    b.realise_ok(&[&d.path]);
+    let root = b.s.real(d.out());
+    for (rel, mode) in [
+        ("", 0o555),
+        ("d", 0o555),
+        ("d/f", 0o555),
+        ("hard", 0o555),
+        ("plain", 0o444),
+    ] {
+        let m = fs::symlink_metadata(root.join(rel)).unwrap();
+        assert_eq!(m.mode() & 0o7777, mode, "{rel}: {:o}", m.mode());
+        assert_eq!(m.mtime(), 1, "{rel}");
+    }
+    // No hard link leaves the output, and the two names still have the same bytes.
+    assert_eq!(fs::metadata(root.join("d/f")).unwrap().nlink(), 1);
+    assert_eq!(fs::read(root.join("hard")).unwrap(), b"a\n");
+    assert_eq!(
+        fs::read_link(root.join("dangling")).unwrap(),
+        Path::new("/nowhere")
+    );
+
+    // A fixed output that refers to a store path (its input) is refused, even with the
+    // right hash.
+    b.recipe(
+        "dep",
+        "name = \"dep\"\nbuilder = \"/bin/sh\"\nargs = [\"-c\", \"echo dep > $out\"]\n",
+    );
+    let dep = b.instantiate(&b.recipes.join("dep.toml"));
+    let sri = b.hash_forms(format!("{}\n", dep.out()).as_bytes())[3].clone();
+    let fod = b.drv(
+        "fodref",
+        &format!(
+            r#"
+name = "fodref"
+builder = "/bin/sh"
+args = ["-c", "echo ${{inputs.dep}} > $out"]
+inputs.dep = "dep.toml"
+output_hash = "{sri}"
+"#
+        ),
+    );
+    let err = b.realise_fails(&[&fod.path]);
+    assert!(err.contains(dep.out()) || err.contains("refer"), "{err}");
+    assert!(!b.valid(fod.out()));
+    assert!(b.valid(dep.out()));
+}
