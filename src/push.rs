@@ -290,3 +290,43 @@ impl<W: Write> Write for HashCount<W> {
         self.inner.flush()
     }
 }
+
+/// Uploads the build logs of the paths in the closures of `roots` that were built here (their
+/// deriver has a log in the state dir) to `log/<drv base name>`, as Nix's caches keep them
+/// (plain text), unless the cache has them already. Returns how many were uploaded.
+pub async fn push_logs(
+    store: &Arc<LocalStore>,
+    cache: &Arc<Cache>,
+    roots: &[StorePath],
+) -> Result<usize, PushError> {
+    let closure = store.closure(roots.iter())?;
+    let mut drvs: BTreeSet<StorePath> = BTreeSet::new();
+    for p in &closure {
+        if let Some(d) = store.query_valid(p)?.deriver {
+            drvs.insert(d);
+        }
+    }
+    let mut uploaded = 0;
+    for drv in drvs {
+        let log = crate::build::logs::read_log(store.layout(), &drv).map_err(|source| {
+            PushError::Prepare {
+                path: store.print_path(&drv),
+                source,
+            }
+        })?;
+        let Some(log) = log else { continue };
+        let key = format!("log/{}", drv.as_str());
+        if cache.exists(&key).await? {
+            continue;
+        }
+        cache
+            .put(
+                &key,
+                PutBody::Bytes(log.into()),
+                "text/plain; charset=utf-8",
+            )
+            .await?;
+        uploaded += 1;
+    }
+    Ok(uploaded)
+}

@@ -39,6 +39,8 @@ use crate::trust::{check_narinfo, TrustError};
 pub const DEFAULT_JOBS: usize = 16;
 /// Narinfo requests in flight at the same time while planning.
 const NARINFO_CONCURRENCY: usize = 64;
+/// Staged paths that make a commit worth its sync.
+const COMMIT_BATCH: usize = 128;
 /// Tries per cache for one NAR (the first and the retries).
 const NAR_ATTEMPTS: u32 = 3;
 
@@ -214,6 +216,10 @@ impl Substituter {
         store: &Arc<LocalStore>,
         paths: &[StorePath],
     ) -> Result<(Plan, BTreeMap<StorePath, Vec<String>>), SubstituteError> {
+        // Write back what is pending on the store's filesystem while the walk waits on the
+        // network, so that the first commit's sync (§6.5) does not pay for it.
+        let ahead = store.clone();
+        tokio::task::spawn_blocking(move || ahead.flush_ahead());
         let mut trusted: BTreeMap<StorePath, Candidate> = BTreeMap::new();
         let mut failed: BTreeMap<StorePath, Vec<String>> = BTreeMap::new();
         let mut seen: BTreeSet<StorePath> = BTreeSet::new();
@@ -426,7 +432,10 @@ impl Substituter {
                     (p, r)
                 });
             }
-            if committing.is_none() {
+            // Commit in large batches (each costs a sync): when enough is staged, when the
+            // window is full, or when nothing is downloading any more.
+            let due = staged.len() >= COMMIT_BATCH || outstanding >= window || downloads.is_empty();
+            if committing.is_none() && due {
                 let batch = committable(&mut staged, &valid, &wanted);
                 if !batch.is_empty() {
                     let store = store.clone();

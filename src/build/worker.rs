@@ -161,6 +161,7 @@ pub async fn realise(
     let mut pending: BTreeSet<StorePath> = to_build;
     let mut running: JoinSet<(StorePath, Result<Built, BuildError>)> = JoinSet::new();
     let mut failures: BTreeMap<StorePath, RealiseError> = BTreeMap::new();
+    let mut fetch_failure: Option<RealiseError> = None;
     let mut stopping = false;
     let max_jobs = opts.max_jobs.max(1);
     loop {
@@ -194,14 +195,7 @@ pub async fn realise(
                 match joined.map_err(|e| RealiseError::Task(e.to_string()))? {
                     Ok(fetched) => realised.substituted.extend(fetched),
                     Err(e) => {
-                        // Keyed by a path no derivation has, to keep it apart.
-                        failures.insert(
-                            StorePath::from_parts(
-                                crate::format::store_path::StorePathHash::new([0; 20]),
-                                &"substitution".parse().expect("valid name"),
-                            ),
-                            e.into(),
-                        );
+                        fetch_failure = Some(RealiseError::from(e));
                         stopping |= !opts.keep_going;
                     }
                 }
@@ -211,7 +205,7 @@ pub async fn realise(
     }
     // Whatever could not start: its inputs never became valid.
     for drv in std::mem::take(&mut pending) {
-        if failures.is_empty() {
+        if failures.is_empty() && fetch_failure.is_none() {
             let missing = missing_inputs(store, &graph, &drv)?;
             failures.insert(
                 drv.clone(),
@@ -222,13 +216,17 @@ pub async fn realise(
             );
         }
     }
+    let mut failures: Vec<RealiseError> = fetch_failure
+        .into_iter()
+        .chain(failures.into_values())
+        .collect();
     match failures.len() {
         0 => Ok(realised),
-        1 => Err(failures.into_values().next().expect("one")),
+        1 => Err(failures.remove(0)),
         n => Err(RealiseError::BuildsFailed {
             count: n,
             details: failures
-                .values()
+                .iter()
                 .map(|e| format!("  {e}"))
                 .collect::<Vec<_>>()
                 .join("\n"),

@@ -9,7 +9,7 @@ use clap::Args;
 use serde::Serialize;
 use store::cache::compression::Compression;
 use store::cache::{Cache, CacheUrl};
-use store::push::{push, PushOptions, DEFAULT_PUSH_JOBS};
+use store::push::{push, push_logs, PushOptions, DEFAULT_PUSH_JOBS};
 
 use super::realise::{client_options, runtime, substitute};
 use super::{GlobalArgs, TrustArgs};
@@ -40,6 +40,9 @@ pub struct CopyArgs {
     /// Only with --from: trusted public keys, space separated
     #[arg(long, value_name = "KEYS", requires = "from")]
     pub trusted_public_keys: Option<String>,
+    /// Also push the build logs of paths built here to the cache's log/
+    #[arg(long, requires = "to")]
+    pub logs: bool,
     /// Store paths whose closures are copied
     #[arg(required = true)]
     pub paths: Vec<String>,
@@ -102,10 +105,16 @@ pub fn run(g: &GlobalArgs, args: CopyArgs) -> Result<ExitCode> {
         jobs: args.jobs.unwrap_or(DEFAULT_PUSH_JOBS),
     };
     let rt = runtime()?;
-    let report = rt
+    let (report, logs) = rt
         .block_on(async {
             let cache = Arc::new(Cache::open(&url, &client_options(&settings))?);
-            Ok::<_, anyhow::Error>(push(&store, &cache, &paths, &opts).await?)
+            let report = push(&store, &cache, &paths, &opts).await?;
+            let logs = if args.logs {
+                push_logs(&store, &cache, &paths).await?
+            } else {
+                0
+            };
+            Ok::<_, anyhow::Error>((report, logs))
         })
         .with_context(|| format!("cannot copy to {url}"))?;
     if g.json {
@@ -122,9 +131,14 @@ pub fn run(g: &GlobalArgs, args: CopyArgs) -> Result<ExitCode> {
         })?;
     } else if !g.quiet {
         eprintln!(
-            "copied {} paths to {url} ({} already there)",
+            "copied {} paths to {url} ({} already there{})",
             report.uploaded.len(),
-            report.present.len()
+            report.present.len(),
+            if args.logs {
+                format!(", {logs} build logs")
+            } else {
+                String::new()
+            }
         );
     }
     Ok(ExitCode::SUCCESS)

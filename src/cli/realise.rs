@@ -20,9 +20,10 @@ use store::build::worker::{self, RealiseOptions, Realised};
 use store::cache::compression::Compression;
 use store::cache::{Cache, CacheUrl, ClientOptions};
 use store::format::derivation::derived_path::{DerivedPath, OutputsSpec};
+use store::format::derivation::Derivation;
 use store::format::keys::{PublicKey, TrustedKeys};
 use store::format::store_path::StorePath;
-use store::push::{push, PushOptions, DEFAULT_PUSH_JOBS};
+use store::push::{push, push_logs, PushOptions, DEFAULT_PUSH_JOBS};
 use store::store::LocalStore;
 use store::substitute::{Fetched, Progress, Substituter, DEFAULT_JOBS};
 
@@ -120,7 +121,11 @@ pub fn run(g: &GlobalArgs, args: RealiseArgs) -> Result<ExitCode> {
         }
         _ => {
             let opts = realise_options(&settings, &args, &store)?;
-            let realised = build(g, &settings, &store, &urls, &targets, &opts, args.jobs)?;
+            // Nothing to do (every wanted output valid): no runtime, no cache contacted.
+            let realised = match already_valid(&store, &targets, args.check)? {
+                Some(r) => r,
+                None => build(g, &settings, &store, &urls, &targets, &opts, args.jobs)?,
+            };
             let mut printed = Vec::new();
             for t in &targets {
                 match t {
@@ -231,6 +236,47 @@ fn realise_options(s: &Settings, args: &RealiseArgs, store: &LocalStore) -> Resu
     })
 }
 
+/// The outputs of `targets` if every wanted one is valid already (and nothing is to be
+/// checked), read from the `.drv` files in the store.
+fn already_valid(
+    store: &LocalStore,
+    targets: &[DerivedPath],
+    check: bool,
+) -> Result<Option<Realised>> {
+    if check {
+        return Ok(None);
+    }
+    let mut realised = Realised::default();
+    for t in targets {
+        if !store.is_valid(t.path())? {
+            return Ok(None);
+        }
+        let DerivedPath::Built { drv, outputs } = t else {
+            continue;
+        };
+        let bytes = std::fs::read(store.layout().real_path(drv))
+            .with_context(|| format!("cannot read '{}'", store.print_path(drv)))?;
+        let parsed = Derivation::parse_store_drv(&bytes, store.store_dir(), drv)
+            .with_context(|| format!("invalid derivation '{}'", store.print_path(drv)))?;
+        let (known, unknown) = outputs.select(&parsed);
+        if !unknown.is_empty() {
+            return Ok(None); // the full path reports the error
+        }
+        let mut outs = BTreeMap::new();
+        for o in known {
+            let Some(p) = parsed.output_path(o) else {
+                return Ok(None);
+            };
+            if !store.is_valid(p)? {
+                return Ok(None);
+            }
+            outs.insert(o.to_owned(), p.clone());
+        }
+        realised.outputs.push((drv.clone(), outs));
+    }
+    Ok(Some(realised))
+}
+
 /// Realises derived paths: substitutes what trusted caches have, builds the rest.
 fn build(
     g: &GlobalArgs,
@@ -306,7 +352,8 @@ fn out_links(
     Ok(())
 }
 
-/// Pushes the closures of `paths` to `url`, signing with the configured keys.
+/// Pushes the closures of `paths` to `url`, signing with the configured keys, and the build
+/// logs of what was built here.
 fn push_closures(
     settings: &Settings,
     store: &Arc<LocalStore>,
@@ -329,7 +376,8 @@ fn push_closures(
     let rt = runtime()?;
     rt.block_on(async {
         let cache = Arc::new(Cache::open(&url, &client_options(settings))?);
-        Ok::<_, anyhow::Error>(push(store, &cache, paths, &opts).await?)
+        push(store, &cache, paths, &opts).await?;
+        Ok::<_, anyhow::Error>(push_logs(store, &cache, paths).await?)
     })
     .with_context(|| format!("cannot push to {url}"))?;
     Ok(())

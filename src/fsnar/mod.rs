@@ -23,6 +23,7 @@
 mod canon;
 mod hashing;
 mod restore;
+mod restore_pool;
 mod sys;
 mod walk;
 

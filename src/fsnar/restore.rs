@@ -17,11 +17,12 @@ use std::io;
 use std::io::{BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use rustix::fs::{Mode, CWD};
 
 use super::hashing::HashingReader;
+use super::restore_pool::{FileJob, FilePool, POOL_AFTER_FILES, POOL_MAX_FILE};
 use super::sys::{self, io_err, join, AlignedBuf};
 use super::{make_writable_and_remove, FsNarError};
 use crate::format::nar::{NarEvent, NarReader};
@@ -98,11 +99,22 @@ pub fn restore<R: Read>(
         root_path: dst.to_path_buf(),
         canonical: opts.canonicalise,
         stack: Vec::new(),
+        deferred: None,
         current: dst.to_path_buf(),
         created: false,
     };
     let mut stats = RestoreStats::default();
-    let result = unpack(&mut nar, &mut builder, &mut stats);
+    let result = std::thread::scope(|scope| {
+        let mut pool: Option<FilePool<'_>> = None;
+        let unpacked = unpack(&mut nar, &mut builder, &mut stats, scope, &mut pool);
+        let pooled = pool.map_or(Ok(()), FilePool::finish);
+        match (unpacked, pooled) {
+            // The parser stopped because a worker failed: the worker's error says why.
+            (Err(FsNarError::WorkerFailed), Err(e)) => Err(e),
+            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(())) => builder.finish_deferred(),
+        }
+    });
     let created = builder.created;
     drop(builder);
     match result {
@@ -123,10 +135,12 @@ pub fn restore<R: Read>(
     }
 }
 
-fn unpack<R: Read>(
+fn unpack<'scope, 'env, R: Read>(
     nar: &mut NarReader<R>,
     builder: &mut Builder,
     stats: &mut RestoreStats,
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    pool: &mut Option<FilePool<'scope>>,
 ) -> Result<(), FsNarError> {
     let mut buf: Option<Vec<u8>> = None;
     while let Some(event) = nar.next()? {
@@ -145,6 +159,33 @@ fn unpack<R: Read>(
                 executable,
                 size,
             } => {
+                if size <= POOL_MAX_FILE && !builder.stack.is_empty() {
+                    if pool.is_none() && stats.regular_files >= POOL_AFTER_FILES {
+                        *pool = Some(FilePool::start(scope));
+                        builder.deferred = Some(Vec::new());
+                    }
+                    if let Some(pool) = pool.as_ref() {
+                        // `size` is at most POOL_MAX_FILE.
+                        let mut data = vec![0u8; size as usize];
+                        let got = fill(nar, &mut data)?;
+                        data.truncate(got);
+                        let (dir, c_name) = builder.place_shared(&name)?;
+                        let job = FileJob {
+                            dir,
+                            name: c_name,
+                            executable,
+                            canonical: builder.canonical,
+                            data,
+                            path: builder.path_of(&name),
+                        };
+                        if !pool.submit(job) {
+                            return Err(FsNarError::WorkerFailed);
+                        }
+                        stats.regular_files += 1;
+                        stats.contents_size += size;
+                        continue;
+                    }
+                }
                 let (fd, path) = builder.create_file(&name, executable)?;
                 let mut file = std::fs::File::from(fd);
                 if size >= sys::DIRECT_MIN_SIZE {
@@ -248,7 +289,9 @@ struct Builder {
     root_path: PathBuf,
     canonical: bool,
     /// Handles of the open directories, innermost last.
-    stack: Vec<OwnedFd>,
+    stack: Vec<Arc<OwnedFd>>,
+    /// While a [`FilePool`] writes files: directories to finish once it is done, in order.
+    deferred: Option<Vec<(Arc<OwnedFd>, PathBuf)>>,
     /// Path of the innermost open directory, for error messages.
     current: PathBuf,
     created: bool,
@@ -266,6 +309,22 @@ impl Builder {
             None => Ok((CWD, self.root.clone())),
             Some(fd) => Ok((fd.as_fd(), sys::c_name(name, &self.current)?)),
         }
+    }
+
+    /// Like [`Builder::place`], for a node inside a directory, with a handle of that
+    /// directory that can be sent to another thread.
+    fn place_shared(&self, name: &[u8]) -> Result<(Arc<OwnedFd>, CString), FsNarError> {
+        let fd = self.stack.last().ok_or(FsNarError::WorkerFailed)?;
+        Ok((fd.clone(), sys::c_name(name, &self.current)?))
+    }
+
+    /// Finishes the directories whose finishing waited for the file pool (children first:
+    /// they were deferred in the order they ended).
+    fn finish_deferred(&mut self) -> Result<(), FsNarError> {
+        for (fd, path) in self.deferred.take().unwrap_or_default() {
+            sys::finish_dir(&*fd, self.canonical).map_err(io_err("finishing", || path))?;
+        }
+        Ok(())
     }
 
     fn creation_error(&self, e: rustix::io::Errno, name: &[u8]) -> FsNarError {
@@ -286,14 +345,17 @@ impl Builder {
         } else {
             self.current = join(&self.current, name);
         }
-        self.stack.push(fd);
+        self.stack.push(Arc::new(fd));
         Ok(())
     }
 
     fn end_dir(&mut self) -> Result<(), FsNarError> {
         if let Some(fd) = self.stack.pop() {
-            sys::finish_dir(&fd, self.canonical)
-                .map_err(io_err("finishing", || self.current.clone()))?;
+            match self.deferred.as_mut() {
+                Some(later) => later.push((fd, self.current.clone())),
+                None => sys::finish_dir(&*fd, self.canonical)
+                    .map_err(io_err("finishing", || self.current.clone()))?,
+            }
             if !self.stack.is_empty() {
                 self.current.pop();
             }

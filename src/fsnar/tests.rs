@@ -336,3 +336,49 @@ fn large_files_with_unaligned_tails() {
     assert!(matches!(err, FsNarError::InvalidNar(_)), "{err}");
     assert!(!partial.exists());
 }
+
+#[test]
+fn many_small_files_restore_in_parallel_and_canonically() {
+    // busy_tree has far more files than the pool's threshold, spread over directories that
+    // must all end up finished (0555, mtime 1) only after their files were written.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    busy_tree(&root);
+    let nar = reference_dump(&root);
+    let out = tmp.path().join("out");
+    let stats = restore(&nar[..], &out, RestoreOptions::canonical()).unwrap();
+    assert_eq!(stats.nar_size, nar.len() as u64);
+    assert_eq!(stats.regular_files, 30 * 40 + 5);
+    assert!(
+        reference_dump(&out) == nar,
+        "the tree gives back the same NAR"
+    );
+    for d in 0..30 {
+        let dir = out.join(format!("d{d:02}"));
+        let m = dir.metadata().unwrap();
+        assert_eq!(
+            (m.mode() & 0o7777, m.mtime()),
+            (0o555, 1),
+            "{}",
+            dir.display()
+        );
+        for f in [0, 1, 39] {
+            let m = dir.join(format!("f{f}")).metadata().unwrap();
+            let mode = if f % 7 == 0 { 0o555 } else { 0o444 };
+            assert_eq!((m.mode() & 0o7777, m.mtime()), (mode, 1));
+        }
+    }
+    let m = out.metadata().unwrap();
+    assert_eq!((m.mode() & 0o7777, m.mtime()), (0o555, 1));
+    make_writable_and_remove(&out).unwrap();
+
+    // A stream that breaks off while the pool is busy leaves nothing behind.
+    for cut in [nar.len() / 2, nar.len() - 100] {
+        let reader = restore::FailAfter {
+            inner: &nar[..],
+            left: cut,
+        };
+        assert!(restore(reader, &out, RestoreOptions::canonical()).is_err());
+        assert!(!out.exists());
+    }
+}

@@ -154,6 +154,7 @@ impl LocalStore {
                 }
             }
         }
+        let started = std::time::Instant::now();
         let area = batch[0]._area.clone();
         sync_filesystem(area.path())
             .map_err(|e| StoreError::io("cannot sync the store's filesystem", e))?;
@@ -172,6 +173,11 @@ impl LocalStore {
         for info in &infos {
             tracing::debug!("installed {}", self.print_path(&info.path));
         }
+        tracing::debug!(
+            "committed {} path(s) in {:.1?}",
+            infos.len(),
+            started.elapsed()
+        );
         Ok(infos)
     }
 
@@ -193,6 +199,14 @@ impl LocalStore {
         fs::rename(&s.tree, &real).map_err(|e| io_err("cannot move into place", e))?;
         s.moved = true;
         Ok(())
+    }
+
+    /// Starts writing back everything pending on the store's filesystem (a `syncfs`),
+    /// ignoring errors: a hint that makes the next commit's sync cheaper, not a guarantee.
+    pub fn flush_ahead(&self) {
+        if let Err(e) = sync_filesystem(self.layout.real_store()) {
+            tracing::debug!("early sync of the store's filesystem failed: {e}");
+        }
     }
 
     /// The staging dir shared by everything currently staged by this store handle.
