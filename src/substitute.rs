@@ -728,7 +728,7 @@ fn is_network(e: &io::Error) -> bool {
 
 /// An error and its causes on one line, skipping causes whose text the message already
 /// contains.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

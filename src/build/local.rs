@@ -111,7 +111,7 @@ pub enum BuildError {
     CheckNotValid { drv: String, path: String },
     #[error("derivation '{drv}' has an output without a path (content-addressed derivations are not supported)")]
     Deferred { drv: String },
-    #[error("build of '{drv}': {source}")]
+    #[error("build of '{drv}'")]
     Sandbox {
         drv: String,
         #[source]

@@ -81,8 +81,9 @@ impl LogSink {
     /// Completes the log file (renaming it into place).
     pub fn finish(&mut self) -> io::Result<()> {
         if let Some(enc) = self.encoder.take() {
-            let file = enc.finish()?;
-            file.sync_data()?;
+            // Not synced: a log is not store contents; after a crash it may be lost, never
+            // mistaken for a path.
+            enc.finish()?;
             fs::rename(&self.tmp, &self.dest)?;
         }
         Ok(())

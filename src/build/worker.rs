@@ -240,7 +240,7 @@ pub async fn realise(
             count: n,
             details: failures
                 .iter()
-                .map(|e| format!("  {e}"))
+                .map(|e| format!("  {}", crate::substitute::error_chain(e)))
                 .collect::<Vec<_>>()
                 .join("\n"),
         }),

@@ -1,8 +1,9 @@
 //! Watching a running builder: copying its output to the log, enforcing the timeout and the
 //! maximum silent time, and making sure no process is left behind.
 //!
-//! The builder's stdout and stderr are one pipe, read here with `poll` in ticks of at most
-//! 50 ms; between reads the child is checked with `waitpid(WNOHANG)`. The child is never reaped
+//! The builder's stdout and stderr are one pipe, read here with `poll` together with a pidfd
+//! of the child (so its exit is noticed at once), in ticks of at most 50 ms; between reads
+//! the child is checked with `waitpid(WNOHANG)`. The child is never reaped
 //! before the [`Child`] guard says so, so its pid cannot be reused while we may still signal
 //! it. Killing means `SIGKILL` to the child, which in the sandbox is PID 1 of its own PID
 //! namespace, so the kernel kills every other process in it; without the sandbox the builder
@@ -37,6 +38,21 @@ impl Child {
             group,
             reaped: false,
         }
+    }
+
+    /// A pidfd of the (unreaped) child, readable once it has exited; `None` where the
+    /// kernel has no `pidfd_open`.
+    pub(super) fn pidfd(&self) -> Option<OwnedFd> {
+        if self.reaped {
+            return None;
+        }
+        // SAFETY: pidfd_open on our own unreaped child; the result is a new fd we own.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a fresh descriptor returned by the kernel.
+        Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
     }
 
     pub(super) fn kill(&self) {
@@ -96,6 +112,43 @@ fn decode(status: i32) -> BuildStatus {
 }
 
 /// Waits up to `wait` for `fd` to be readable (or hung up).
+/// Polls the log (if still open) and the child's pidfd (if any) for at most `wait`:
+/// (log readable, child exited).
+fn poll_log_and_exit(
+    log: Option<&OwnedFd>,
+    exit: Option<&OwnedFd>,
+    wait: Duration,
+) -> io::Result<(bool, bool)> {
+    let mut fds = Vec::with_capacity(2);
+    for fd in [log, exit].into_iter().flatten() {
+        fds.push(libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    if fds.is_empty() {
+        return Ok((false, false));
+    }
+    let ms = wait.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `fds` holds valid pollfds.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if r == -1 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok((false, false))
+        } else {
+            Err(e)
+        };
+    }
+    let ready = |i: usize| fds.get(i).is_some_and(|p| p.revents != 0);
+    Ok(match (log.is_some(), exit.is_some()) {
+        (true, true) => (ready(0), ready(1)),
+        (true, false) => (ready(0), false),
+        (false, _) => (false, ready(0)),
+    })
+}
+
 fn poll_readable(fd: &OwnedFd, wait: Duration) -> io::Result<bool> {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
@@ -155,6 +208,7 @@ pub(super) fn supervise(
     let mut last_output = start;
     let mut buf = vec![0u8; 64 * 1024];
     let mut open = true;
+    let exit_fd = child.pidfd();
     let status = loop {
         if let Some(raw) = child.wait(false).map_err(SandboxError::Wait)? {
             break decode(raw);
@@ -177,13 +231,16 @@ pub(super) fn supervise(
             };
             wait = wait.min(left);
         }
-        if !open {
-            std::thread::sleep(wait);
-            continue;
-        }
-        if poll_readable(&log_fd, wait).map_err(SandboxError::Log)? {
+        // Wake up for output, or as soon as the child exits (its pidfd becomes readable),
+        // or when a limit is due.
+        let (readable, exited) = poll_log_and_exit(open.then_some(&log_fd), exit_fd.as_ref(), wait)
+            .map_err(SandboxError::Log)?;
+        if readable {
             open = pump(&log_fd, &mut buf, log)?;
             last_output = Instant::now();
+        } else if !open && !exited && exit_fd.is_none() {
+            // No pidfd (old kernel): short naps while only the exit is awaited.
+            std::thread::sleep(wait.min(Duration::from_millis(2)));
         }
     };
     // Whatever the builder left running goes now (in the sandbox the kernel already did it).
