@@ -164,6 +164,7 @@ pub fn build_derivation(
     inputs: &BTreeSet<StorePath>,
     config: &BuildConfig,
 ) -> Result<Built, BuildError> {
+    let t_start = std::time::Instant::now();
     let printed = store.print_path(drv_path);
     if drv.outputs.values().any(|o| o.path().is_none()) {
         return Err(BuildError::Deferred { drv: printed });
@@ -268,6 +269,7 @@ pub fn build_derivation(
     let mut log = LogSink::create(store.layout(), drv_path, config.print_logs)
         .map_err(io_err("cannot create the build log"))?;
     tracing::info!("building '{printed}'");
+    let t_run = std::time::Instant::now();
     let status =
         sandbox::run(&spec, config.mode, &mut log).map_err(|source| BuildError::Sandbox {
             drv: printed.clone(),
@@ -284,6 +286,8 @@ pub fn build_derivation(
         });
     }
 
+    let run_time = t_run.elapsed();
+    let t_post = std::time::Instant::now();
     // 4. Check, canonicalise, hash and scan each output.
     let mut candidates: Vec<StorePath> = closure.iter().cloned().collect();
     candidates.extend(outputs.values().map(|p| (*p).clone()));
@@ -392,7 +396,14 @@ pub fn build_derivation(
             })
         })?);
     }
+    let check_time = t_post.elapsed();
+    let t_commit = std::time::Instant::now();
     store.commit_staged(batch)?;
+    tracing::debug!(
+        "built '{printed}': setup {:.1?}, builder {run_time:.1?}, outputs {check_time:.1?}, commit {:.1?}",
+        t_run.duration_since(t_start),
+        t_commit.elapsed()
+    );
     let names = outputs
         .iter()
         .map(|(o, p)| ((*o).to_owned(), (*p).clone()))
