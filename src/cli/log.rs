@@ -20,14 +20,7 @@ pub struct LogArgs {
 pub fn run(g: &GlobalArgs, args: LogArgs) -> Result<ExitCode> {
     let store = super::open_store(g)?;
     let (arg, _) = store::format::derivation::derived_path::DerivedPath::split(&args.path);
-    // A result link (or any symlink into the store) names what it points to.
-    let path = match store.parse_user_path(arg) {
-        Ok(p) => p,
-        Err(e) => match std::fs::canonicalize(arg) {
-            Ok(real) => store.parse_user_path(&real.to_string_lossy())?,
-            Err(_) => return Err(e.into()),
-        },
-    };
+    let path = store.parse_user_path(arg)?;
     let drv = if path.name().ends_with(".drv") {
         path
     } else {

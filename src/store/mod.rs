@@ -156,8 +156,34 @@ impl LocalStore {
     }
 
     /// Parses a path given by a user: a logical store path (optionally with a sub path,
-    /// which is dropped) or the same path under the physical store directory.
+    /// which is dropped), the same path under the physical store directory, or a symlink
+    /// (like a `result` link) to either.
     pub fn parse_user_path(&self, arg: &str) -> Result<StorePath, StoreError> {
+        match self.parse_user_path_direct(arg) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                // A link into the store (like a `result` link): follow it, a few levels deep.
+                let mut current = std::path::PathBuf::from(arg);
+                for _ in 0..8 {
+                    let Ok(target) = std::fs::read_link(&current) else {
+                        break;
+                    };
+                    current = match current.parent() {
+                        Some(dir) if target.is_relative() => dir.join(target),
+                        _ => target,
+                    };
+                    if let Some(s) = current.to_str() {
+                        if let Ok(p) = self.parse_user_path_direct(s) {
+                            return Ok(p);
+                        }
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn parse_user_path_direct(&self, arg: &str) -> Result<StorePath, StoreError> {
         if let Ok((p, _)) = self.store_dir().parse_path_prefix(arg) {
             return Ok(p);
         }
