@@ -61,6 +61,13 @@ pub(super) enum Op {
     Touch {
         path: CString,
     },
+    /// Makes every mount below `top` read-only, `top` itself staying writable: one
+    /// `mount_setattr` for the whole tree (Linux 5.12), else a remount per child (with the
+    /// flags the remount must keep).
+    ReadOnlyChildren {
+        top: CString,
+        children: Vec<(CString, c_ulong)>,
+    },
 }
 
 impl Op {
@@ -75,6 +82,9 @@ impl Op {
             Op::Symlink { path, .. } => format!("creating symlink {}", s(path)),
             Op::File { path, .. } => format!("writing {}", s(path)),
             Op::Touch { path } => format!("creating {}", s(path)),
+            Op::ReadOnlyChildren { top, .. } => {
+                format!("making the mounts under {} read-only", s(top))
+            }
         }
     }
 }
@@ -315,7 +325,65 @@ fn run_op(step: u32, op: &Op) -> StepResult {
         }),
         Op::File { path, contents } => write_file(step, path, contents, true),
         Op::Touch { path } => write_file(step, path, &[], true),
+        Op::ReadOnlyChildren { top, children } => {
+            if read_only_tree(top) {
+                return Ok(());
+            }
+            for (dst, locked) in children {
+                let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | locked;
+                mount(step, None, dst, None, flags, None)?;
+            }
+            Ok(())
+        }
     }
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const AT_RECURSIVE: c_int = 0x8000;
+
+/// Sets read-only on the mount tree at `top`, then clears it on `top` alone. `false` if the
+/// kernel cannot (the caller then remounts each child).
+fn read_only_tree(top: &CStr) -> bool {
+    let set = |flags: c_int, attr: &MountAttr| {
+        // SAFETY: a valid path and a `mount_attr` of the size passed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                top.as_ptr(),
+                flags,
+                attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        }
+    };
+    let ro = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    if set(AT_RECURSIVE, &ro) != 0 {
+        return false;
+    }
+    let rw = MountAttr {
+        attr_set: 0,
+        attr_clr: MOUNT_ATTR_RDONLY,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // Clearing what we just set on our own writable bind cannot be refused; if it were, the
+    // store dir would stay read-only and the build would fail on creating its outputs.
+    set(0, &rw) == 0
 }
 
 fn bring_up_loopback() -> StepResult {

@@ -321,14 +321,34 @@ pub(super) fn plan(spec: &BuildSpec, scratch: &Scratch) -> Result<Vec<Op>, Sandb
         }
     }
     let mut names = std::collections::BTreeSet::new();
+    let mut read_only = Vec::new();
+    let mut locked_by_dir = std::collections::HashMap::new();
     for (logical, physical, what) in in_store {
         let name = store_name(logical, store_dir, what)?;
         if !names.insert(name.to_owned()) {
             continue; // the same path twice
         }
         if store_mount_point(&scratch.store, name, physical)? {
-            p.bind(physical, logical, true)?;
+            // Made read-only all at once below. The flags a fallback remount must keep are
+            // those of the mount holding the path: one look per directory of inputs.
+            let parent = physical.parent().unwrap_or(physical).to_path_buf();
+            let locked = match locked_by_dir.get(&parent) {
+                Some(l) => *l,
+                None => {
+                    let l = locked_flags(physical)?;
+                    locked_by_dir.insert(parent, l);
+                    l
+                }
+            };
+            p.bind(physical, logical, false)?;
+            read_only.push((cstring(&p.at(logical))?, locked));
         }
+    }
+    if !read_only.is_empty() {
+        p.ops.push(Op::ReadOnlyChildren {
+            top: cstring(&p.at(store_dir))?,
+            children: read_only,
+        });
     }
     for (logical, _) in &spec.outputs {
         let name = store_name(logical, store_dir, "output")?;
