@@ -87,6 +87,7 @@ impl Fixture {
             network: false,
             timeout: Some(Duration::from_secs(60)),
             max_silent: None,
+            scratch_pool: None,
         };
         Fixture { tmp, spec }
     }
@@ -423,4 +424,47 @@ fn no_sandbox_runs_on_the_host_with_the_exact_environment() {
         "{:?}",
         start.elapsed()
     );
+}
+
+#[test]
+fn pooled_scratch_dirs_are_reused_without_leaking_earlier_inputs_or_outputs() {
+    if !sandbox_or_skip("pooled_scratch_dirs_are_reused_without_leaking_earlier_inputs_or_outputs")
+    {
+        return;
+    }
+    use std::sync::Arc;
+    use store::build::sandbox::ScratchPool;
+    // Build 1 has INPUT and fails after writing part of its output; build 2, through the
+    // same one-dir pool, has SECRET as its only input: it must not see INPUT's mount point
+    // nor build 1's partial output, and its own output must come out.
+    let mut f = Fixture::new("/bin/sh", "echo partial > $out; ls /ix/store; exit 3");
+    let pool_dir = f.tmp.path().join("pool");
+    std::fs::create_dir(&pool_dir).unwrap();
+    let pool = Arc::new(ScratchPool::new(pool_dir.clone()));
+    f.spec.scratch_pool = Some(pool.clone());
+    let (status, log) = f.run(SandboxMode::Namespaces);
+    assert_eq!(status, BuildStatus::Exited(3), "{log}");
+    assert!(
+        log.contains("0c7c2a1rbd0kc6w6nsr7bxx3jv2i5xsv-input"),
+        "{log}"
+    );
+    assert!(!f.result().exists());
+
+    let real_store = f.tmp.path().join("root/ix/store");
+    f.spec.inputs = vec![(SECRET.into(), real(&real_store, SECRET))];
+    f.spec.args = vec![
+        "-c".into(),
+        "ls -a /ix/store; cat /ix/store/3k5ilr9rjm7ibjw7mmcq0qy8ffg4x7ni-secret/data > $out".into(),
+    ];
+    let (status, log) = f.run(SandboxMode::Namespaces);
+    assert!(status.success(), "{log}");
+    assert!(
+        !log.contains("-input"),
+        "an earlier input's mount point is visible: {log}"
+    );
+    assert!(!log.contains("-out"), "an earlier output is visible: {log}");
+    assert!(log.contains("-secret"), "{log}");
+    assert_eq!(std::fs::read_to_string(f.result()).unwrap(), "secret\n");
+    // One scratch dir, reused.
+    assert_eq!(std::fs::read_dir(&pool_dir).unwrap().count(), 1);
 }

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -27,7 +28,9 @@ use thiserror::Error;
 use super::canonicalise::{canonicalise_output, CanonError};
 use super::logs::LogSink;
 use super::refscan::{RefScanError, RefScanSink};
-use super::sandbox::{self, BuildSpec, BuildStatus, EnvParams, SandboxError, SandboxMode};
+use super::sandbox::{
+    self, BuildSpec, BuildStatus, EnvParams, SandboxError, SandboxMode, ScratchPool,
+};
 use crate::format::derivation::{Derivation, FixedOutputHash, OutputHashMode};
 use crate::format::hash::{Hash, HashAlgo, HashSink, Hasher};
 use crate::format::keys::SecretKey;
@@ -55,6 +58,8 @@ pub struct BuildConfig {
     pub signing_keys: Vec<SecretKey>,
     /// Copy build output to stderr as well as to the log.
     pub print_logs: bool,
+    /// Sandbox scratch dirs shared by the builds of one realise.
+    pub scratch_pool: Option<Arc<ScratchPool>>,
 }
 
 impl Default for BuildConfig {
@@ -69,6 +74,7 @@ impl Default for BuildConfig {
             check: false,
             signing_keys: Vec::new(),
             print_logs: false,
+            scratch_pool: None,
         }
     }
 }
@@ -263,6 +269,7 @@ pub fn build_derivation(
         network: fixed.is_some(),
         timeout: config.timeout,
         max_silent: config.max_silent,
+        scratch_pool: config.scratch_pool.clone(),
     };
 
     // 3. Run it.

@@ -22,10 +22,12 @@ use thiserror::Error;
 use tokio::task::JoinSet;
 
 use super::local::{build_derivation, BuildConfig, BuildError, Built};
+use super::sandbox::ScratchPool;
 use crate::format::derivation::derived_path::{DerivedPath, OutputsSpec};
 use crate::format::derivation::hash::derivation_closure;
 use crate::format::derivation::Derivation;
 use crate::format::store_path::StorePath;
+use crate::store::lock::TempDir;
 use crate::store::{LocalStore, StoreError};
 use crate::substitute::{Fetched, Plan, Progress, SubstituteError, Substituter};
 
@@ -157,7 +159,13 @@ pub async fn realise(
         _ => None,
     };
     let graph = Arc::new(graph);
-    let config = Arc::new(opts.build.clone());
+    // Sandbox scratch dirs, reused from build to build, in a temp dir of the store's own
+    // file system (removed when this returns, or by the next open after a crash).
+    let scratch_dir = TempDir::new(store.layout())
+        .map_err(|e| StoreError::io("cannot create a temp dir in the store", e))?;
+    let mut build_config = opts.build.clone();
+    build_config.scratch_pool = Some(Arc::new(ScratchPool::new(scratch_dir.path().to_owned())));
+    let config = Arc::new(build_config);
     let mut sched = Schedule::new(&graph, to_build);
     let mut running: JoinSet<(StorePath, Result<Built, BuildError>)> = JoinSet::new();
     let mut failures: BTreeMap<StorePath, RealiseError> = BTreeMap::new();

@@ -232,6 +232,7 @@ fn realise_options(s: &Settings, args: &RealiseArgs, store: &LocalStore) -> Resu
             check: args.check,
             signing_keys: keys,
             print_logs: args.print_build_logs,
+            scratch_pool: None,
         },
     })
 }

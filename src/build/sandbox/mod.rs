@@ -38,7 +38,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -73,6 +74,58 @@ pub struct BuildSpec {
     pub timeout: Option<Duration>,
     /// Kill the builder after this long without output.
     pub max_silent: Option<Duration>,
+    /// Reuse scratch dirs across builds (saves creating and removing the inputs' mount
+    /// points each time); without a pool each build makes its own next to the build dir.
+    pub scratch_pool: Option<Arc<ScratchPool>>,
+}
+
+/// Scratch dirs kept for reuse by later builds, in a directory on the file system of the
+/// build dirs and outputs that the caller owns (and removes).
+#[derive(Debug)]
+pub struct ScratchPool {
+    dir: PathBuf,
+    free: Mutex<Vec<PathBuf>>,
+    next: AtomicU64,
+}
+
+impl ScratchPool {
+    pub fn new(dir: PathBuf) -> Self {
+        ScratchPool {
+            dir,
+            free: Mutex::new(Vec::new()),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// A free scratch dir, and whether it was used before.
+    fn take(&self) -> Result<(PathBuf, bool), SandboxError> {
+        if let Some(p) = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok((p, true));
+        }
+        let p = self.dir.join(format!(
+            "scratch-{}",
+            self.next.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir(&p).map_err(plan::io_err("creating", &p))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
+            .map_err(plan::io_err("changing the mode of", &p))?;
+        Ok((p, false))
+    }
+
+    fn give_back(&self, p: PathBuf) {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).push(p);
+    }
+}
+
+/// Returns a pooled scratch dir when dropped.
+struct PooledScratch<'a>(&'a ScratchPool, Option<PathBuf>);
+
+impl Drop for PooledScratch<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.1.take() {
+            self.0.give_back(p);
+        }
+    }
 }
 
 /// How to isolate the builder.
@@ -237,14 +290,29 @@ fn run_sandboxed(
     limits: supervise::Limits,
     log: &mut dyn Write,
 ) -> Result<BuildStatus, SandboxError> {
-    let parent = spec.build_dir.parent().unwrap_or(Path::new("/"));
-    let dir = tempfile::Builder::new()
-        .prefix(".sandbox-")
-        .tempdir_in(parent)
-        .map_err(plan::io_err("creating a scratch dir in", parent))?
-        .keep();
-    let scratch_dir = ScratchDir(dir);
-    let scratch = plan::Scratch::create(&scratch_dir.0)?;
+    let (_owned, _pooled, scratch) = match &spec.scratch_pool {
+        Some(pool) => {
+            let (dir, reused) = pool.take()?;
+            let guard = PooledScratch(pool, Some(dir.clone()));
+            let scratch = if reused {
+                plan::Scratch::reuse(&dir)
+            } else {
+                plan::Scratch::create(&dir)?
+            };
+            (None, Some(guard), scratch)
+        }
+        None => {
+            let parent = spec.build_dir.parent().unwrap_or(Path::new("/"));
+            let dir = tempfile::Builder::new()
+                .prefix(".sandbox-")
+                .tempdir_in(parent)
+                .map_err(plan::io_err("creating a scratch dir in", parent))?
+                .keep();
+            let owned = ScratchDir(dir);
+            let scratch = plan::Scratch::create(&owned.0)?;
+            (Some(owned), None, scratch)
+        }
+    };
     let ops = plan::plan(spec, &scratch)?;
     let started = spawn::spawn_sandboxed(spec, &scratch.root, ops)?;
     let mut child = started.child;
@@ -258,7 +326,6 @@ fn run_sandboxed(
             }
         }
     }
-    drop(scratch_dir);
     Ok(status)
 }
 

@@ -206,10 +206,30 @@ fn store_mount_point(
 ) -> Result<bool, SandboxError> {
     let meta = fs::symlink_metadata(physical).map_err(io_err("inspecting", physical))?;
     let at = scratch_store.join(name);
+    // A reused scratch dir may have the entry from an earlier build: keep it when it is the
+    // same kind of (empty) mount point, or the same symlink.
+    let existing = fs::symlink_metadata(&at).ok();
     if meta.file_type().is_symlink() {
         let target = fs::read_link(physical).map_err(io_err("reading the symlink", physical))?;
+        if let Some(e) = &existing {
+            if e.file_type().is_symlink() && fs::read_link(&at).ok().as_ref() == Some(&target) {
+                return Ok(false);
+            }
+            remove_entry(&at)?;
+        }
         symlink(&target, &at).map_err(io_err("creating", &at))?;
         return Ok(false);
+    }
+    if let Some(e) = &existing {
+        let reusable = if meta.is_dir() {
+            e.is_dir()
+        } else {
+            e.is_file() && e.len() == 0
+        };
+        if reusable {
+            return Ok(true);
+        }
+        remove_entry(&at)?;
     }
     if meta.is_dir() {
         fs::create_dir(&at).map_err(io_err("creating", &at))?;
@@ -219,13 +239,44 @@ fn store_mount_point(
     Ok(true)
 }
 
+fn remove_entry(path: &Path) -> Result<(), SandboxError> {
+    crate::fsnar::make_writable_and_remove(path).map_err(io_err("removing", path))
+}
+
+/// Removes from a reused scratch store everything that is not one of `keep` (what an
+/// earlier build left: its inputs' mount points, a failed build's outputs).
+fn prune_scratch_store(
+    scratch_store: &Path,
+    keep: &std::collections::BTreeSet<&std::ffi::OsStr>,
+) -> Result<(), SandboxError> {
+    let entries = fs::read_dir(scratch_store).map_err(io_err("listing", scratch_store))?;
+    for entry in entries {
+        let entry = entry.map_err(io_err("listing", scratch_store))?;
+        if !keep.contains(entry.file_name().as_os_str()) {
+            remove_entry(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// The scratch directory's parts.
 pub(super) struct Scratch {
     pub root: PathBuf,
     pub store: PathBuf,
+    /// Used by an earlier build (see [`super::ScratchPool`]): `store` may hold entries.
+    pub reused: bool,
 }
 
 impl Scratch {
+    /// A scratch dir made by [`Scratch::create`] for an earlier build.
+    pub(super) fn reuse(dir: &Path) -> Self {
+        Scratch {
+            root: dir.join("root"),
+            store: dir.join("store"),
+            reused: true,
+        }
+    }
+
     pub(super) fn create(dir: &Path) -> Result<Self, SandboxError> {
         let root = dir.join("root");
         let store = dir.join("store");
@@ -233,7 +284,11 @@ impl Scratch {
         fs::create_dir(&store).map_err(io_err("creating", &store))?;
         fs::set_permissions(&store, fs::Permissions::from_mode(0o755))
             .map_err(io_err("changing the mode of", &store))?;
-        Ok(Scratch { root, store })
+        Ok(Scratch {
+            root,
+            store,
+            reused: false,
+        })
     }
 }
 
@@ -343,6 +398,13 @@ pub(super) fn plan(spec: &BuildSpec, scratch: &Scratch) -> Result<Vec<Op>, Sandb
             p.bind(physical, logical, false)?;
             read_only.push((cstring(&p.at(logical))?, locked));
         }
+    }
+    if scratch.reused {
+        let keep: std::collections::BTreeSet<&std::ffi::OsStr> = names
+            .iter()
+            .map(|n: &std::ffi::OsString| n.as_os_str())
+            .collect();
+        prune_scratch_store(&scratch.store, &keep)?;
     }
     if !read_only.is_empty() {
         p.ops.push(Op::ReadOnlyChildren {
