@@ -35,19 +35,6 @@ fn sandbox_paths() -> String {
         .join(" ")
 }
 
-fn sandbox_or_skip(test: &str) -> bool {
-    match store::build::sandbox::namespaces_available() {
-        Ok(()) => true,
-        Err(why) => {
-            if std::env::var("STORE_REQUIRE_SANDBOX").as_deref() == Ok("1") {
-                panic!("{test}: STORE_REQUIRE_SANDBOX=1 but {why}");
-            }
-            eprintln!("\n!!! SKIPPED {test}: no build sandbox here: {why} !!!\n");
-            false
-        }
-    }
-}
-
 /// No test should take long; a hung build fails the test instead of hanging it.
 const TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -29,19 +29,6 @@ fn sandbox_paths() -> String {
         .join(" ")
 }
 
-fn sandbox_or_skip(test: &str) -> bool {
-    match store::build::sandbox::namespaces_available() {
-        Ok(()) => true,
-        Err(why) => {
-            if std::env::var("STORE_REQUIRE_SANDBOX").as_deref() == Ok("1") {
-                panic!("{test}: STORE_REQUIRE_SANDBOX=1 but {why}");
-            }
-            eprintln!("\n!!! SKIPPED {test}: no build sandbox here: {why} !!!\n");
-            false
-        }
-    }
-}
-
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs `cmd`, killing it after [`TIMEOUT`].

@@ -9,19 +9,6 @@ use std::fs;
 use common::*;
 use serde_json::Value;
 
-fn sandbox_or_skip(test: &str) -> bool {
-    match store::build::sandbox::namespaces_available() {
-        Ok(()) => true,
-        Err(why) => {
-            if std::env::var("STORE_REQUIRE_SANDBOX").as_deref() == Ok("1") {
-                panic!("{test}: STORE_REQUIRE_SANDBOX=1 but {why}");
-            }
-            eprintln!("\n*** SKIPPED {test}: {why} ***\n");
-            false
-        }
-    }
-}
-
 #[test]
 fn build_sign_push_then_substitute() {
     if !sandbox_or_skip("build_sign_push_then_substitute") {

@@ -73,19 +73,6 @@ fn made_up_path(name: &str) -> String {
     format!("/nix/store/{}-{name}", &h[..32])
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::write(&target, fs::read(entry.path()).unwrap()).unwrap();
-        }
-    }
-}
-
 /// A writable copy of a fixture cache (`caches/none`, `negative/bad-narhash`, …).
 fn cache_copy(s: &TestStore, rel: &str) -> PathBuf {
     let dir = s.scratch().join(rel.replace('/', "-"));

@@ -47,20 +47,6 @@ fn nix_store() -> TestStore {
     TestStore::with_store_dir("/nix/store")
 }
 
-/// Copies a directory tree; the copies are writable (the fixtures are read-only).
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::write(&target, fs::read(entry.path()).unwrap()).unwrap();
-        }
-    }
-}
-
 /// An HTTP server with its own runtime, so the tests themselves stay synchronous and can
 /// block on child processes.
 /// Whether the `from` of a report names the cache at `url` (ignoring `?params` and a

@@ -192,17 +192,3 @@ fn an_untrusted_narinfo_cannot_add_references_to_the_plan() {
     assert!(err.contains(ROOT) && err.contains("untrusted"), "{err}");
     assert!(!err.contains("bogus"), "{err}");
 }
-
-/// Copies a directory tree; the copies are writable (the fixtures are read-only).
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::write(&target, fs::read(entry.path()).unwrap()).unwrap();
-        }
-    }
-}

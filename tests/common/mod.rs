@@ -167,3 +167,32 @@ pub fn stdout_of(mut c: Command) -> String {
     assert_success(&out, &c);
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Whether builds can run in the sandbox here; if not, says so loudly (a SKIPPED line), or
+/// fails the test when `STORE_REQUIRE_SANDBOX=1` (as CI sets).
+pub fn sandbox_or_skip(test: &str) -> bool {
+    match store::build::sandbox::namespaces_available() {
+        Ok(()) => true,
+        Err(why) => {
+            if std::env::var("STORE_REQUIRE_SANDBOX").as_deref() == Ok("1") {
+                panic!("{test}: STORE_REQUIRE_SANDBOX=1 but {why}");
+            }
+            eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+            false
+        }
+    }
+}
+
+/// Copies a directory tree; the copies are writable (the fixtures are read-only).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::write(&target, std::fs::read(entry.path()).unwrap()).unwrap();
+        }
+    }
+}
