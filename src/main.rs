@@ -19,7 +19,15 @@ fn main() -> ExitCode {
             }
             let _ = std::io::stdout().flush();
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // Build failures exit like Nix's (100 + 1 timeout, 2 hash mismatch, 4 check).
+            match e
+                .chain()
+                .find_map(|c| c.downcast_ref::<store::build::worker::RealiseError>())
+                .and_then(store::build::worker::RealiseError::exit_status)
+            {
+                Some(code) => ExitCode::from(code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -117,3 +117,42 @@ inputs.dep = "dep.toml"
     let out = t.cmd().args(["verify", "--all"]).output().unwrap();
     assert_success(&out, "verify --all");
 }
+
+#[test]
+fn failed_builds_exit_like_nix() {
+    if !sandbox_or_skip("failed_builds_exit_like_nix") {
+        return;
+    }
+    let s = TestStore::new();
+    let dir = s.scratch();
+    fs::write(
+        dir.join("fails.toml"),
+        "name = \"fails\"\nbuilder = \"/bin/sh\"\nargs = [\"-c\", \"echo no; exit 3\"]\n",
+    )
+    .unwrap();
+    // A fixed output whose declared hash is not that of what the builder writes.
+    fs::write(
+        dir.join("wrong.toml"),
+        "name = \"wrong\"\nbuilder = \"/bin/sh\"\nargs = [\"-c\", \"echo x > $out\"]\n\
+         output_hash = \"sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\"\n",
+    )
+    .unwrap();
+    let code = |recipe: &str| {
+        let out = s
+            .cmd()
+            .args(["realise", "--sandbox-paths", "/bin /lib /lib64 /usr"])
+            .arg(dir.join(recipe))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (c, err) = code("fails.toml");
+    assert_eq!(c, Some(100), "{err}");
+    assert!(err.contains("exit code 3"), "{err}");
+    let (c, err) = code("wrong.toml");
+    assert_eq!(c, Some(102), "{err}");
+    assert!(err.contains("specified:") && err.contains("got:"), "{err}");
+}

@@ -51,12 +51,43 @@ pub enum RealiseError {
     Build(#[from] BuildError),
     #[error("cannot read derivation '{path}': {reason}")]
     Derivation { path: String, reason: String },
+    #[error("cannot build '{path}': {reason}")]
+    GaveUp { path: String, reason: String },
     #[error("derivation '{drv}' has no output named {outputs}")]
     NoSuchOutput { drv: String, outputs: String },
     #[error("{count} derivation(s) could not be built:\n{details}")]
-    BuildsFailed { count: usize, details: String },
+    BuildsFailed {
+        count: usize,
+        details: String,
+        /// The combined [`RealiseError::exit_status`] of the failures.
+        status: Option<u8>,
+    },
     #[error("internal task failed: {0}")]
     Task(String),
+}
+
+impl RealiseError {
+    /// Nix's exit status for a failed build: 100, plus 1 if a build timed out (or was
+    /// silent too long), 2 for a fixed-output hash mismatch, 4 for a non-deterministic
+    /// build found by `--check`; `None` for errors that are not build failures.
+    pub fn exit_status(&self) -> Option<u8> {
+        use super::sandbox::BuildStatus;
+        match self {
+            RealiseError::Build(e) => Some(match e {
+                BuildError::Failed {
+                    status: BuildStatus::TimedOut | BuildStatus::SilentTooLong,
+                    ..
+                } => 101,
+                BuildError::FixedOutputMismatch { .. } => 102,
+                BuildError::NotDeterministic { .. } => 104,
+                _ => 100,
+            }),
+            RealiseError::BuildsFailed { status, .. } => Some(status.unwrap_or(100)),
+            // A build given up because a dependency failed.
+            RealiseError::GaveUp { .. } => Some(100),
+            _ => None,
+        }
+    }
 }
 
 /// What a realise did.
@@ -200,7 +231,7 @@ pub async fn realise(
                         for dependent in sched.failed(&drv) {
                             failures.insert(
                                 dependent.clone(),
-                                RealiseError::Derivation {
+                                RealiseError::GaveUp {
                                     path: store.print_path(&dependent),
                                     reason: format!("dependency '{}' failed", store.print_path(&drv)),
                                 },
@@ -230,7 +261,7 @@ pub async fn realise(
             let missing = missing_inputs(store, &graph, &drv)?;
             failures.insert(
                 drv.clone(),
-                RealiseError::Derivation {
+                RealiseError::GaveUp {
                     path: store.print_path(&drv),
                     reason: format!("its inputs are not valid: {}", missing.join(", ")),
                 },
@@ -246,6 +277,10 @@ pub async fn realise(
         1 => Err(failures.remove(0)),
         n => Err(RealiseError::BuildsFailed {
             count: n,
+            status: failures
+                .iter()
+                .filter_map(RealiseError::exit_status)
+                .reduce(|a, b| a | b),
             details: failures
                 .iter()
                 .map(|e| format!("  {}", crate::substitute::error_chain(e)))
