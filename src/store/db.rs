@@ -60,6 +60,9 @@ pub enum DbError {
     Corrupt { path: String, what: String },
 }
 
+/// How long a statement waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Schema migrations; entry `i` upgrades from `user_version` i to i+1.
 pub const MIGRATIONS: &[&str] = &[
     r#"
@@ -108,8 +111,28 @@ impl Db {
     /// Opens (creating and migrating if needed) the database of a store whose logical
     /// store dir is `store_dir`.
     pub fn open(path: &Path, store_dir: &StoreDir) -> Result<Db, DbError> {
+        // Opening while other processes write can meet SQLITE_BUSY in the steps that do not
+        // wait on the busy handler (switching to WAL, the first read of the WAL index):
+        // retry for as long as the busy timeout would have waited.
+        let start = std::time::Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match Self::open_once(path, store_dir) {
+                Err(DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && start.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path, store_dir: &StoreDir) -> Result<Db, DbError> {
         let mut conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(60))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
