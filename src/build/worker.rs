@@ -49,8 +49,9 @@ pub enum RealiseError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Build(#[from] BuildError),
-    #[error("cannot read derivation '{path}': {reason}")]
-    Derivation { path: String, reason: String },
+    /// Reading the derivation graph failed (the message names the derivation and why).
+    #[error("{0}")]
+    Derivations(String),
     #[error("cannot build '{path}': {reason}")]
     GaveUp { path: String, reason: String },
     #[error("derivation '{drv}' has no output named {outputs}")]
@@ -295,18 +296,9 @@ fn load_graph<'a>(
     store: &LocalStore,
     roots: impl IntoIterator<Item = &'a StorePath>,
 ) -> Result<BTreeMap<StorePath, Derivation>, RealiseError> {
-    let dir = store.store_dir().clone();
-    let mut lookup = |p: &StorePath| -> Result<Derivation, String> {
-        if !store.is_valid(p).map_err(|e| e.to_string())? {
-            return Err("it is not valid".to_owned());
-        }
-        let bytes = std::fs::read(store.layout().real_path(p)).map_err(|e| e.to_string())?;
-        Derivation::parse_store_drv(&bytes, &dir, p).map_err(|e| e.to_string())
-    };
-    derivation_closure(&dir, roots, &mut lookup).map_err(|e| RealiseError::Derivation {
-        path: String::new(),
-        reason: e.to_string(),
-    })
+    let mut lookup = |p: &StorePath| store.read_derivation(p);
+    derivation_closure(store.store_dir(), roots, &mut lookup)
+        .map_err(|e| RealiseError::Derivations(crate::substitute::error_chain(&e)))
 }
 
 /// Decides what to build and what to substitute; see the module doc.

@@ -54,16 +54,6 @@ impl LazyStore<'_> {
     }
 }
 
-/// Reads a derivation that is valid in the store.
-fn read_store_drv(store: &LocalStore, path: &StorePath) -> Result<Derivation> {
-    let printed = store.print_path(path);
-    store.query_valid(path)?;
-    let bytes = std::fs::read(store.layout().real_path(path))
-        .with_context(|| format!("cannot read '{printed}'"))?;
-    Derivation::parse_store_drv(&bytes, store.store_dir(), path)
-        .with_context(|| format!("invalid derivation '{printed}'"))
-}
-
 /// The derivation name of a `.drv` file outside the store: its file name without `.drv`
 /// and without a leading `<hash>-` (a copy of a store `.drv` keeps its name).
 fn name_of_file(path: &Path) -> Result<String> {
@@ -97,7 +87,7 @@ fn show(g: &GlobalArgs, args: ShowArgs) -> Result<ExitCode> {
         if is_in_store(arg, &layout) {
             let s = store.get()?;
             let path = s.parse_user_path(arg)?;
-            let drv = read_store_drv(s, &path)?;
+            let drv = s.read_derivation(&path)?;
             drvs.insert(path, drv);
         } else {
             let file = Path::new(arg);
@@ -118,7 +108,8 @@ fn show(g: &GlobalArgs, args: ShowArgs) -> Result<ExitCode> {
         if !inputs.is_empty() {
             let s = store.get()?;
             let closure = derivation_closure(&dir, &inputs, &mut |p: &StorePath| {
-                read_store_drv(s, p).map_err(|e| InputError(format!("{e:#}")))
+                s.read_derivation(p)
+                    .map_err(|e| InputError(format!("{:#}", anyhow::Error::from(e))))
             })?;
             drvs.extend(closure);
         }

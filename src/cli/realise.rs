@@ -20,7 +20,6 @@ use store::build::worker::{self, RealiseOptions, Realised};
 use store::cache::compression::Compression;
 use store::cache::{Cache, CacheUrl, ClientOptions};
 use store::format::derivation::derived_path::{DerivedPath, OutputsSpec};
-use store::format::derivation::Derivation;
 use store::format::keys::{PublicKey, TrustedKeys};
 use store::format::store_path::StorePath;
 use store::push::{push, push_logs, PushOptions, DEFAULT_PUSH_JOBS};
@@ -255,10 +254,7 @@ fn already_valid(
         let DerivedPath::Built { drv, outputs } = t else {
             continue;
         };
-        let bytes = std::fs::read(store.layout().real_path(drv))
-            .with_context(|| format!("cannot read '{}'", store.print_path(drv)))?;
-        let parsed = Derivation::parse_store_drv(&bytes, store.store_dir(), drv)
-            .with_context(|| format!("invalid derivation '{}'", store.print_path(drv)))?;
+        let parsed = store.read_derivation(drv)?;
         let (known, unknown) = outputs.select(&parsed);
         if !unknown.is_empty() {
             return Ok(None); // the full path reports the error

@@ -140,6 +140,7 @@ fn import_status(e: &StoreError) -> StatusCode {
         | StoreError::Io { .. }
         | StoreError::SourceChanged(_)
         | StoreError::NotValid(_)
+        | StoreError::InvalidDerivation { .. }
         | StoreError::Roots(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

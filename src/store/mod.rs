@@ -79,6 +79,12 @@ pub enum StoreError {
     SourceChanged(String),
     #[error("path '{0}' is not valid")]
     NotValid(String),
+    #[error("invalid derivation '{path}'")]
+    InvalidDerivation {
+        path: String,
+        #[source]
+        source: crate::format::derivation::DerivationError,
+    },
     #[error(transparent)]
     Roots(#[from] roots::RootsError),
 }

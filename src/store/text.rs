@@ -1,17 +1,33 @@
 //! `add_text`: a file given as bytes becomes a `text` path (what `builtins.toFile` and
 //! the writing of `.drv` files do in Nix), with references that must already be valid.
 //! The file goes through the same install protocol as every other path.
+//! `read_derivation` reads such a file back when it is a `.drv`.
 
 use std::collections::BTreeSet;
 
 use super::{AddOutcome, LocalStore, PathInfo, StoreError};
 use crate::format::ca::ContentAddress;
+use crate::format::derivation::Derivation;
 use crate::format::hash::{Hash, HashAlgo};
 use crate::format::nar::NarWriter;
 use crate::format::store_path::{StorePath, StorePathName};
 use crate::fsnar::{self, RestoreOptions};
 
 impl LocalStore {
+    /// The derivation in the valid `.drv` path `path`.
+    pub fn read_derivation(&self, path: &StorePath) -> Result<Derivation, StoreError> {
+        self.query_valid(path)?;
+        let printed = self.print_path(path);
+        let bytes = std::fs::read(self.layout.real_path(path))
+            .map_err(|e| StoreError::io(format!("cannot read '{printed}'"), e))?;
+        Derivation::parse_store_drv(&bytes, self.store_dir(), path).map_err(|source| {
+            StoreError::InvalidDerivation {
+                path: printed,
+                source,
+            }
+        })
+    }
+
     /// Adds `contents` as the text path `name` with `references` (Nix's
     /// `addTextToStore`). Refuses unless every reference is valid. If the path is already
     /// valid nothing is written.
