@@ -14,48 +14,17 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
 
-fn sandbox_paths() -> String {
-    ["/bin", "/lib", "/lib64", "/usr"]
-        .iter()
-        .filter(|p| Path::new(p).exists())
-        .copied()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs `cmd`, killing it after [`TIMEOUT`].
-fn run_timed(mut cmd: Command) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(TIMEOUT) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            // SAFETY: kill(2) on the pid of our own child, which has not been reaped.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("{cmd:?} did not finish within {TIMEOUT:?}");
-        }
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+fn run_timed(cmd: Command) -> Output {
+    run_with_timeout(cmd, TIMEOUT)
 }
 
 /// Our store (logical dir `/nix/store`), a Nix chroot store, a signed cache between them.

@@ -7,47 +7,16 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 /// Host directories the builders need (dash and coreutils and their libraries).
-pub(crate) fn sandbox_paths() -> String {
-    ["/bin", "/lib", "/lib64", "/usr"]
-        .iter()
-        .filter(|p| Path::new(p).exists())
-        .copied()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// No test should take long; a hung build fails the test instead of hanging it.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs `cmd`, killing it after [`TIMEOUT`].
-pub(crate) fn run_timed(mut cmd: Command) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(TIMEOUT) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            // SAFETY: kill(2) on the pid of our own child, which has not been reaped.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("{cmd:?} did not finish within {TIMEOUT:?}");
-        }
-    }
-}
-
-pub(crate) fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+pub(crate) fn run_timed(cmd: Command) -> Output {
+    run_with_timeout(cmd, TIMEOUT)
 }
 
 /// A store under a temp root plus a directory of recipes.

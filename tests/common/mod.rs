@@ -196,3 +196,42 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The host directories a `/bin/sh` builder needs in the sandbox (dash is dynamically
+/// linked), those that exist here, space separated.
+pub fn sandbox_paths() -> String {
+    ["/bin", "/lib", "/lib64", "/usr"]
+        .iter()
+        .filter(|p| Path::new(p).exists())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `cmd` with its output captured, killing it (and failing the test) after `limit`.
+pub fn run_with_timeout(mut cmd: Command, limit: std::time::Duration) -> Output {
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of our own child, which has not been reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// Bytes as text, lossily.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
