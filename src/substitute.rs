@@ -32,6 +32,7 @@ use crate::format::nar::NarReadError;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::StorePath;
 use crate::fsnar::FsNarError;
+use crate::store::stage::references_first;
 use crate::store::{ImportError, LocalStore, NarImport, Stage, Staged, StoreError};
 use crate::trust::{check_narinfo, TrustError};
 
@@ -652,28 +653,11 @@ type CommitResult = Result<Vec<Fetched>, StoreError>;
 
 /// The paths of `wanted`, each after those of its references that are in `wanted`.
 fn reference_order(wanted: &BTreeMap<StorePath, Candidate>) -> Vec<StorePath> {
-    let mut order = Vec::with_capacity(wanted.len());
-    let mut seen: BTreeSet<&StorePath> = BTreeSet::new();
-    for root in wanted.keys() {
-        if !seen.insert(root) {
-            continue;
-        }
-        // Iterative post-order depth-first search: chains can be long.
-        let mut stack: Vec<(&StorePath, bool)> = vec![(root, false)];
-        while let Some((p, expanded)) = stack.pop() {
-            if expanded {
-                order.push(p.clone());
-                continue;
-            }
-            stack.push((p, true));
-            for r in wanted[p].info.references() {
-                if r != p && wanted.contains_key(r) && seen.insert(r) {
-                    stack.push((r, false));
-                }
-            }
-        }
-    }
-    order
+    let paths: Vec<&StorePath> = wanted.keys().collect();
+    references_first(paths, |p| p, |p| wanted[*p].info.references())
+        .into_iter()
+        .cloned()
+        .collect()
 }
 
 /// Takes out of `staged` (keyed by rank in reference order) every path whose references

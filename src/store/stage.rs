@@ -12,7 +12,7 @@
 //! [`super::lock::TempDir`]), shared by everything staged at the same time and removed
 //! when the last of them is gone.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -133,7 +133,7 @@ impl LocalStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut batch = reference_order(batch);
+        let mut batch = references_first(batch, |s| &s.info.path, |s| &s.info.references);
         // References outside the batch must stay valid until the batch is registered.
         for s in &batch {
             for r in s.info.references.iter().filter(|r| **r != s.info.path) {
@@ -227,14 +227,20 @@ impl LocalStore {
 /// The slot [`LocalStore`] keeps its staging dir in.
 pub(super) type StagingSlot = std::sync::Mutex<Weak<TempDir>>;
 
-/// Sorts a batch so that each path comes after those of its references that are in it.
-fn reference_order(batch: Vec<Staged>) -> Vec<Staged> {
-    let index: std::collections::HashMap<StorePath, usize> = batch
+/// Sorts `items` so that each comes after those of its references (`refs_of`) that are
+/// among them (matched by `path_of`). Cycles do not stop it: their members come out in
+/// some order.
+pub fn references_first<T>(
+    items: Vec<T>,
+    path_of: impl Fn(&T) -> &StorePath,
+    refs_of: impl Fn(&T) -> &BTreeSet<StorePath>,
+) -> Vec<T> {
+    let index: std::collections::HashMap<StorePath, usize> = items
         .iter()
         .enumerate()
-        .map(|(i, s)| (s.info.path.clone(), i))
+        .map(|(i, t)| (path_of(t).clone(), i))
         .collect();
-    let mut slots: Vec<Option<Staged>> = batch.into_iter().map(Some).collect();
+    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
     let mut out = Vec::with_capacity(slots.len());
     let mut state = vec![0u8; slots.len()]; // 0 new, 1 visiting, 2 done
     for start in 0..slots.len() {
@@ -243,8 +249,8 @@ fn reference_order(batch: Vec<Staged>) -> Vec<Staged> {
         while let Some((i, expanded)) = stack.pop() {
             if expanded {
                 state[i] = 2;
-                if let Some(s) = slots[i].take() {
-                    out.push(s);
+                if let Some(t) = slots[i].take() {
+                    out.push(t);
                 }
                 continue;
             }
@@ -253,8 +259,8 @@ fn reference_order(batch: Vec<Staged>) -> Vec<Staged> {
             }
             state[i] = 1;
             stack.push((i, true));
-            let Some(s) = slots[i].as_ref() else { continue };
-            for r in &s.info.references {
+            let Some(t) = slots[i].as_ref() else { continue };
+            for r in refs_of(t) {
                 if let Some(&j) = index.get(r) {
                     if j != i && state[j] == 0 {
                         stack.push((j, false));
