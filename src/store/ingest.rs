@@ -13,7 +13,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::stage::{Stage, Staged};
+use super::stage::Stage;
 use super::{LocalStore, PathInfo, StoreError};
 use crate::format::ca::ContentAddress;
 use crate::format::hash::{Hash, HashAlgo, Hasher};
@@ -164,13 +164,7 @@ impl LocalStore {
             }
             .into());
         }
-        match self.stage_nar_with(meta, open)? {
-            Stage::Valid(info) => Ok(AddOutcome {
-                info,
-                installed: false,
-            }),
-            Stage::Staged(staged) => Ok(self.commit_one(staged)?),
-        }
+        Ok(self.complete(self.stage_nar_with(meta, open)?)?)
     }
 
     /// The first half of [`LocalStore::import_nar_with`]: checks the metadata, then locks
@@ -272,21 +266,24 @@ impl LocalStore {
         info: PathInfo,
         build: impl FnOnce(&Path) -> Result<(), E>,
     ) -> Result<AddOutcome, E> {
-        match self.stage(info, build)? {
+        Ok(self.complete(self.stage(info, build)?)?)
+    }
+
+    /// The end of a one-path install: nothing to do if it was valid, else commit it alone.
+    fn complete(&self, stage: Stage) -> Result<AddOutcome, StoreError> {
+        match stage {
             Stage::Valid(info) => Ok(AddOutcome {
                 info,
                 installed: false,
             }),
-            Stage::Staged(staged) => Ok(self.commit_one(staged)?),
+            Stage::Staged(staged) => {
+                let mut infos = self.commit_staged(vec![staged])?;
+                Ok(AddOutcome {
+                    info: infos.remove(0),
+                    installed: true,
+                })
+            }
         }
-    }
-
-    fn commit_one(&self, staged: Staged) -> Result<AddOutcome, StoreError> {
-        let mut infos = self.commit_staged(vec![staged])?;
-        Ok(AddOutcome {
-            info: infos.remove(0),
-            installed: true,
-        })
     }
 }
 

@@ -69,7 +69,8 @@ impl FileLock {
     }
 }
 
-fn open_lock_file(path: &Path) -> io::Result<File> {
+/// Opens (creating it if needed) a lock file, mode 0600, close-on-exec.
+pub(super) fn open_lock_file(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)

@@ -132,15 +132,7 @@ impl GcLock {
 }
 
 fn open_gc_lock(path: &Path) -> Result<File, RootsError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(io_err(format!("cannot open '{}'", path.display())))
+    super::lock::open_lock_file(path).map_err(io_err(format!("cannot open '{}'", path.display())))
 }
 
 /// The temp roots of one open store (one per [`LocalStore`]).
