@@ -398,7 +398,7 @@ pub fn build_derivation(
         let from = dest(&o);
         outputs_info.insert(o, info.clone());
         batch.push(store.stage_locked(lock, info, |to: &Path| {
-            fs::rename(&from, to).map_err(|e| {
+            fsnar::rename_tree(&from, to).map_err(|e| {
                 StoreError::io(format!("cannot move the output {}", from.display()), e)
             })
         })?);

@@ -206,3 +206,24 @@ fn remove_tree(path: &Path) -> Result<(), FsNarError> {
     }
     Ok(())
 }
+
+/// Renames `from` to `to` (same filesystem). Moving a directory to another parent changes
+/// its `..` entry, which needs write permission on it unless we are root: a read-only
+/// (canonical) directory is made owner-writable for the rename and given its mode back
+/// at `to` (its mtime is not changed by either).
+pub fn rename_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::rename(from, to) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let meta = std::fs::symlink_metadata(from)?;
+            if !meta.is_dir() || meta.permissions().mode() & 0o200 != 0 {
+                return Err(e);
+            }
+            let mode = meta.permissions().mode() & 0o7777;
+            std::fs::set_permissions(from, std::fs::Permissions::from_mode(mode | 0o200))?;
+            std::fs::rename(from, to)?;
+            std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
+        }
+        other => other,
+    }
+}

@@ -34,7 +34,7 @@ use thiserror::Error;
 
 use crate::format::nar::{NarReadError, NarWriteError, NarWriter, MAX_DEPTH};
 
-pub use canon::{canonicalise, make_writable_and_remove};
+pub use canon::{canonicalise, make_writable_and_remove, rename_tree};
 pub use hashing::{HashingReader, HashingWriter};
 pub use restore::{restore, RestoreOptions, RestoreStats};
 

@@ -196,7 +196,7 @@ impl LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("cannot inspect", e)),
         }
-        fs::rename(&s.tree, &real).map_err(|e| io_err("cannot move into place", e))?;
+        fsnar::rename_tree(&s.tree, &real).map_err(|e| io_err("cannot move into place", e))?;
         s.moved = true;
         Ok(())
     }
