@@ -45,67 +45,90 @@ impl Trash {
         Ok(Trash { dir })
     }
 
-    /// Renames the given entries of the store dir into the trash, then syncs both dirs.
-    /// An entry that is already gone is skipped. Returns how many were moved.
-    pub fn move_in(&self, layout: &Layout, names: &[&str]) -> io::Result<usize> {
+    /// Renames the given entries of the store dir into the trash and removes everything in
+    /// the trash (leftovers of earlier runs included) with up to `threads` threads. Removal
+    /// starts as soon as an entry is in the trash, while the rest are still being renamed;
+    /// `moved` runs once every rename is done (and both dirs are synced), before the removal
+    /// ends. An entry that is already gone is skipped. Returns the bytes freed (allocated
+    /// blocks of what was removed) and the number of entries removed.
+    pub fn move_in_and_empty(
+        &self,
+        layout: &Layout,
+        names: &[&str],
+        threads: usize,
+        moved: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<(u64, usize)> {
         let trash = layout.trash_dir();
-        let mut moved = 0;
-        for name in names {
-            let from = layout.real_store().join(name);
-            let to = trash.join(name);
-            match rename_aside(&from, &to) {
-                Ok(true) => moved += 1,
-                Ok(false) => {}
-                Err(e) => return Err(annotate(e, &from)),
-            }
-        }
-        if moved > 0 {
-            self.dir.sync_all().map_err(|e| annotate(e, &trash))?;
-            File::open(layout.real_store())
-                .and_then(|d| d.sync_all())
-                .map_err(|e| annotate(e, layout.real_store()))?;
-        }
-        Ok(moved)
-    }
-
-    /// Removes everything in the trash, with up to `threads` threads. Returns the bytes
-    /// freed (allocated blocks of what was removed) and the number of entries removed.
-    pub fn empty(&self, layout: &Layout, threads: usize) -> io::Result<(u64, usize)> {
-        let trash = layout.trash_dir();
-        let mut names = Vec::new();
+        let mut earlier = Vec::new();
         for e in fs::read_dir(&trash).map_err(|e| annotate(e, &trash))? {
             let e = e.map_err(|e| annotate(e, &trash))?;
-            names.push(CString::new(e.file_name().as_bytes()).map_err(io::Error::other)?);
+            earlier.push(CString::new(e.file_name().as_bytes()).map_err(io::Error::other)?);
         }
-        let n = names.len();
-        let threads = threads.clamp(1, 64).min(n.max(1));
+        let threads = threads
+            .clamp(1, 64)
+            .min((names.len() + earlier.len()).max(1));
+        let (tx, rx) = std::sync::mpsc::channel::<CString>();
+        let rx = std::sync::Mutex::new(rx);
         let dirfd = self.dir.as_fd();
-        let freed = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (names, trash) = (&names, &trash);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    let (rx, trash) = (&rx, &trash);
                     s.spawn(move || {
-                        let mut freed = 0;
+                        let (mut freed, mut removed) = (0, 0);
                         let mut writable = true; // the trash dir is ours, 0700
-                        for name in names.iter().skip(t).step_by(threads) {
-                            freed += remove_at(dirfd, name, &mut writable).map_err(|e| {
+                        loop {
+                            let next = rx.lock().map(|r| r.recv());
+                            let Ok(Ok(name)) = next else { break };
+                            freed += remove_at(dirfd, &name, &mut writable).map_err(|e| {
                                 let p = trash.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
                                 annotate(e.into(), &p)
                             })?;
+                            removed += 1;
                         }
-                        Ok::<u64, io::Error>(freed)
+                        Ok::<_, io::Error>((freed, removed))
                     })
                 })
                 .collect();
-            let mut total = 0;
-            for h in handles {
-                total += h
-                    .join()
-                    .map_err(|_| io::Error::other("a removal thread panicked"))??;
+            let renamed = (|| {
+                for name in earlier {
+                    let _ = tx.send(name);
+                }
+                let mut any = false;
+                for name in names {
+                    let from = layout.real_store().join(name);
+                    if rename_aside(&from, &trash.join(name)).map_err(|e| annotate(e, &from))? {
+                        any = true;
+                        let _ = tx.send(CString::new(*name).map_err(io::Error::other)?);
+                    }
+                }
+                drop(tx);
+                if any {
+                    // Not needed for safety (the rows are gone: a rename lost in a crash
+                    // leaves an unregistered entry, removed by the next collection), but
+                    // the trash is then where a crash finds these paths.
+                    self.dir.sync_all().map_err(|e| annotate(e, &trash))?;
+                    File::open(layout.real_store())
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| annotate(e, layout.real_store()))?;
+                }
+                moved()
+            })();
+            let (mut freed, mut removed, mut failed) = (0, 0, renamed.err());
+            for w in workers {
+                match w.join() {
+                    Ok(Ok((f, r))) => (freed, removed) = (freed + f, removed + r),
+                    Ok(Err(e)) => failed = failed.or(Some(e)),
+                    Err(_) => {
+                        failed = failed.or(Some(io::Error::other("a removal thread panicked")))
+                    }
+                }
             }
-            Ok::<u64, io::Error>(total)
-        })?;
-        Ok((freed, n))
+            match failed {
+                Some(e) => Err(e),
+                None => Ok((freed, removed)),
+            }
+        })
     }
 }
 
@@ -203,10 +226,13 @@ fn remove_at(
     for n in names {
         freed += remove_at(fd.as_fd(), &n, &mut writable)?;
     }
-    drop(fd);
+    // The directory is still open here, so its inode is freed when `fd` closes, after
+    // the parent's lock is released: on a filesystem that discards freed blocks
+    // synchronously, rmdirs in one parent would otherwise wait for the device in turn.
     with_writable_parent(parent, parent_writable, || {
         unlinkat(parent, name, AtFlags::REMOVEDIR)
     })?;
+    drop(fd);
     Ok(freed)
 }
 
