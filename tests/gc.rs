@@ -358,3 +358,50 @@ fn collection_runs_concurrently_with_an_adder() {
     gc(&s);
     assert!(s.all_valid().unwrap().is_empty());
 }
+
+/// A `.drv` that arrives any way at all (here `add_text`, as instantiation and
+/// substitution both end in the same commit) gets its outputs recorded, so keep-outputs
+/// keeps the output of a live derivation nobody instantiated here.
+#[test]
+fn outputs_of_any_registered_derivation_are_recorded() {
+    let root = tempfile::tempdir().unwrap();
+    let l = Layout::new(StoreDir::new("/nix/store").unwrap(), Some(root.path()));
+    let s = LocalStore::open(l.clone()).unwrap();
+    let vec = "wx32cw4ccghkwh8mnxc51wmrx4fqqvx4-vec-fod-flat.drv";
+    let text = fs::read(format!("tests/fixtures/nix-2.8/drv/{vec}")).unwrap();
+    let added = s
+        .add_text(&"vec-fod-flat.drv".parse().unwrap(), &text, &BTreeSet::new())
+        .unwrap();
+    let drv = added.info.path;
+    assert_eq!(drv.as_str(), vec);
+    let out: StorePath = "6fq6bx8wzpb332yg4i3080x2dc0gib41-vec-fod-flat".parse().unwrap();
+    assert_eq!(
+        s.derivation_outputs(&drv).unwrap(),
+        BTreeMap::from([("out".to_owned(), out.clone())])
+    );
+    // Make the output valid (its content does not matter to the collector), root the .drv.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), b"fixed output content\n").unwrap();
+    let mut nar = Vec::new();
+    store::fsnar::dump(&dir.path().join("f"), &mut nar).unwrap();
+    let meta = NarImport {
+        path: out.clone(),
+        nar_hash: Hash::of(HashAlgo::Sha256, &nar),
+        nar_size: nar.len() as u64,
+        references: BTreeSet::new(),
+        deriver: Some(drv.clone()),
+        sigs: BTreeSet::new(),
+        ca: None,
+    };
+    s.import_nar(meta, &nar[..]).unwrap();
+    assert_eq!(s.valid_derivers(&out).unwrap(), [drv.clone()].into());
+    std::os::unix::fs::symlink(l.real_path(&drv), l.gc_roots_dir().join("drv")).unwrap();
+    drop(s); // and its temp roots
+    let s = LocalStore::open(l).unwrap();
+    let keep = GcOptions {
+        keep_outputs: true,
+        ..GcOptions::default()
+    };
+    assert!(s.gc_analyse(&keep).unwrap().dead.is_empty());
+    assert_eq!(s.gc_analyse(&GcOptions::default()).unwrap().dead, vec![out]);
+}

@@ -299,6 +299,16 @@ impl Db {
     /// be the path itself, or come earlier in `infos` (so give them in reference order).
     /// Paths that are already valid are left as they are.
     pub fn register(&mut self, infos: &[PathInfo]) -> Result<(), DbError> {
+        self.register_with_outputs(infos, &[])
+    }
+
+    /// Like [`Db::register`], also recording, in the same transaction, the outputs of the
+    /// derivations among `infos` (as Nix does when it registers a `.drv`).
+    pub fn register_with_outputs(
+        &mut self,
+        infos: &[PathInfo],
+        drv_outputs: &[(StorePath, BTreeMap<String, StorePath>)],
+    ) -> Result<(), DbError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -349,6 +359,21 @@ impl Db {
                 }
                 for r in ref_ids {
                     add_ref.execute([id, r])?;
+                }
+            }
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO derivation_outputs (drv, id, path) VALUES (?1, ?2, ?3)",
+            )?;
+            for (drv, outputs) in drv_outputs {
+                let id = match ids.get(drv) {
+                    Some(id) => *id,
+                    None => find
+                        .query_row([drv.as_str()], |r| r.get(0))
+                        .optional()?
+                        .ok_or_else(|| DbError::NotValid(drv.clone()))?,
+                };
+                for (name, path) in outputs {
+                    put.execute(params![id, name, path.as_str()])?;
                 }
             }
         }

@@ -12,16 +12,20 @@
 //! [`super::lock::TempDir`]), shared by everything staged at the same time and removed
 //! when the last of them is gone.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::lock::{lock_path, FileLock, TempDir};
 use super::{LocalStore, PathInfo, StoreError};
+use crate::format::derivation::{Derivation, DRV_EXTENSION};
 use crate::format::store_path::StorePath;
+
+/// `.drv` files larger than this are not parsed for their outputs.
+const MAX_DRV_SIZE: u64 = 64 << 20;
 use crate::fsnar;
 
 /// A path whose tree is built and checked but not yet visible: commit it with
@@ -169,7 +173,11 @@ impl LocalStore {
         for info in &mut infos {
             info.registration_time = now;
         }
-        self.db().register(&infos)?;
+        let drv_outputs: Vec<_> = batch
+            .iter()
+            .filter_map(|s| self.declared_outputs(&s.info.path))
+            .collect();
+        self.db().register_with_outputs(&infos, &drv_outputs)?;
         for info in &infos {
             tracing::debug!("installed {}", self.print_path(&info.path));
         }
@@ -179,6 +187,49 @@ impl LocalStore {
             started.elapsed()
         );
         Ok(infos)
+    }
+
+    /// The outputs a `.drv` path (now in place) declares, to record with its registration
+    /// however it came (instantiated, substituted, imported), so that keep-outputs and
+    /// `valid_derivers` know them. A `.drv` that does not parse is registered all the same
+    /// (it is only bytes to us), without outputs.
+    fn declared_outputs(
+        &self,
+        path: &StorePath,
+    ) -> Option<(StorePath, BTreeMap<String, StorePath>)> {
+        if !path.name().ends_with(DRV_EXTENSION) {
+            return None;
+        }
+        let real = self.layout.real_path(path);
+        let read = File::open(&real).and_then(|f| {
+            let mut bytes = Vec::new();
+            f.take(MAX_DRV_SIZE + 1).read_to_end(&mut bytes)?;
+            Ok(bytes)
+        });
+        let parsed = match read {
+            Ok(bytes) if bytes.len() as u64 <= MAX_DRV_SIZE => {
+                Derivation::parse_store_drv(&bytes, self.store_dir(), path)
+                    .map_err(|e| e.to_string())
+            }
+            Ok(_) => Err(format!("larger than {MAX_DRV_SIZE} bytes")),
+            Err(e) => Err(e.to_string()),
+        };
+        match parsed {
+            Ok(drv) => {
+                let outputs = drv.output_paths().into_iter();
+                Some((
+                    path.clone(),
+                    outputs.map(|(o, p)| (o.to_owned(), p.clone())).collect(),
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "'{}' is not a derivation we can read ({e}); its outputs are not recorded",
+                    self.print_path(path)
+                );
+                None
+            }
+        }
     }
 
     fn move_into_place(&self, s: &mut Staged) -> Result<(), StoreError> {
