@@ -383,7 +383,7 @@ fn outputs_of_any_registered_derivation_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("f"), b"fixed output content\n").unwrap();
     let mut nar = Vec::new();
-    store::fsnar::dump(&dir.path().join("f"), &mut nar).unwrap();
+    store::fsnar::dump(dir.path().join("f"), &mut nar).unwrap();
     let meta = NarImport {
         path: out.clone(),
         nar_hash: Hash::of(HashAlgo::Sha256, &nar),
