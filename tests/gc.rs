@@ -370,11 +370,17 @@ fn outputs_of_any_registered_derivation_are_recorded() {
     let vec = "wx32cw4ccghkwh8mnxc51wmrx4fqqvx4-vec-fod-flat.drv";
     let text = fs::read(format!("tests/fixtures/nix-2.8/drv/{vec}")).unwrap();
     let added = s
-        .add_text(&"vec-fod-flat.drv".parse().unwrap(), &text, &BTreeSet::new())
+        .add_text(
+            &"vec-fod-flat.drv".parse().unwrap(),
+            &text,
+            &BTreeSet::new(),
+        )
         .unwrap();
     let drv = added.info.path;
     assert_eq!(drv.as_str(), vec);
-    let out: StorePath = "6fq6bx8wzpb332yg4i3080x2dc0gib41-vec-fod-flat".parse().unwrap();
+    let out: StorePath = "6fq6bx8wzpb332yg4i3080x2dc0gib41-vec-fod-flat"
+        .parse()
+        .unwrap();
     assert_eq!(
         s.derivation_outputs(&drv).unwrap(),
         BTreeMap::from([("out".to_owned(), out.clone())])

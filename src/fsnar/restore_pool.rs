@@ -3,13 +3,14 @@
 //! Unpacking a tree of many small files is bound by the kernel's file creation, one file at
 //! a time. Once a NAR shows that it has many files, [`FilePool`] takes small files off the
 //! parsing thread: their contents (at most [`POOL_MAX_FILE`] bytes each, at most
-//! [`POOL_QUEUE`] queued, so memory stays bounded) go with a handle of their (already
+//! [`POOL_QUEUE`] queued, in batches of [`BATCH`], so memory stays bounded) go with a handle of their (already
 //! created) directory to worker threads, which create, write and finish them exactly as the
 //! parsing thread would (`openat` with `O_CREAT|O_EXCL|O_NOFOLLOW` relative to the directory
 //! handle). Directories and symlinks are still made by the parsing thread, in NAR order, and
 //! directories are finished (mode, mtime) only after every worker is done, since creating
 //! entries in them would change their mtime.
 
+use std::cell::RefCell;
 use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -41,9 +42,14 @@ pub(crate) struct FileJob {
     pub path: PathBuf,
 }
 
+/// Files handed to a worker at a time (one wake-up per batch, not per file).
+const BATCH: usize = 16;
+
 /// Worker threads creating small files.
 pub(crate) struct FilePool<'scope> {
-    tx: Option<mpsc::SyncSender<FileJob>>,
+    tx: Option<mpsc::SyncSender<Vec<FileJob>>>,
+    /// The batch being filled.
+    pending: RefCell<Vec<FileJob>>,
     workers: Vec<ScopedJoinHandle<'scope, Result<(), FsNarError>>>,
     failed: Arc<AtomicBool>,
 }
@@ -51,27 +57,30 @@ pub(crate) struct FilePool<'scope> {
 impl<'scope> FilePool<'scope> {
     pub(crate) fn start<'env>(scope: &'scope Scope<'scope, 'env>) -> FilePool<'scope> {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
-        let (tx, rx) = mpsc::sync_channel::<FileJob>(POOL_QUEUE);
+        let (tx, rx) = mpsc::sync_channel::<Vec<FileJob>>(POOL_QUEUE / BATCH);
         let rx = Arc::new(Mutex::new(rx));
         let failed = Arc::new(AtomicBool::new(false));
         let workers = (0..threads)
             .map(|_| {
                 let (rx, failed) = (rx.clone(), failed.clone());
                 scope.spawn(move || loop {
-                    let job = {
+                    let batch = {
                         let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
                         rx.recv()
                     };
-                    let Ok(job) = job else { return Ok(()) };
-                    if let Err(e) = write_job(job) {
-                        failed.store(true, Ordering::Relaxed);
-                        return Err(e);
+                    let Ok(batch) = batch else { return Ok(()) };
+                    for job in batch {
+                        if let Err(e) = write_job(job) {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(e);
+                        }
                     }
                 })
             })
             .collect();
         FilePool {
             tx: Some(tx),
+            pending: RefCell::new(Vec::with_capacity(BATCH)),
             workers,
             failed,
         }
@@ -82,14 +91,28 @@ impl<'scope> FilePool<'scope> {
         if self.failed.load(Ordering::Relaxed) {
             return false;
         }
+        let mut pending = self.pending.borrow_mut();
+        pending.push(job);
+        if pending.len() < BATCH {
+            return true;
+        }
+        let batch = std::mem::replace(&mut *pending, Vec::with_capacity(BATCH));
+        self.send(batch)
+    }
+
+    fn send(&self, batch: Vec<FileJob>) -> bool {
         match &self.tx {
-            Some(tx) => tx.send(job).is_ok(),
+            Some(tx) => tx.send(batch).is_ok(),
             None => false,
         }
     }
 
     /// Waits for every queued file; the first error of any worker.
     pub(crate) fn finish(mut self) -> Result<(), FsNarError> {
+        let last = self.pending.take();
+        if !last.is_empty() && !self.failed.load(Ordering::Relaxed) {
+            self.send(last);
+        }
         drop(self.tx.take());
         let mut first = Ok(());
         for w in self.workers.drain(..) {
