@@ -411,11 +411,7 @@ pub fn build_derivation(
         t_run.duration_since(t_start),
         t_commit.elapsed()
     );
-    let names = outputs
-        .iter()
-        .map(|(o, p)| ((*o).to_owned(), (*p).clone()))
-        .collect();
-    store.register_derivation_outputs(drv_path, &names)?;
+    store.register_derivation_outputs(drv_path, &drv.owned_output_paths())?;
     drop(tmp);
     Ok(Built {
         drv: drv_path.clone(),

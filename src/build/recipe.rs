@@ -492,13 +492,8 @@ impl<'s> Instantiator<'s> {
                 source: Box::new(source),
             })?;
         let drv_path = added.info.path;
-        let outputs = drv
-            .output_paths()
-            .into_iter()
-            .map(|(o, p)| (o.to_owned(), p.clone()))
-            .collect();
         self.store
-            .register_derivation_outputs(&drv_path, &outputs)
+            .register_derivation_outputs(&drv_path, &drv.owned_output_paths())
             .map_err(|source| RecipeError::Store {
                 recipe: rpath.to_owned(),
                 source: Box::new(source),

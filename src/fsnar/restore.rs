@@ -164,7 +164,7 @@ fn unpack<'scope, 'env, R: Read>(
                         *pool = Some(FilePool::start(scope));
                         builder.deferred = Some(Vec::new());
                     }
-                    if let Some(pool) = pool.as_ref() {
+                    if let Some(pool) = pool.as_mut() {
                         // `size` is at most POOL_MAX_FILE.
                         let mut data = vec![0u8; size as usize];
                         let got = fill(nar, &mut data)?;

@@ -3,14 +3,14 @@
 //! Unpacking a tree of many small files is bound by the kernel's file creation, one file at
 //! a time. Once a NAR shows that it has many files, [`FilePool`] takes small files off the
 //! parsing thread: their contents (at most [`POOL_MAX_FILE`] bytes each, at most
-//! [`POOL_QUEUE`] queued, in batches of [`BATCH`], so memory stays bounded) go with a handle of their (already
-//! created) directory to worker threads, which create, write and finish them exactly as the
-//! parsing thread would (`openat` with `O_CREAT|O_EXCL|O_NOFOLLOW` relative to the directory
-//! handle). Directories and symlinks are still made by the parsing thread, in NAR order, and
-//! directories are finished (mode, mtime) only after every worker is done, since creating
-//! entries in them would change their mtime.
+//! [`POOL_QUEUE`] queued, in batches of [`BATCH`], so memory stays bounded) go with a
+//! handle of their (already created) directory to worker threads, which create, write and
+//! finish them exactly as the parsing thread would (`openat` with
+//! `O_CREAT|O_EXCL|O_NOFOLLOW` relative to the directory handle). Directories and symlinks
+//! are still made by the parsing thread, in NAR order, and directories are finished (mode,
+//! mtime) only after every worker is done, since creating entries in them would change
+//! their mtime.
 
-use std::cell::RefCell;
 use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -49,7 +49,7 @@ const BATCH: usize = 16;
 pub(crate) struct FilePool<'scope> {
     tx: Option<mpsc::SyncSender<Vec<FileJob>>>,
     /// The batch being filled.
-    pending: RefCell<Vec<FileJob>>,
+    pending: Vec<FileJob>,
     workers: Vec<ScopedJoinHandle<'scope, Result<(), FsNarError>>>,
     failed: Arc<AtomicBool>,
 }
@@ -80,23 +80,22 @@ impl<'scope> FilePool<'scope> {
             .collect();
         FilePool {
             tx: Some(tx),
-            pending: RefCell::new(Vec::with_capacity(BATCH)),
+            pending: Vec::with_capacity(BATCH),
             workers,
             failed,
         }
     }
 
     /// Queues a file; `false` if a worker has failed (then [`FilePool::finish`] says why).
-    pub(crate) fn submit(&self, job: FileJob) -> bool {
+    pub(crate) fn submit(&mut self, job: FileJob) -> bool {
         if self.failed.load(Ordering::Relaxed) {
             return false;
         }
-        let mut pending = self.pending.borrow_mut();
-        pending.push(job);
-        if pending.len() < BATCH {
+        self.pending.push(job);
+        if self.pending.len() < BATCH {
             return true;
         }
-        let batch = std::mem::replace(&mut *pending, Vec::with_capacity(BATCH));
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
         self.send(batch)
     }
 
@@ -109,7 +108,7 @@ impl<'scope> FilePool<'scope> {
 
     /// Waits for every queued file; the first error of any worker.
     pub(crate) fn finish(mut self) -> Result<(), FsNarError> {
-        let last = self.pending.take();
+        let last = std::mem::take(&mut self.pending);
         if !last.is_empty() && !self.failed.load(Ordering::Relaxed) {
             self.send(last);
         }

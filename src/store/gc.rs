@@ -353,7 +353,7 @@ impl LocalStore {
         // every freed block is discarded synchronously), so more threads than cores help:
         // 32 measured best on the gc benchmark (bench/gc.py).
         let threads = 32;
-        let (bytes_freed, _) = trash
+        let bytes_freed = trash
             .move_in_and_empty(layout, &names, threads, || {
                 for l in locks {
                     l.remove()?;

@@ -254,12 +254,18 @@ impl LocalStore {
         })
     }
 
-    /// Records the outputs (name → path) of a valid derivation (see [`Db`]).
+    /// Records the outputs (name → path) of a valid derivation (see [`Db`]). Nothing is
+    /// written when they are recorded already (as they are for every `.drv` registered
+    /// since the commit records them, see [`LocalStore::commit_staged`]).
     pub fn register_derivation_outputs(
         &self,
         drv: &StorePath,
         outputs: &std::collections::BTreeMap<String, StorePath>,
     ) -> Result<(), StoreError> {
+        let recorded = self.derivation_outputs(drv)?;
+        if outputs.iter().all(|(o, p)| recorded.get(o) == Some(p)) {
+            return Ok(());
+        }
         self.db()
             .register_derivation_outputs(drv, outputs)
             .map_err(|e| match e {

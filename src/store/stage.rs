@@ -23,10 +23,10 @@ use super::lock::{lock_path, FileLock, TempDir};
 use super::{LocalStore, PathInfo, StoreError};
 use crate::format::derivation::{Derivation, DRV_EXTENSION};
 use crate::format::store_path::StorePath;
+use crate::fsnar;
 
 /// `.drv` files larger than this are not parsed for their outputs.
 const MAX_DRV_SIZE: u64 = 64 << 20;
-use crate::fsnar;
 
 /// A path whose tree is built and checked but not yet visible: commit it with
 /// [`LocalStore::commit_staged`], or drop it to throw it away.
@@ -215,13 +215,7 @@ impl LocalStore {
             Err(e) => Err(e.to_string()),
         };
         match parsed {
-            Ok(drv) => {
-                let outputs = drv.output_paths().into_iter();
-                Some((
-                    path.clone(),
-                    outputs.map(|(o, p)| (o.to_owned(), p.clone())).collect(),
-                ))
-            }
+            Ok(drv) => Some((path.clone(), drv.owned_output_paths())),
             Err(e) => {
                 tracing::warn!(
                     "'{}' is not a derivation we can read ({e}); its outputs are not recorded",

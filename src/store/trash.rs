@@ -50,14 +50,14 @@ impl Trash {
     /// starts as soon as an entry is in the trash, while the rest are still being renamed;
     /// `moved` runs once every rename is done (and both dirs are synced), before the removal
     /// ends. An entry that is already gone is skipped. Returns the bytes freed (allocated
-    /// blocks of what was removed) and the number of entries removed.
+    /// blocks of what was removed).
     pub fn move_in_and_empty(
         &self,
         layout: &Layout,
         names: &[&str],
         threads: usize,
         moved: impl FnOnce() -> io::Result<()>,
-    ) -> io::Result<(u64, usize)> {
+    ) -> io::Result<u64> {
         let trash = layout.trash_dir();
         let mut earlier = Vec::new();
         for e in fs::read_dir(&trash).map_err(|e| annotate(e, &trash))? {
@@ -75,7 +75,7 @@ impl Trash {
                 .map(|_| {
                     let (rx, trash) = (&rx, &trash);
                     s.spawn(move || {
-                        let (mut freed, mut removed) = (0, 0);
+                        let mut freed = 0;
                         let mut writable = true; // the trash dir is ours, 0700
                         loop {
                             let next = rx.lock().map(|r| r.recv());
@@ -84,9 +84,8 @@ impl Trash {
                                 let p = trash.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
                                 annotate(e.into(), &p)
                             })?;
-                            removed += 1;
                         }
-                        Ok::<_, io::Error>((freed, removed))
+                        Ok::<_, io::Error>(freed)
                     })
                 })
                 .collect();
@@ -114,10 +113,10 @@ impl Trash {
                 }
                 moved()
             })();
-            let (mut freed, mut removed, mut failed) = (0, 0, renamed.err());
+            let (mut freed, mut failed) = (0, renamed.err());
             for w in workers {
                 match w.join() {
-                    Ok(Ok((f, r))) => (freed, removed) = (freed + f, removed + r),
+                    Ok(Ok(f)) => freed += f,
                     Ok(Err(e)) => failed = failed.or(Some(e)),
                     Err(_) => {
                         failed = failed.or(Some(io::Error::other("a removal thread panicked")))
@@ -126,7 +125,7 @@ impl Trash {
             }
             match failed {
                 Some(e) => Err(e),
-                None => Ok((freed, removed)),
+                None => Ok(freed),
             }
         })
     }

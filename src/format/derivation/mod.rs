@@ -350,6 +350,14 @@ impl Derivation {
             .collect()
     }
 
+    /// [`Derivation::output_paths`] as owned values, as the store records them.
+    pub fn owned_output_paths(&self) -> BTreeMap<String, StorePath> {
+        self.output_paths()
+            .into_iter()
+            .map(|(o, p)| (o.to_owned(), p.clone()))
+            .collect()
+    }
+
     /// The references of the `.drv` file: input sources and input derivations (not the
     /// outputs).
     pub fn references(&self) -> BTreeSet<StorePath> {
