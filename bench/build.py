@@ -44,14 +44,15 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+
+from common import (GNU_TIME, Mismatch, Result, busy_cores, load1, rm_tree, run_capture,
+                    run_measured)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN_TREES = "/work/shared/bench/gen-trees.py"
 KEY_DIR = os.path.join(REPO, "tests/fixtures/nix-2.8/keys")
 KEY_NAME = "test-cache-1"
-GNU_TIME = "/usr/bin/time"
 MIB = 1 << 20
 SANDBOX_PATHS = " ".join(p for p in ["/bin", "/lib", "/lib64", "/usr"] if os.path.exists(p))
 
@@ -59,66 +60,8 @@ DAG_RATIO = 1.5  # nix / store
 REFSCAN_GBS = 1.0  # 10^9 B/s
 
 
-class Mismatch(Exception):
-    pass
-
-
 def log(msg):
     print(f"[build-bench] {msg}", file=sys.stderr, flush=True)
-
-
-def run_capture(cmd, env, cwd=None):
-    r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
-    if r.returncode != 0:
-        raise RuntimeError(f"command failed ({r.returncode}): {' '.join(map(str, cmd))}\n"
-                           f"{r.stderr.decode(errors='replace')[-4000:]}")
-    return r.stdout.decode().strip()
-
-
-def run_measured(cmd, env):
-    """Run cmd; return (wall s, peak RSS KiB, CPU s user+sys of it and its children, stdout).
-    Peak RSS and CPU come from GNU time (see bench/README.md for why not from wait4 here)."""
-    with tempfile.NamedTemporaryFile(mode="r") as rss_f, tempfile.TemporaryFile() as outf, \
-            tempfile.TemporaryFile() as errf:
-        full = [GNU_TIME, "-f", "%M %U %S", "-o", rss_f.name, *cmd]
-        t0 = time.perf_counter()
-        p = subprocess.Popen(full, env=env, stdout=outf, stderr=errf)
-        p.wait()
-        t1 = time.perf_counter()
-        errf.seek(0)
-        err = errf.read().decode(errors="replace")
-        if p.returncode != 0:
-            raise RuntimeError(f"command failed ({p.returncode}): {' '.join(map(str, cmd))}\n{err[-4000:]}")
-        outf.seek(0)
-        out = outf.read().decode(errors="replace")
-        rss, user, sys_ = rss_f.read().splitlines()[-1].split()
-    return t1 - t0, int(rss), float(user) + float(sys_), out
-
-
-def rm_tree(path):
-    if not os.path.lexists(path):
-        return
-    for root, dirs, _ in os.walk(path):
-        os.chmod(root, 0o755)
-    shutil.rmtree(path)
-
-
-def load1():
-    with open("/proc/loadavg") as f:
-        return float(f.read().split()[0])
-
-
-def busy_cores(seconds=2.0):
-    """CPUs busy over the next `seconds` (from /proc/stat), while we are idle."""
-    def sample():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return sum(v[:8]), v[3] + v[4]
-    t0, i0 = sample()
-    time.sleep(seconds)
-    t1, i1 = sample()
-    total = t1 - t0
-    return (total - (i1 - i0)) / total * os.cpu_count() if total else 0.0
 
 
 class Quiet:
@@ -142,27 +85,6 @@ class Quiet:
         if b >= self.max_busy:
             log(f"WARNING: {b:.2f} CPUs busy with other work during {name}; numbers will be noisy")
         return b
-
-
-class Result:
-    def __init__(self):
-        self.times, self.rss_kib, self.cpu = [], [], []
-
-    @property
-    def median(self):
-        return statistics.median(self.times)
-
-    @property
-    def min(self):
-        return min(self.times)
-
-    @property
-    def cpu_median(self):
-        return statistics.median(self.cpu)
-
-    @property
-    def peak_rss_mib(self):
-        return max(self.rss_kib) / 1024.0
 
 
 def dag_expr(n, plain):

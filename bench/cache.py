@@ -41,16 +41,17 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
+
+from common import (GNU_TIME, Mismatch, Result, busy_cores, load1, rm_tree, run_capture,
+                    run_measured)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN_TREES = "/work/shared/bench/gen-trees.py"
 DEFAULT_TREES = "/tmp/store-bench/trees"
 KEY_DIR = os.path.join(REPO, "tests/fixtures/nix-2.8/keys")
 KEY_NAME = "test-cache-1"
-GNU_TIME = "/usr/bin/time"
 MIB = 1 << 20
 CHAIN_LEN = 1000
 SETTLE = 370  # s, see Env.settle
@@ -77,62 +78,12 @@ end
 """
 
 
-class Mismatch(Exception):
-    pass
-
-
 def log(msg):
     print(f"[cache-bench] {msg}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------
 # running children
-
-
-def run_capture(cmd, env, cwd=None, input=None):
-    r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
-                       input=input)
-    if r.returncode != 0:
-        raise RuntimeError(f"command failed ({r.returncode}): {' '.join(map(str, cmd))}\n"
-                           f"{r.stderr.decode(errors='replace')[-4000:]}")
-    return r.stdout.decode().strip()
-
-
-def run_measured(cmd, env, cwd=None):
-    """Run cmd; return (wall s, peak RSS KiB, CPU s user+sys, stdout text).
-
-    Peak RSS is the child's ru_maxrss as reported by GNU time (`/usr/bin/time -f %M`, which
-    takes it from wait4()). Not from our own os.wait4(): Linux carries the RSS high-water
-    mark of the process that forked across exec, and Python's subprocess forks (vfork) from
-    this interpreter, so every child would report at least the interpreter's ~20 MiB. For a
-    shell pipeline GNU time reports the largest member."""
-    with tempfile.NamedTemporaryFile(mode="r") as rss_f, tempfile.TemporaryFile() as outf, \
-            tempfile.TemporaryFile() as errf:
-        full = [GNU_TIME, "-f", "%M %U %S", "-o", rss_f.name, *cmd]
-        t0 = time.perf_counter()
-        p = subprocess.Popen(full, env=env, stdout=outf, stderr=errf, cwd=cwd)
-        p.wait()
-        t1 = time.perf_counter()
-        errf.seek(0)
-        err = errf.read().decode(errors="replace")
-        if p.returncode != 0:
-            raise RuntimeError(f"command failed ({p.returncode}): {' '.join(map(str, cmd))}\n{err[-4000:]}")
-        outf.seek(0)
-        out = outf.read().decode(errors="replace")
-        rss, user, sys_ = rss_f.read().splitlines()[-1].split()
-    return t1 - t0, int(rss), float(user) + float(sys_), out
-
-
-def rm_tree(path):
-    """Remove a store (Nix and we make store paths read-only)."""
-    if not os.path.lexists(path):
-        return
-    if os.path.isdir(path) and not os.path.islink(path):
-        for root, dirs, _ in os.walk(path):
-            os.chmod(root, 0o755)
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
 
 
 def free_port():
@@ -146,25 +97,6 @@ def free_port():
 def http_get(url, timeout=30):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.read()
-
-
-def load1():
-    with open("/proc/loadavg") as f:
-        return float(f.read().split()[0])
-
-
-def busy_cores(seconds=2.0):
-    """CPUs busy over the next `seconds` (from /proc/stat), while we are idle."""
-    def sample():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        idle = v[3] + v[4]
-        return sum(v[:8]), idle
-    t0, i0 = sample()
-    time.sleep(seconds)
-    t1, i1 = sample()
-    total = t1 - t0
-    return (total - (i1 - i0)) / total * os.cpu_count() if total else 0.0
 
 
 class Quiet:
@@ -207,27 +139,6 @@ class Quiet:
 
 # --------------------------------------------------------------------------
 # results
-
-
-class Result:
-    def __init__(self):
-        self.times, self.rss_kib, self.cpu = [], [], []
-
-    @property
-    def median(self):
-        return statistics.median(self.times)
-
-    @property
-    def min(self):
-        return min(self.times)
-
-    @property
-    def cpu_median(self):
-        return statistics.median(self.cpu)
-
-    @property
-    def peak_rss_mib(self):
-        return max(self.rss_kib) / 1024.0
 
 
 def bench_rounds(label, variants, reps, setup=None, teardown=None, check=None):

@@ -33,16 +33,14 @@ import sys
 import tempfile
 import time
 
+from common import Mismatch, load1, rm_tree
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN_TREES = "/work/shared/bench/gen-trees.py"
 MIB = 1 << 20
 RSS_LIMIT_MIB = 64
 
 NIX_CONFIG = "build-users-group =\nsandbox = false\nexperimental-features = nix-command"
-
-
-class Mismatch(Exception):
-    pass
 
 
 def log(msg):
@@ -104,16 +102,6 @@ def sha256_of_stdout(cmd, env):
     if p.wait() != 0:
         raise RuntimeError(f"command failed: {' '.join(cmd)}\n{err}")
     return h.hexdigest(), n
-
-
-def rm_tree(path):
-    """Remove a store (nix makes store paths read-only)."""
-    if not os.path.lexists(path):
-        return
-    # only directories need to be writable to delete their entries
-    for root, dirs, _ in os.walk(path):
-        os.chmod(root, 0o755)
-    shutil.rmtree(path)
 
 
 # ext4 without a journal (as on this VM) will not reuse an inode freed less than 60 s ago
@@ -202,11 +190,6 @@ def bench_pair(label, variants, reps, setup=None, teardown=None):
 
 # --------------------------------------------------------------------------
 # environment
-
-
-def load1():
-    with open("/proc/loadavg") as f:
-        return float(f.read().split()[0])
 
 
 class Quiet:
