@@ -6,34 +6,23 @@
 //! are unavailable the sandboxed tests print a loud SKIPPED line, or fail when
 //! `STORE_REQUIRE_SANDBOX=1`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::sandbox_or_skip;
 use store::build::sandbox::{
-    namespaces_available, run, standard_env, BuildSpec, BuildStatus, EnvParams, SandboxError,
-    SandboxMode,
+    run, standard_env, BuildSpec, BuildStatus, EnvParams, SandboxError, SandboxMode,
 };
 
 const STORE_DIR: &str = "/ix/store";
 const INPUT: &str = "/ix/store/0c7c2a1rbd0kc6w6nsr7bxx3jv2i5xsv-input";
 const SECRET: &str = "/ix/store/3k5ilr9rjm7ibjw7mmcq0qy8ffg4x7ni-secret";
 const OUT: &str = "/ix/store/zf9g5qf0gx2ldxkk3jk5hk3fh9mwkjsd-out";
-
-fn sandbox_or_skip(test: &str) -> bool {
-    match namespaces_available() {
-        Ok(()) => true,
-        Err(why) => {
-            if std::env::var("STORE_REQUIRE_SANDBOX").as_deref() == Ok("1") {
-                panic!("{test}: STORE_REQUIRE_SANDBOX=1 but {why}");
-            }
-            eprintln!("\n*** SKIPPED {test}: {why} ***\n");
-            false
-        }
-    }
-}
 
 /// A physical store under a temp root with an input and a secret (present but not an
 /// input), a build dir, and a spec running `script` with `shell`.
