@@ -36,7 +36,6 @@ See bench/README.md.
 """
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -47,7 +46,7 @@ import sys
 import time
 
 from common import (GNU_TIME, Mismatch, Result, busy_cores, load1, rm_tree, run_capture,
-                    run_measured)
+                    run_measured, snapshot_binary)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN_TREES = "/work/shared/bench/gen-trees.py"
@@ -133,16 +132,7 @@ class Env:
         self.counter = 0
 
     def snapshot_binary(self, store_bin):
-        if not os.path.exists(store_bin):
-            log(f"{store_bin} missing: cargo build --release")
-            subprocess.run(["cargo", "build", "--release"], cwd=REPO, check=True)
-        snap = os.path.join(self.work, "store-under-test")
-        shutil.copy2(store_bin, snap)
-        with open(snap, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()[:16]
-        built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(store_bin)))
-        self.bin_info = f"{store_bin} (copied to {snap}; sha256 {digest}…, built {built})"
-        self.store_bin = snap
+        self.store_bin, self.bin_info = snapshot_binary(store_bin, self.work, REPO)
 
     def ours(self, root, *args):
         return [self.store_bin, "--root", root, "--store-dir", "/nix/store", *args]

@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts (bench/cache.py, bench/build.py, bench/run.py):
 running and measuring children, removing stores, and reading how busy the machine is."""
 
+import hashlib
 import os
 import shutil
 import statistics
@@ -106,3 +107,18 @@ class Result:
     @property
     def peak_rss_mib(self):
         return max(self.rss_kib) / 1024.0
+
+
+def snapshot_binary(store_bin, work, repo):
+    """Copies the binary under test to WORK/store-under-test (building it in REPO if it is
+    missing), since others may rebuild target/release/store during the run. Returns the
+    copy's path and a line describing it (source, sha256 prefix, build time)."""
+    if not os.path.exists(store_bin):
+        print(f"{store_bin} missing: cargo build --release", flush=True)
+        subprocess.run(["cargo", "build", "--release"], cwd=repo, check=True)
+    snap = os.path.join(work, "store-under-test")
+    shutil.copy2(store_bin, snap)
+    with open(snap, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(store_bin)))
+    return snap, f"{store_bin} (copied to {snap}; sha256 {digest}…, built {built})"

@@ -27,13 +27,12 @@ import hashlib
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from common import Mismatch, load1, rm_tree
+from common import Mismatch, Result, load1, rm_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN_TREES = "/work/shared/bench/gen-trees.py"
@@ -137,29 +136,6 @@ def settle(work):
     if wait > 0:
         log(f"waiting {wait:.0f} s for ext4 to stop avoiding the inodes just freed ...")
         time.sleep(wait)
-
-
-class Result:
-    def __init__(self, times, rss_kib, cpu):
-        self.times = times
-        self.rss_kib = rss_kib  # one figure per run, warm-up included
-        self.cpu = cpu  # user+sys seconds of the timed runs
-
-    @property
-    def cpu_median(self):
-        return statistics.median(self.cpu)
-
-    @property
-    def median(self):
-        return statistics.median(self.times)
-
-    @property
-    def min(self):
-        return min(self.times)
-
-    @property
-    def peak_rss_mib(self):
-        return max(self.rss_kib) / 1024.0
 
 
 def bench_pair(label, variants, reps, setup=None, teardown=None):
