@@ -46,7 +46,7 @@ import sys
 import time
 
 from common import (GNU_TIME, Mismatch, Result, busy_cores, load1, rm_tree, run_capture,
-                    run_measured, snapshot_binary)
+                    commit_info, run_measured, snapshot_binary, where)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN_TREES = "/work/shared/bench/gen-trees.py"
@@ -265,16 +265,9 @@ def machine_info(env):
         info["mem"] = f"{int(f.readline().split()[1]) / MIB:.1f} GiB"
     info["kernel"] = platform.release()
     info["nix"] = run_capture(["nix", "--version"], env.nix_env)
-    try:
-        commit = run_capture(["git", "rev-parse", "--short", "HEAD"], None, cwd=REPO)
-        dirty = run_capture(["git", "status", "--porcelain", "--untracked-files=no"], None, cwd=REPO)
-        info["store commit"] = commit + (" (+ uncommitted changes)" if dirty else "")
-    except Exception as e:
-        info["store commit"] = f"unknown ({e})"
+    info["store commit"] = commit_info(REPO)
     info["store binary"] = env.bin_info
-    fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", env.work],
-                        stdout=subprocess.PIPE, text=True).stdout.strip()
-    info["work dir"] = f"{env.work} ({fs or '?'})"
+    info["work dir"] = where(env.work)
     info["sandbox paths"] = SANDBOX_PATHS
     return info
 

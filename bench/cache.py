@@ -45,7 +45,7 @@ import time
 import urllib.request
 
 from common import (GNU_TIME, Mismatch, Result, busy_cores, load1, rm_tree, run_capture,
-                    run_measured, snapshot_binary)
+                    commit_info, run_measured, snapshot_binary, where)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN_TREES = "/work/shared/bench/gen-trees.py"
@@ -697,19 +697,10 @@ def machine_info(env):
     wrk_v = subprocess.run(["wrk", "-v"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     info["wrk"] = wrk_v.stdout.splitlines()[0].split(" Copyright")[0]
     info["hyperfine"] = run_capture(["hyperfine", "--version"], None)
-    try:
-        commit = run_capture(["git", "rev-parse", "--short", "HEAD"], None, cwd=REPO)
-        dirty = run_capture(["git", "status", "--porcelain", "--untracked-files=no"], None, cwd=REPO)
-        info["store commit"] = commit + (" (+ uncommitted changes)" if dirty else "")
-    except Exception as e:
-        info["store commit"] = f"unknown ({e})"
+    info["store commit"] = commit_info(REPO)
     info["store binary"] = env.bin_info
-    fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", env.work],
-                        stdout=subprocess.PIPE, text=True).stdout.strip()
-    info["work dir"] = f"{env.work} ({fs or '?'})"
-    fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", env.runs],
-                        stdout=subprocess.PIPE, text=True).stdout.strip()
-    info["fresh stores in"] = f"{env.runs} ({fs or '?'})"
+    info["work dir"] = where(env.work)
+    info["fresh stores in"] = where(env.runs)
     return info
 
 

@@ -122,3 +122,20 @@ def snapshot_binary(store_bin, work, repo):
         digest = hashlib.sha256(f.read()).hexdigest()[:16]
     built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(store_bin)))
     return snap, f"{store_bin} (copied to {snap}; sha256 {digest}…, built {built})"
+
+
+def commit_info(repo):
+    """The short HEAD commit of REPO, marked when the work tree has uncommitted changes."""
+    try:
+        commit = run_capture(["git", "rev-parse", "--short", "HEAD"], None, cwd=repo)
+        dirty = run_capture(["git", "status", "--porcelain", "--untracked-files=no"], None, cwd=repo)
+        return commit + (" (+ uncommitted changes)" if dirty else "")
+    except Exception as e:
+        return f"unknown ({e})"
+
+
+def where(path):
+    """`PATH (FSTYPE SOURCE)`: the file system a dir is on."""
+    fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", path],
+                        stdout=subprocess.PIPE, text=True).stdout.strip()
+    return f"{path} ({fs or '?'})"
