@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end, without root: build `store`, create a store under a local root,
 # add a tree, show its metadata as JSON, make a signing key, sign the path, verify it, push
-# it to a file:// binary cache and substitute it into a second store (verified).
+# it to a file:// binary cache and substitute it into a second store (verified), build a
+# recipe in the sandbox (result link, build log), and see what `gc --dry-run` would delete.
 # Usage: examples/walkthrough.sh [WORKDIR]   (default: target/walkthrough)
 set -euo pipefail
 cd "$(dirname "$0")/.."
