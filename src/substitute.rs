@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -138,6 +138,28 @@ pub struct Progress {
     pub bytes_done: AtomicU64,
     /// Signalled whenever paths became valid (for schedulers waiting on them).
     pub changed: tokio::sync::Notify,
+}
+
+/// Downloads of one [`Substituter::fetch`] that are blocked on an install lock held by
+/// another process. Staged paths keep their locks until committed, so when every running
+/// download is blocked, the fetch commits what it can: the other process may be waiting
+/// for one of our staged paths (two processes realising overlapping closures in different
+/// orders would otherwise wait for each other forever).
+#[derive(Default)]
+struct LockWaits {
+    blocked: AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl LockWaits {
+    fn note(&self, waiting: bool) {
+        if waiting {
+            self.blocked.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.blocked.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.changed.notify_one();
+    }
 }
 
 impl Substituter {
@@ -417,6 +439,7 @@ impl Substituter {
         let mut done = Vec::new();
         let mut first_error = None;
         let this = Arc::new(self.clone_handles());
+        let waits = Arc::new(LockWaits::default());
         loop {
             while first_error.is_none()
                 && downloads.len() < self.jobs
@@ -428,14 +451,19 @@ impl Substituter {
                 outstanding += 1;
                 let candidate = wanted[&p].clone();
                 let (store, this, progress) = (store.clone(), this.clone(), progress.clone());
+                let waits = waits.clone();
                 downloads.spawn(async move {
-                    let r = this.fetch_one(&store, &p, candidate, &progress).await;
+                    let r = this
+                        .fetch_one(&store, &p, candidate, &progress, &waits)
+                        .await;
                     (p, r)
                 });
             }
             // Commit in large batches (each costs a sync): when enough is staged, when the
-            // window is full, or when nothing is downloading any more.
-            let due = staged.len() >= COMMIT_BATCH || outstanding >= window || downloads.is_empty();
+            // window is full, or when nothing is downloading any more (or every download
+            // waits for another process, see `LockWaits`).
+            let stuck = waits.blocked.load(Ordering::SeqCst) >= downloads.len();
+            let due = staged.len() >= COMMIT_BATCH || outstanding >= window || stuck;
             if committing.is_none() && due {
                 let batch = committable(&mut staged, &valid, &wanted);
                 if !batch.is_empty() {
@@ -473,6 +501,7 @@ impl Substituter {
                         }
                     }
                 }
+                _ = waits.changed.notified(), if !downloads.is_empty() => {}
                 joined = async { committing.as_mut().expect("checked").await },
                     if committing.is_some() => {
                     committing = None;
@@ -528,6 +557,7 @@ impl Substituter {
         path: &StorePath,
         first: Candidate,
         progress: &Arc<Progress>,
+        waits: &Arc<LockWaits>,
     ) -> Result<Downloaded, SubstituteError> {
         let printed = store.print_path(path);
         let mut candidate = first;
@@ -535,7 +565,7 @@ impl Substituter {
         loop {
             let c = &self.caches[candidate.cache];
             for attempt in 1..=NAR_ATTEMPTS {
-                match self.download(store, &candidate, progress).await {
+                match self.download(store, &candidate, progress, waits).await {
                     Ok(f) => return Ok(f),
                     Err(e) => {
                         let retry = e.retryable && attempt < NAR_ATTEMPTS;
@@ -575,6 +605,7 @@ impl Substituter {
         store: &Arc<LocalStore>,
         candidate: &Candidate,
         progress: &Arc<Progress>,
+        waits: &Arc<LockWaits>,
     ) -> Result<Downloaded, Attempt> {
         let c = &self.caches[candidate.cache];
         let info = candidate.info.clone();
@@ -584,8 +615,9 @@ impl Substituter {
         let counter = received.clone();
         let progress = progress.clone();
         let handle = tokio::runtime::Handle::current();
+        let waits = waits.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            store2.stage_nar_with(meta, || {
+            store2.stage_nar_noting_waits(meta, &|w| waits.note(w), || {
                 let stream = handle
                     .block_on(cache.get(info.url()))?
                     .ok_or_else(|| CacheError::NotFound(info.url().to_owned()))?;

@@ -175,6 +175,17 @@ impl LocalStore {
         meta: NarImport,
         open: impl FnOnce() -> Result<R, E>,
     ) -> Result<Stage, ImportError<E>> {
+        self.stage_nar_noting_waits(meta, &|_| {}, open)
+    }
+
+    /// [`LocalStore::stage_nar_with`], noting waits for another process's install lock as
+    /// [`LocalStore::stage_noting_waits`] does.
+    pub fn stage_nar_noting_waits<R: Read, E>(
+        &self,
+        meta: NarImport,
+        waiting: &dyn Fn(bool),
+        open: impl FnOnce() -> Result<R, E>,
+    ) -> Result<Stage, ImportError<E>> {
         let printed = self.print_path(&meta.path);
         if let Some(ca) = &meta.ca {
             let refs = meta.references.iter().filter(|r| **r != meta.path);
@@ -203,7 +214,7 @@ impl LocalStore {
             ultimate: false,
         };
         let expect = info.clone();
-        self.stage(info, move |dest| {
+        self.stage_noting_waits(info, waiting, move |dest| {
             let info = expect;
             let nar = open().map_err(ImportError::Open)?;
             // One byte more than announced is enough to notice an oversized stream.

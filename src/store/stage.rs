@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::lock::{lock_path, FileLock, TempDir};
+use super::lock::{lock_path, try_lock_path, FileLock, TempDir};
 use super::{LocalStore, PathInfo, StoreError};
 use crate::format::derivation::{Derivation, DRV_EXTENSION};
 use crate::format::store_path::StorePath;
@@ -79,12 +79,37 @@ impl LocalStore {
         info: PathInfo,
         build: impl FnOnce(&Path) -> Result<(), E>,
     ) -> Result<Stage, E> {
+        self.stage_noting_waits(info, &|_| {}, build)
+    }
+
+    /// [`LocalStore::stage`], calling `waiting(true)` before it blocks on an install lock
+    /// that another process holds and `waiting(false)` once it has it. A caller that keeps
+    /// staged paths uncommitted must commit what it can while it waits: the other process
+    /// may in turn be waiting for one of those paths' locks.
+    pub fn stage_noting_waits<E: From<StoreError>>(
+        &self,
+        info: PathInfo,
+        waiting: &dyn Fn(bool),
+        build: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<Stage, E> {
         // Rooted before validity is checked, so a collection cannot take it from under us.
         self.add_temp_root(&info.path)?;
         if let Some(existing) = self.query(&info.path)? {
             return Ok(Stage::Valid(existing));
         }
-        let lock = self.lock_for_install(&info.path)?;
+        let lock = match try_lock_path(&self.layout, &info.path) {
+            Ok(Some(lock)) => InstallLock(lock),
+            Ok(None) => {
+                waiting(true);
+                let lock = self.lock_for_install(&info.path);
+                waiting(false);
+                lock?
+            }
+            Err(e) => {
+                let what = format!("cannot lock '{}'", self.print_path(&info.path));
+                return Err(StoreError::io(what, e).into());
+            }
+        };
         // Someone else may have installed it while we waited for the lock.
         if let Some(existing) = self.query(&info.path)? {
             return Ok(Stage::Valid(existing));
