@@ -37,6 +37,8 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
+mod zstd_pool;
+
 /// Memory limit of the xz decoder, in bytes.
 pub const XZ_MEMLIMIT: u64 = 128 << 20;
 
@@ -259,11 +261,7 @@ pub fn decompress<'a>(
                     .map_err(io::Error::other)?;
             Box::new(xz2::read::XzDecoder::new_stream(input, stream))
         }
-        Sniffed::Zstd => {
-            let mut d = zstd::stream::read::Decoder::new(input)?;
-            d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
-            Box::new(d)
-        }
+        Sniffed::Zstd => Box::new(zstd_pool::ZstdReader::new(input)?),
         Sniffed::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(input)),
         Sniffed::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
     })

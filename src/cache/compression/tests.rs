@@ -322,3 +322,32 @@ fn write_errors_are_reported_by_write_or_finish() {
         assert!(wrote.is_err() || finished.is_err(), "{c}");
     }
 }
+
+#[test]
+fn zstd_contexts_reused_after_abandoned_and_failed_streams_decode_afresh() {
+    let data = sample(300_000);
+    let packed = compressed(Compression::Zstd, &data);
+    let mut corrupt = packed.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid..mid + 16].iter_mut().for_each(|b| *b ^= 0x5A);
+    for _ in 0..40 {
+        // Dropped in the middle of a frame: its context goes back to the pool.
+        let mut r = decompress(Some("zstd"), &packed[..]).unwrap();
+        let mut some = vec![0; 1000];
+        r.read_exact(&mut some).unwrap();
+        assert_eq!(some, data[..1000]);
+        drop(r);
+        assert!(read_all(Some("zstd"), &corrupt).is_err());
+        assert!(read_all(Some("zstd"), &packed[..mid]).is_err());
+    }
+    // Many at once, each with its own context, then all reused.
+    let readers: Vec<_> = (0..40)
+        .map(|_| decompress(Some("zstd"), &packed[..]).unwrap())
+        .collect();
+    for mut r in readers {
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert!(out == data);
+    }
+    assert_eq!(read_all(Some("zstd"), &packed).unwrap(), data);
+}
