@@ -21,7 +21,6 @@ use std::io;
 use thiserror::Error;
 
 use super::db::graph::{NodeIdx, PathGraph};
-use super::lock::try_lock_path;
 use super::roots::{find_link_roots, read_temp_roots, GcLock, Root, RootsError};
 use super::trash::{unknown_entries, Trash};
 use super::{DbError, LocalStore};
@@ -333,7 +332,10 @@ impl LocalStore {
         let (mut locks, mut leftover_paths) = (Vec::new(), Vec::new());
         for p in unknown {
             // An install holds the path's lock from before its rename until it registers.
-            let lock = try_lock_path(layout, &p).map_err(io_err("cannot lock a leftover"))?;
+            let lock = self
+                .path_locks
+                .try_lock(&p)
+                .map_err(io_err("cannot lock a leftover"))?;
             if let Some(l) = lock {
                 tracing::info!("removing unregistered '{}'", self.print_path(&p));
                 locks.push(l);
@@ -355,9 +357,7 @@ impl LocalStore {
         let threads = 32;
         let bytes_freed = trash
             .move_in_and_empty(layout, &names, threads, || {
-                for l in locks {
-                    l.remove()?;
-                }
+                drop(locks);
                 drop(gc_lock);
                 tracing::debug!("{:?}: moved to the trash", start.elapsed());
                 Ok(())

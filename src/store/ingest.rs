@@ -143,9 +143,7 @@ impl LocalStore {
         open: impl FnOnce() -> Result<R, E>,
     ) -> Result<AddOutcome, ImportError<E>> {
         // gc: temp roots before checking validity, for the path and its references.
-        for p in std::iter::once(&meta.path).chain(&meta.references) {
-            self.add_temp_root(p)?;
-        }
+        self.add_temp_roots(std::iter::once(&meta.path).chain(&meta.references))?;
         let printed = self.print_path(&meta.path);
         let missing: Vec<String> = {
             let db = self.db();

@@ -5,7 +5,7 @@
 //! <root>/<store-dir>/                  store paths, read-only (0555 dirs, 0444/0555 files)
 //! <root>/<store-dir>/.tmp-<pid>-<n>/   temp dirs for installs in progress (same filesystem)
 //! <root>/ix/var/db/store.sqlite        metadata (WAL)
-//! <root>/ix/var/locks/<hash32>.lock    per-path locks (flock)
+//! <root>/ix/var/locks/paths.lock       per-path install locks (a byte each, OFD locks)
 //! <root>/ix/var/temproots/<tmp>.lock   held by the owner of each temp dir while it lives
 //! <root>/ix/var/temproots/<id>.roots   temp roots of one live process (see `roots`)
 //! <root>/ix/var/gcroots/               GC roots: symlinks (indirect ones in `auto/`)

@@ -1,8 +1,7 @@
 //! Inter-process locks (`flock` on small files in the state dir) and the temp dirs that
 //! installs build in.
 //!
-//! * Per-path locks: `locks/<hash32>.lock`, held while a path is being made valid, so
-//!   concurrent processes do the work once.
+//! * Per-path install locks are not files: see [`super::path_lock`].
 //! * Temp dirs: `<store>/.tmp-<pid>-<n>-<nanos>/`, each guarded by `temproots/<same>.lock`,
 //!   which its owner locks *before* creating the dir and holds until the dir is gone. A temp
 //!   dir whose lock can be taken belongs to a dead process and is removed by
@@ -18,7 +17,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rustix::fs::{flock, FlockOperation};
 
 use super::layout::{annotate, Layout};
-use crate::format::store_path::StorePath;
 use crate::fsnar;
 
 /// An exclusive `flock` on a file, released on drop.
@@ -99,17 +97,6 @@ fn ignore_not_found(e: io::Error) -> io::Result<()> {
     } else {
         Err(e)
     }
-}
-
-/// Locks a store path for installation.
-pub fn lock_path(layout: &Layout, path: &StorePath) -> io::Result<FileLock> {
-    FileLock::acquire(&layout.locks_dir().join(format!("{}.lock", path.hash_str())))
-}
-
-/// Takes a store path's install lock if nobody holds it (the collector, before removing an
-/// unregistered entry, checks that no install is using it).
-pub fn try_lock_path(layout: &Layout, path: &StorePath) -> io::Result<Option<FileLock>> {
-    FileLock::try_acquire(&layout.locks_dir().join(format!("{}.lock", path.hash_str())))
 }
 
 const TEMP_PREFIX: &str = ".tmp-";

@@ -13,6 +13,7 @@ pub mod gc;
 pub mod ingest;
 pub mod layout;
 pub mod lock;
+pub mod path_lock;
 pub mod roots;
 pub mod stage;
 mod text;
@@ -21,7 +22,7 @@ mod trash;
 use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use thiserror::Error;
 
@@ -118,6 +119,8 @@ pub struct LocalStore {
     staging: stage::StagingSlot,
     /// This process's temp roots (see [`roots`]).
     temp_roots: roots::TempRoots,
+    /// Install locks of store paths (see [`path_lock`]).
+    path_locks: Arc<path_lock::PathLocks>,
 }
 
 impl LocalStore {
@@ -134,11 +137,15 @@ impl LocalStore {
         if removed > 0 {
             tracing::info!("removed {removed} temp dirs left by interrupted runs");
         }
+        let path_locks =
+            path_lock::PathLocks::open(&layout.locks_dir().join(path_lock::PATH_LOCKS_FILE))
+                .map_err(|e| StoreError::io("cannot open the path locks", e))?;
         Ok(LocalStore {
             layout,
             db: Mutex::new(db),
             staging: Default::default(),
             temp_roots: roots::TempRoots::default(),
+            path_locks,
         })
     }
 

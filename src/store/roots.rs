@@ -161,8 +161,27 @@ const ROOTS_SUFFIX: &str = ".roots";
 impl TempRoots {
     /// Adds `path` as a temp root of this process (idempotent).
     pub fn add(&self, layout: &Layout, path: &StorePath) -> Result<(), RootsError> {
+        self.add_all(layout, std::iter::once(path))
+    }
+
+    /// Adds every path of `paths` as a temp root of this process (idempotent): the new
+    /// ones in a single write, under one shared hold of the GC lock.
+    pub fn add_all<'a>(
+        &self,
+        layout: &Layout,
+        paths: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<(), RootsError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.added.contains(path) {
+        let mut new: Vec<&StorePath> = Vec::new();
+        let mut lines = String::new();
+        for p in paths {
+            if !st.added.contains(p) && !new.contains(&p) {
+                lines.push_str(p.as_str());
+                lines.push('\n');
+                new.push(p);
+            }
+        }
+        if new.is_empty() {
             return Ok(());
         }
         if st.gc_lock.is_none() {
@@ -172,23 +191,19 @@ impl TempRoots {
         let gc_lock = st.gc_lock.as_ref().expect("opened above");
         // Waits while a collection runs.
         flock(gc_lock, FlockOperation::LockShared).map_err(errno_err(lock_ctx()))?;
-        let written = append_root(&mut st, layout, path);
+        let written = append_roots(&mut st, layout, &lines);
         let gc_lock = st.gc_lock.as_ref().expect("opened above");
         let unlocked = flock(gc_lock, FlockOperation::Unlock).map_err(errno_err(lock_ctx()));
         written?;
         unlocked?;
-        st.added.insert(path.clone());
+        st.added.extend(new.into_iter().cloned());
         Ok(())
     }
 }
 
-/// Appends one line to this store's temp roots file, creating (and locking) it first.
-/// Called with the GC lock held shared.
-fn append_root(
-    st: &mut TempRootsState,
-    layout: &Layout,
-    path: &StorePath,
-) -> Result<(), RootsError> {
+/// Appends `lines` (whole lines) to this store's temp roots file, creating (and locking) it
+/// first. Called with the GC lock held shared.
+fn append_roots(st: &mut TempRootsState, layout: &Layout, lines: &str) -> Result<(), RootsError> {
     if st.file.is_none() {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
@@ -212,8 +227,8 @@ fn append_root(
         st.file = Some((file, p));
     }
     let (file, p) = st.file.as_mut().expect("created above");
-    // One write(2) of a short line to an O_APPEND file.
-    file.write_all(format!("{path}\n").as_bytes())
+    // One write(2) to an O_APPEND file (a reader counts only complete lines).
+    file.write_all(lines.as_bytes())
         .map_err(io_err(format!("cannot write '{}'", p.display())))
 }
 
@@ -398,6 +413,14 @@ impl LocalStore {
     /// collection deletes it from now on. Waits while a collection runs.
     pub fn add_temp_root(&self, path: &StorePath) -> Result<(), StoreError> {
         Ok(self.temp_roots.add(&self.layout, path)?)
+    }
+
+    /// [`LocalStore::add_temp_root`] for many paths at once (one write for all).
+    pub fn add_temp_roots<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<(), StoreError> {
+        Ok(self.temp_roots.add_all(&self.layout, paths)?)
     }
 
     /// Makes `link` a symlink to the (valid) path `target`, atomically replacing a link

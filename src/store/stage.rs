@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::lock::{lock_path, try_lock_path, FileLock, TempDir};
+use super::lock::TempDir;
+use super::path_lock::PathLock;
 use super::{LocalStore, PathInfo, StoreError};
 use crate::format::derivation::{Derivation, DRV_EXTENSION};
 use crate::format::store_path::StorePath;
@@ -35,7 +36,7 @@ pub struct Staged {
     info: PathInfo,
     tree: PathBuf,
     moved: bool,
-    _lock: FileLock,
+    _lock: PathLock,
     _area: Arc<TempDir>,
 }
 
@@ -59,7 +60,7 @@ impl Drop for Staged {
 
 /// The install lock of one store path, held until dropped (or moved into a [`Staged`]).
 #[derive(Debug)]
-pub struct InstallLock(FileLock);
+pub struct InstallLock(PathLock);
 
 /// What staging a path gave.
 #[derive(Debug)]
@@ -94,12 +95,13 @@ impl LocalStore {
     ) -> Result<Stage, E> {
         // Rooted before validity is checked, so a collection cannot take it from under us.
         self.add_temp_root(&info.path)?;
-        if let Some(existing) = self.query(&info.path)? {
-            return Ok(Stage::Valid(existing));
-        }
-        let lock = match try_lock_path(&self.layout, &info.path) {
+        let lock = match self.path_locks.try_lock(&info.path) {
             Ok(Some(lock)) => InstallLock(lock),
             Ok(None) => {
+                // Held by someone else: no need to wait if it is valid already.
+                if let Some(existing) = self.query(&info.path)? {
+                    return Ok(Stage::Valid(existing));
+                }
                 waiting(true);
                 let lock = self.lock_for_install(&info.path);
                 waiting(false);
@@ -110,7 +112,7 @@ impl LocalStore {
                 return Err(StoreError::io(what, e).into());
             }
         };
-        // Someone else may have installed it while we waited for the lock.
+        // It may be valid already, or someone else may have installed it while we waited.
         if let Some(existing) = self.query(&info.path)? {
             return Ok(Stage::Valid(existing));
         }
@@ -121,7 +123,9 @@ impl LocalStore {
     /// holds it is the only one who may make `path` valid; check validity again once it is
     /// held.
     pub fn lock_for_install(&self, path: &StorePath) -> Result<InstallLock, StoreError> {
-        let lock = lock_path(&self.layout, path)
+        let lock = self
+            .path_locks
+            .lock(path)
             .map_err(|e| StoreError::io(format!("cannot lock '{}'", self.print_path(path)), e))?;
         Ok(InstallLock(lock))
     }
@@ -164,11 +168,7 @@ impl LocalStore {
         }
         let mut batch = references_first(batch, |s| &s.info.path, |s| &s.info.references);
         // References outside the batch must stay valid until the batch is registered.
-        for s in &batch {
-            for r in s.info.references.iter().filter(|r| **r != s.info.path) {
-                self.add_temp_root(r)?;
-            }
-        }
+        self.add_temp_roots(batch.iter().flat_map(|s| &s.info.references))?;
         {
             let db = self.db();
             let in_batch: HashSet<&StorePath> = batch.iter().map(|s| &s.info.path).collect();
