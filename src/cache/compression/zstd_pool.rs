@@ -1,9 +1,10 @@
 //! The zstd stream reader, with decoding contexts and input buffers reused across streams.
 //!
-//! A zstd decoding context is about 160 KiB of state and its input buffer another 128 KiB;
-//! allocating (and faulting in) both for every NAR cost more than decoding a small NAR
-//! does. Finished readers give both back to a small process-wide pool. A context that grew
-//! a large window buffer (a big NAR) is freed instead, so the pool holds little memory.
+//! A zstd decoding context holds its window buffer (2 MiB for a stream compressed without
+//! a pledged size at level 3) besides its tables, and the input buffer is another 128 KiB;
+//! allocating (and faulting in) them for every NAR cost more than decoding a small NAR
+//! does. Finished readers give both back to a small process-wide pool. A context with a
+//! window of 8 MiB or more is freed instead, so the pool stays small.
 
 use std::io::{self, Read};
 use std::sync::Mutex;
@@ -14,8 +15,10 @@ use super::ZSTD_WINDOW_LOG_MAX;
 
 /// Contexts kept for reuse (about one per concurrent download).
 const POOL_SIZE: usize = 32;
-/// A context using more memory than this (its window buffer grew) is not kept.
-const KEEP_AT_MOST: usize = 1 << 20;
+/// A context using more memory than this is not kept. Streams written without a pledged
+/// size use a 2 MiB window at level 3, for which a context holds about 2.5 MiB (mostly
+/// untouched for a small NAR); windows of 8 MiB and more are freed.
+const KEEP_AT_MOST: usize = 8 << 20;
 
 /// A context with its input buffer.
 struct Slot {
