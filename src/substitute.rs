@@ -33,7 +33,7 @@ use crate::format::narinfo::NarInfo;
 use crate::format::store_path::StorePath;
 use crate::fsnar::FsNarError;
 use crate::store::stage::references_first;
-use crate::store::{ImportError, LocalStore, NarImport, Stage, Staged, StoreError};
+use crate::store::{ImportError, InstallLock, LocalStore, NarImport, Stage, Staged, StoreError};
 use crate::trust::{check_narinfo, TrustError};
 
 /// Default number of NARs downloaded at the same time.
@@ -70,6 +70,8 @@ pub struct Substituter {
     caches: Vec<OpenCache>,
     keys: TrustedKeys,
     jobs: usize,
+    /// NARs whose NarSize is at most this are fetched whole before they are unpacked.
+    whole_nar_max: u64,
 }
 
 struct OpenCache {
@@ -203,6 +205,7 @@ impl Substituter {
             caches,
             keys,
             jobs: jobs.max(1),
+            whole_nar_max: options.whole_nar_max,
         })
     }
 
@@ -569,6 +572,7 @@ impl Substituter {
                 .collect(),
             keys: self.keys.clone(),
             jobs: self.jobs,
+            whole_nar_max: self.whole_nar_max,
         }
     }
 
@@ -624,6 +628,92 @@ impl Substituter {
     /// One download attempt from one cache: the NAR unpacked and checked into the staging
     /// dir, or the path found valid.
     async fn download(
+        &self,
+        store: &Arc<LocalStore>,
+        candidate: &Candidate,
+        progress: &Arc<Progress>,
+        waits: &Arc<LockWaits>,
+    ) -> Result<Downloaded, Attempt> {
+        if candidate.info.nar_size() <= self.whole_nar_max {
+            let store_err = |e: StoreError| Attempt {
+                retryable: false,
+                message: error_chain(&e),
+            };
+            let path = candidate.info.store_path();
+            // Uncontended (the usual case): the lock is one `fcntl`, taken right here.
+            if let Some(lock) = store.try_lock_for_install(path).map_err(store_err)? {
+                return self.download_small(store, candidate, lock, progress).await;
+            }
+        }
+        self.download_streaming(store, candidate, progress, waits)
+            .await
+    }
+
+    /// [`Substituter::download`] of a small NAR (see [`ClientOptions::whole_nar_max`]) whose
+    /// install lock is held: the compressed
+    /// file is fetched whole by the runtime, then unpacked from memory on the blocking pool.
+    /// A NAR streamed through a blocking thread costs a thread hand-off for every response
+    /// event, which is most of the work for a NAR of a few hundred bytes.
+    async fn download_small(
+        &self,
+        store: &Arc<LocalStore>,
+        candidate: &Candidate,
+        lock: InstallLock,
+        progress: &Arc<Progress>,
+    ) -> Result<Downloaded, Attempt> {
+        let c = &self.caches[candidate.cache];
+        let info = candidate.info.clone();
+        let store_err = |e: StoreError| Attempt {
+            retryable: false,
+            message: error_chain(&e),
+        };
+        let fetched = |info: &crate::store::PathInfo, download_size, installed| Fetched {
+            path: info.path.clone(),
+            cache: c.name.clone(),
+            nar_size: info.nar_size,
+            download_size,
+            installed,
+        };
+        // Another process may have installed it since the walk looked.
+        if let Some(valid) = store.query(info.store_path()).map_err(store_err)? {
+            return Ok(Downloaded::Valid(fetched(&valid, 0, false)));
+        }
+        // Compressed data cannot sensibly exceed the NAR by much (see the streaming case).
+        let limit = info.nar_size() + info.nar_size() / 8 + (64 << 10);
+        let body = c
+            .cache
+            .get_bytes(info.url(), limit as usize)
+            .await
+            .map_err(|e| Attempt {
+                // The HTTP layer has already retried transient failures.
+                retryable: false,
+                message: error_chain(&e),
+            })?
+            .ok_or_else(|| Attempt {
+                retryable: false,
+                message: CacheError::NotFound(info.url().to_owned()).to_string(),
+            })?;
+        let received = body.len() as u64;
+        progress.bytes_done.fetch_add(received, Ordering::Relaxed);
+        let store2 = store.clone();
+        let staged = tokio::task::spawn_blocking(move || {
+            let nar = compression::decompress(info.compression(), io::Cursor::new(body))
+                .map_err(|e| StoreError::io(format!("cannot decompress {}", info.url()), e))?;
+            store2.stage_nar_locked(lock, NarImport::from(&info), nar)
+        })
+        .await
+        .map_err(|e| Attempt {
+            message: format!("task failed: {e}"),
+            retryable: false,
+        })?
+        .map_err(store_err)?;
+        let f = fetched(staged.info(), received, true);
+        Ok(Downloaded::Staged(Box::new(staged), f))
+    }
+
+    /// [`Substituter::download`] streaming the NAR through a blocking thread: it waits for
+    /// the install lock there, and the NAR is unpacked as it arrives.
+    async fn download_streaming(
         &self,
         store: &Arc<LocalStore>,
         candidate: &Candidate,

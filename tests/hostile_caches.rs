@@ -189,17 +189,21 @@ fn nar_not_matching_its_narinfo_is_refused() {
         ("negative/missing-nar", "does not exist"),
     ];
     for (rel, reason) in cases {
-        let s = nix_store();
-        let msg = refused(
-            &s,
-            &file_url(&fixture(rel)),
-            &test_public_key(),
-            &[ROOT],
-            &[],
-        );
-        assert_mentions(&msg, &[ROOT, reason]);
-        // The genuine references were substituted; the root left no trace.
-        assert_only_valid(&s, &[VEC_A, VEC_B]);
+        for (mode, text) in FETCH_MODES {
+            let s = nix_store();
+            let config = config_file(&s, text);
+            let msg = refused(
+                &s,
+                &file_url(&fixture(rel)),
+                &test_public_key(),
+                &[ROOT],
+                &["--config", &config],
+            );
+            assert_mentions(&msg, &[ROOT, reason]);
+            // The genuine references were substituted; the root left no trace.
+            assert_only_valid(&s, &[VEC_A, VEC_B]);
+            eprintln!("{rel} ({mode}): refused");
+        }
     }
 }
 
@@ -213,15 +217,27 @@ fn nar_longer_than_its_narsize_is_refused() {
     info.clear_sigs();
     info.sign(&test_secret_key(), &nix_dir());
     write_narinfo(&dir, ROOT, &info);
-    let msg = refused(&s, &file_url(&dir), &test_public_key(), &[ROOT], &[]);
-    assert_mentions(&msg, &[ROOT, "size mismatch"]);
-    assert_only_valid(&s, &[VEC_A, VEC_B]);
+    for (_, text) in FETCH_MODES {
+        let config = config_file(&s, text);
+        let extra = ["--config", config.as_str()];
+        let msg = refused(&s, &file_url(&dir), &test_public_key(), &[ROOT], &extra);
+        assert_mentions(&msg, &[ROOT, "size mismatch"]);
+        assert_only_valid(&s, &[VEC_A, VEC_B]);
+    }
 }
 
 #[test]
 fn truncated_nars_are_refused() {
+    for (_, text) in FETCH_MODES {
+        truncated_nars_are_refused_when(text);
+    }
+}
+
+fn truncated_nars_are_refused_when(mode: &str) {
     // 1. The narinfo is genuine, the server sends a short NAR.
     let s = nix_store();
+    let config = config_file(&s, mode);
+    let extra = ["--config", config.as_str()];
     let dir = cache_copy(&s, "caches/none");
     let info = read_narinfo(&dir, ROOT);
     let nar = fs::read(dir.join(info.url())).unwrap();
@@ -230,18 +246,20 @@ fn truncated_nars_are_refused() {
         &format!("/{}", info.url()),
         Behaviour::Body(Bytes::copy_from_slice(&nar[..nar.len() / 2])),
     );
-    let msg = refused(&s, http.url(), &test_public_key(), &[ROOT], &[]);
+    let msg = refused(&s, http.url(), &test_public_key(), &[ROOT], &extra);
     assert_mentions(&msg, &[ROOT]);
     assert_only_valid(&s, &[VEC_A, VEC_B]);
 
     // 2. The narinfo is re-signed for the truncated bytes: only the NAR parser can
     // notice.
     let s = nix_store();
+    let config = config_file(&s, mode);
+    let extra = ["--config", config.as_str()];
     let dir = empty_cache(&s, "truncated");
     let victim = made_up_path("truncated");
     let full = regular_file_nar("hello, world\n");
     publish_nar(&dir, &victim, &full[..full.len() - 16]);
-    let msg = refused(&s, &file_url(&dir), &test_public_key(), &[&victim], &[]);
+    let msg = refused(&s, &file_url(&dir), &test_public_key(), &[&victim], &extra);
     assert_mentions(&msg, &[&victim]);
     assert_absent(&s, &victim);
 }
@@ -359,10 +377,15 @@ fn escaping_nars_are_refused() {
         ),
     ];
     let dir = empty_cache(&s, "escaping");
-    for (name, nar) in &cases {
+    for ((name, nar), (_, text)) in cases
+        .iter()
+        .flat_map(|c| FETCH_MODES.iter().map(move |m| (c, m)))
+    {
         let p = made_up_path(&format!("hostile-{name}"));
         publish_nar(&dir, &p, nar);
-        let msg = refused(&s, &file_url(&dir), &test_public_key(), &[&p], &[]);
+        let config = config_file(&s, text);
+        let extra = ["--config", config.as_str()];
+        let msg = refused(&s, &file_url(&dir), &test_public_key(), &[&p], &extra);
         assert_mentions(&msg, &[&p]);
         assert_absent(&s, &p);
         assert_eq!(
@@ -406,9 +429,13 @@ fn negative_nar_vectors_through_substitution() {
             ]);
             s.ok(&["verify", &p]);
         } else {
-            let msg = refused(&s, &file_url(&dir), &test_public_key(), &[&p], &[]);
-            assert_mentions(&msg, &[&p]);
-            assert_absent(&s, &p);
+            for (_, text) in FETCH_MODES {
+                let config = config_file(&s, text);
+                let extra = ["--config", config.as_str()];
+                let msg = refused(&s, &file_url(&dir), &test_public_key(), &[&p], &extra);
+                assert_mentions(&msg, &[&p]);
+                assert_absent(&s, &p);
+            }
         }
     }
 }
@@ -452,10 +479,15 @@ fn decompression_bomb_is_refused_quickly_with_bounded_memory() {
         &enc.finish().unwrap(),
     );
 
-    for path in [&p, &q] {
-        let (r, msg) = refused_run(&s, &file_url(&dir), &test_public_key(), &[path], &[]);
+    for (path, (mode, text)) in [&p, &q]
+        .into_iter()
+        .flat_map(|p| FETCH_MODES.iter().map(move |m| (p, m)))
+    {
+        let config = config_file(&s, text);
+        let extra = ["--config", config.as_str()];
+        let (r, msg) = refused_run(&s, &file_url(&dir), &test_public_key(), &[path], &extra);
         eprintln!(
-            "bomb {path}: refused after {:?}, peak {} KiB",
+            "bomb {path} ({mode}): refused after {:?}, peak {} KiB",
             r.elapsed, r.peak_rss_kib
         );
         assert_mentions(&msg, &[path]);
@@ -526,21 +558,35 @@ fn stalling_server_fails_cleanly_within_the_timeouts() {
 
 #[test]
 fn dropped_connections_are_retried_then_fail_cleanly() {
-    let s = nix_store();
-    let dir = cache_copy(&s, "caches/none");
-    let http = BlockingServer::serve(&dir);
-    let url = nar_url(&dir, VEC_A);
-    http.server.set_behaviour(&url, Behaviour::DropAfter(60));
-    let msg = refused(&s, http.url(), &test_public_key(), &[ROOT], &[]);
-    assert_mentions(&msg, &[VEC_A]);
-    let gets = http.server.count(&Method::GET, &url);
-    assert!(gets >= 2, "dropped download not retried ({gets} GETs)");
-    assert_only_valid(&s, &[]);
+    for (mode, text) in FETCH_MODES {
+        let s = nix_store();
+        let config = config_file(&s, text);
+        let dir = cache_copy(&s, "caches/none");
+        let http = BlockingServer::serve(&dir);
+        let url = nar_url(&dir, VEC_A);
+        http.server.set_behaviour(&url, Behaviour::DropAfter(60));
+        let extra = ["--config", config.as_str()];
+        let msg = refused(&s, http.url(), &test_public_key(), &[ROOT], &extra);
+        assert_mentions(&msg, &[VEC_A]);
+        let gets = http.server.count(&Method::GET, &url);
+        assert!(
+            gets >= 2,
+            "{mode}: dropped download not retried ({gets} GETs)"
+        );
+        assert_only_valid(&s, &[]);
+    }
 }
 
 #[test]
 fn a_single_dropped_connection_is_retried_and_succeeds() {
+    for (_, text) in FETCH_MODES {
+        a_single_dropped_connection_is_retried_and_succeeds_when(text);
+    }
+}
+
+fn a_single_dropped_connection_is_retried_and_succeeds_when(mode: &str) {
     let s = nix_store();
+    let config = config_file(&s, mode);
     let dir = cache_copy(&s, "caches/none");
     let http = BlockingServer::serve(&dir);
     let url = nar_url(&dir, VEC_B);
@@ -548,6 +594,8 @@ fn a_single_dropped_connection_is_retried_and_succeeds() {
         .queue_behaviours(&url, [Behaviour::DropAfter(100), Behaviour::Normal]);
     let out = s.ok(&[
         "--json",
+        "--config",
+        &config,
         "realise",
         "--substituters",
         http.url(),

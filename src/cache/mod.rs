@@ -60,6 +60,9 @@ pub enum PutBody {
     File(PathBuf),
 }
 
+/// Default of [`ClientOptions::whole_nar_max`].
+pub const DEFAULT_WHOLE_NAR_MAX: u64 = 256 << 10;
+
 /// How to talk to remote caches.
 #[derive(Clone)]
 pub struct ClientOptions {
@@ -77,6 +80,10 @@ pub struct ClientOptions {
     pub netrc_file: Option<PathBuf>,
     /// Sent as `Authorization: Bearer <token>`; takes precedence over netrc.
     pub bearer_token: Option<String>,
+    /// Substitution fetches a NAR whose signed NarSize is at most this many bytes whole
+    /// into memory, then unpacks it; larger NARs are unpacked as they stream in. 0 streams
+    /// every NAR.
+    pub whole_nar_max: u64,
 }
 
 impl Default for ClientOptions {
@@ -92,6 +99,7 @@ impl Default for ClientOptions {
             backoff_base: Duration::from_millis(250),
             netrc_file,
             bearer_token: None,
+            whole_nar_max: DEFAULT_WHOLE_NAR_MAX,
         }
     }
 }

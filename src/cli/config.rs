@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub stalled_download_timeout: Option<u64>,
     /// Tries in total for transient HTTP failures.
     pub download_attempts: Option<u32>,
+    /// NARs up to this many bytes are fetched whole before unpacking (0: stream all).
+    pub whole_nar_max_size: Option<u64>,
     /// Secret keys that sign what is built locally (a list or a space-separated string).
     pub secret_key_files: Option<Words>,
     /// Build in the sandbox (default true); false is `--no-sandbox`.
@@ -95,6 +97,7 @@ pub struct Settings {
     pub connect_timeout: Option<u64>,
     pub stalled_download_timeout: Option<u64>,
     pub download_attempts: Option<u32>,
+    pub whole_nar_max_size: Option<u64>,
     pub secret_key_files: Vec<PathBuf>,
     /// Build in the sandbox (default true).
     pub sandbox: bool,
@@ -146,6 +149,7 @@ pub fn merge(file: &FileConfig, env: &Layer, flags: &Layer) -> Result<Settings> 
         connect_timeout: file.connect_timeout,
         stalled_download_timeout: file.stalled_download_timeout,
         download_attempts: file.download_attempts,
+        whole_nar_max_size: file.whole_nar_max_size,
         secret_key_files: file
             .secret_key_files
             .clone()

@@ -458,6 +458,9 @@ pub fn client_options(s: &Settings) -> ClientOptions {
     if let Some(n) = s.download_attempts {
         o.attempts = n.max(1);
     }
+    if let Some(n) = s.whole_nar_max_size {
+        o.whole_nar_max = n;
+    }
     o
 }
 

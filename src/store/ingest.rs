@@ -13,7 +13,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::stage::Stage;
+use super::stage::{InstallLock, Stage, Staged};
 use super::{LocalStore, PathInfo, StoreError};
 use crate::format::ca::ContentAddress;
 use crate::format::hash::{Hash, HashAlgo, Hasher};
@@ -184,24 +184,46 @@ impl LocalStore {
         waiting: &dyn Fn(bool),
         open: impl FnOnce() -> Result<R, E>,
     ) -> Result<Stage, ImportError<E>> {
-        let printed = self.print_path(&meta.path);
+        let info = self.import_info(meta)?;
+        let expect = info.clone();
+        self.stage_noting_waits(info, waiting, move |dest| {
+            let nar = open().map_err(ImportError::Open)?;
+            Ok(self.unpack_checked(&expect, dest, nar)?)
+        })
+    }
+
+    /// Like [`LocalStore::stage_nar_with`] for a path whose install lock the caller holds
+    /// and knows not to be valid, with the NAR at hand.
+    pub fn stage_nar_locked(
+        &self,
+        lock: InstallLock,
+        meta: NarImport,
+        nar: impl Read,
+    ) -> Result<Staged, StoreError> {
+        let info = self.import_info(meta)?;
+        let expect = info.clone();
+        self.stage_locked(lock, info, move |dest| {
+            self.unpack_checked(&expect, dest, nar)
+        })
+    }
+
+    /// The path info an import registers, once the content address (if any) is checked to
+    /// give the path.
+    fn import_info(&self, meta: NarImport) -> Result<PathInfo, StoreError> {
         if let Some(ca) = &meta.ca {
             let refs = meta.references.iter().filter(|r| **r != meta.path);
             let self_ref = meta.references.contains(&meta.path);
-            let name = StorePathName::new(meta.path.name()).map_err(StoreError::from)?;
-            let expected = ca
-                .store_path(self.store_dir(), &name, refs, self_ref)
-                .map_err(StoreError::from)?;
+            let name = StorePathName::new(meta.path.name())?;
+            let expected = ca.store_path(self.store_dir(), &name, refs, self_ref)?;
             if expected != meta.path {
                 return Err(StoreError::CaMismatch {
-                    path: printed,
+                    path: self.print_path(&meta.path),
                     what: format!("{ca} gives {}", self.print_path(&expected)),
-                }
-                .into());
+                });
             }
         }
-        let info = PathInfo {
-            path: meta.path.clone(),
+        Ok(PathInfo {
+            path: meta.path,
             nar_hash: meta.nar_hash,
             nar_size: meta.nar_size,
             references: meta.references,
@@ -210,61 +232,63 @@ impl LocalStore {
             ca: meta.ca,
             registration_time: 0,
             ultimate: false,
-        };
-        let expect = info.clone();
-        self.stage_noting_waits(info, waiting, move |dest| {
-            let info = expect;
-            let nar = open().map_err(ImportError::Open)?;
-            // One byte more than announced is enough to notice an oversized stream.
-            let bound = info.nar_size.saturating_add(1);
-            let mut limited = nar.take(bound);
-            let restored = fsnar::restore(&mut limited, dest, RestoreOptions::canonical());
-            let read = bound - limited.limit();
-            let stats = match restored {
-                Ok(stats) => stats,
-                Err(_) if read > info.nar_size => {
-                    return Err(StoreError::SizeMismatch {
-                        path: printed.clone(),
-                        expected: info.nar_size,
-                        got: read,
-                    }
-                    .into())
-                }
-                Err(source) => {
-                    return Err(StoreError::Nar {
-                        context: format!("invalid NAR for '{printed}'"),
-                        source,
-                    }
-                    .into())
-                }
-            };
-            if stats.nar_size != info.nar_size {
-                return Err(StoreError::SizeMismatch {
-                    path: printed.clone(),
-                    expected: info.nar_size,
-                    got: stats.nar_size,
-                }
-                .into());
-            }
-            let got_hash = Hash::sha256(stats.nar_sha256);
-            if got_hash != info.nar_hash {
-                return Err(StoreError::HashMismatch {
-                    path: printed.clone(),
-                    expected: info.nar_hash.to_string(),
-                    got: got_hash.to_string(),
-                }
-                .into());
-            }
-            if let Some(ca) = &info.ca {
-                check_content_address(ca, &info.nar_hash, dest).map_err(|what| {
-                    StoreError::CaMismatch {
-                        path: printed.clone(),
-                        what,
-                    }
-                })?;
-            }
-            Ok(())
         })
+    }
+
+    /// Unpacks `nar` at `dest` (canonical), reading at most NarSize + 1 bytes, and checks
+    /// its size, hash and content address against `info`.
+    fn unpack_checked(
+        &self,
+        info: &PathInfo,
+        dest: &Path,
+        nar: impl Read,
+    ) -> Result<(), StoreError> {
+        let printed = self.print_path(&info.path);
+        // One byte more than announced is enough to notice an oversized stream.
+        let bound = info.nar_size.saturating_add(1);
+        let mut limited = nar.take(bound);
+        let restored = fsnar::restore(&mut limited, dest, RestoreOptions::canonical());
+        let read = bound - limited.limit();
+        let stats = match restored {
+            Ok(stats) => stats,
+            Err(_) if read > info.nar_size => {
+                return Err(StoreError::SizeMismatch {
+                    path: printed,
+                    expected: info.nar_size,
+                    got: read,
+                })
+            }
+            Err(source) => {
+                return Err(StoreError::Nar {
+                    context: format!("invalid NAR for '{printed}'"),
+                    source,
+                })
+            }
+        };
+        if stats.nar_size != info.nar_size {
+            return Err(StoreError::SizeMismatch {
+                path: printed,
+                expected: info.nar_size,
+                got: stats.nar_size,
+            });
+        }
+        let got_hash = Hash::sha256(stats.nar_sha256);
+        if got_hash != info.nar_hash {
+            return Err(StoreError::HashMismatch {
+                path: printed,
+                expected: info.nar_hash.to_string(),
+                got: got_hash.to_string(),
+            });
+        }
+        if let Some(ca) = &info.ca {
+            check_content_address(ca, &info.nar_hash, dest).map_err(|what| {
+                StoreError::CaMismatch {
+                    path: printed,
+                    what,
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// The shared install protocol for one path: stage it, then commit it alone. `build`

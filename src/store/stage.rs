@@ -119,6 +119,17 @@ impl LocalStore {
         Ok(Stage::Staged(self.stage_locked(lock, info, build)?))
     }
 
+    /// Takes the install lock of `path` if nobody holds it: one `fcntl`, no waiting.
+    pub fn try_lock_for_install(
+        &self,
+        path: &StorePath,
+    ) -> Result<Option<InstallLock>, StoreError> {
+        self.path_locks
+            .try_lock(path)
+            .map(|l| l.map(InstallLock))
+            .map_err(|e| StoreError::io(format!("cannot lock '{}'", self.print_path(path)), e))
+    }
+
     /// Takes the install lock of `path` (blocking while another process holds it). Whoever
     /// holds it is the only one who may make `path` valid; check validity again once it is
     /// held.

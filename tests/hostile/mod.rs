@@ -347,7 +347,13 @@ pub(crate) fn nix_store() -> TestStore {
     TestStore::with_store_dir("/nix/store")
 }
 
-/// An HTTP server with its own runtime (the tests block on child processes).
+/// The two ways substitution fetches a NAR, each with the config text that selects it:
+/// whole into memory, then unpacked (small NARs, by default), and unpacked as it streams in
+/// (`whole-nar-max-size = 0`). A hostile NAR must be refused both ways.
+pub(crate) const FETCH_MODES: [(&str, &str); 2] =
+    [("whole", ""), ("streamed", "whole-nar-max-size = 0\n")];
+
+/// Writes a config file for `s` (replacing the previous one); returns its path.
 pub(crate) fn config_file(s: &TestStore, text: &str) -> String {
     let f = s.scratch().join("config.toml");
     fs::write(&f, text).unwrap();
