@@ -39,6 +39,7 @@ fn fast_opts() -> ClientOptions {
         backoff_base: Duration::from_millis(1),
         netrc_file: None,
         bearer_token: None,
+        ..ClientOptions::default()
     }
 }
 

@@ -114,6 +114,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("backoff_base", &self.backoff_base)
             .field("netrc_file", &self.netrc_file)
             .field("bearer_token", &self.bearer_token.as_ref().map(|_| "***"))
+            .field("whole_nar_max", &self.whole_nar_max)
             .finish()
     }
 }
