@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 
 use rustix::fs::{Mode, CWD};
+use sha2::{Digest, Sha256};
 
 use super::hashing::HashingReader;
 use super::restore_pool::{FileJob, FilePool, POOL_AFTER_FILES, POOL_MAX_FILE};
@@ -68,6 +69,10 @@ pub struct RestoreStats {
     pub symlinks: u64,
     /// Sum of the sizes of the regular files.
     pub contents_size: u64,
+    /// sha256 of the contents when the NAR is a single regular file of at most
+    /// `SMALL_BUF_SIZE` bytes (what checking a flat or text content address needs),
+    /// computed as it is written.
+    pub root_file_sha256: Option<[u8; 32]>,
 }
 
 /// Size of the buffers large files go through.
@@ -191,6 +196,13 @@ fn unpack<'scope, 'env, R: Read>(
                 if size >= sys::DIRECT_MIN_SIZE {
                     let direct = sys::set_direct(&file, true);
                     write_large(nar, &mut file, direct, &path)?;
+                } else if builder.stack.is_empty() && size <= SMALL_BUF_SIZE as u64 {
+                    // The NAR is this one small file: hash its contents on the way.
+                    let mut data = vec![0u8; size as usize];
+                    let got = fill(nar, &mut data)?;
+                    file.write_all(&data[..got])
+                        .map_err(io_err("writing", || path.clone()))?;
+                    stats.root_file_sha256 = Some(Sha256::digest(&data[..got]).into());
                 } else if size > 0 {
                     // Grown to what the files need, so a NAR of small files never
                     // zeroes a large buffer.

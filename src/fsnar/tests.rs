@@ -102,6 +102,10 @@ fn parallel_dump_equals_reference() {
     let restored = tmp.path().join("restored");
     let stats = restore(&expected[..], &restored, RestoreOptions::canonical()).unwrap();
     assert_eq!((stats.nar_sha256, stats.nar_size), (digest, size));
+    assert_eq!(
+        stats.root_file_sha256, None,
+        "a directory has no contents hash"
+    );
     assert_eq!(stats.regular_files, 30 * 40 + 5);
     assert_eq!(stats.symlinks, 30);
     assert_eq!(stats.directories, 32);
@@ -170,9 +174,24 @@ fn single_file_roots() {
     );
     assert!(copy.exists(), "an existing target is left alone");
     let restored = tmp.path().join("restored");
-    restore(&expected[..], &restored, RestoreOptions::default()).unwrap();
+    let stats = restore(&expected[..], &restored, RestoreOptions::default()).unwrap();
     assert_eq!(restored.metadata().unwrap().mode() & 0o100, 0o100);
     assert!(reference_dump(&restored) == expected);
+    // A small single file has the sha256 of its contents computed on the way (what
+    // checking a flat or text content address needs); this one is too large for that.
+    use sha2::Digest;
+    assert_eq!(stats.root_file_sha256, None);
+    for contents in [&b""[..], b"hello\n"] {
+        fs::remove_file(&file).unwrap();
+        fs::write(&file, contents).unwrap();
+        let nar = reference_dump(&file);
+        let out = tmp.path().join("small");
+        let stats = restore(&nar[..], &out, RestoreOptions::canonical()).unwrap();
+        let want: [u8; 32] = sha2::Sha256::digest(contents).into();
+        assert_eq!(stats.root_file_sha256, Some(want));
+        assert_eq!(fs::read(&out).unwrap(), contents);
+        make_writable_and_remove(&out).unwrap();
+    }
 }
 
 #[test]

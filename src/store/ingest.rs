@@ -281,7 +281,8 @@ impl LocalStore {
             });
         }
         if let Some(ca) = &info.ca {
-            check_content_address(ca, &info.nar_hash, dest).map_err(|what| {
+            let contents = stats.root_file_sha256.map(Hash::sha256);
+            check_content_address(ca, &info.nar_hash, contents, dest).map_err(|what| {
                 StoreError::CaMismatch {
                     path: printed,
                     what,
@@ -322,8 +323,13 @@ impl LocalStore {
 
 /// Checks a content address against the unpacked tree: recursive hashes are NAR hashes
 /// (already checked for sha256, recomputed otherwise); flat and text hashes cover the
-/// bytes of a single regular file.
-fn check_content_address(ca: &ContentAddress, nar_hash: &Hash, tree: &Path) -> Result<(), String> {
+/// bytes of a single regular file (`contents`: their sha256 if the unpacking computed it).
+fn check_content_address(
+    ca: &ContentAddress,
+    nar_hash: &Hash,
+    contents: Option<Hash>,
+    tree: &Path,
+) -> Result<(), String> {
     let (recursive, expected) = match ca {
         ContentAddress::Text(h) => (false, *h),
         ContentAddress::Fixed { recursive, hash } => (*recursive, *hash),
@@ -336,6 +342,8 @@ fn check_content_address(ca: &ContentAddress, nar_hash: &Hash, tree: &Path) -> R
             fsnar::dump(tree, &mut h).map_err(|e| e.to_string())?;
             h.finish()
         }
+    } else if let Some(h) = contents.filter(|_| expected.algo() == HashAlgo::Sha256) {
+        h
     } else {
         let meta = fs::symlink_metadata(tree).map_err(|e| e.to_string())?;
         if !meta.file_type().is_file() {

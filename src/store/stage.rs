@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustix::fs::RenameFlags;
+
 use super::lock::TempDir;
 use super::path_lock::PathLock;
 use super::{LocalStore, PathInfo, StoreError};
@@ -266,6 +268,13 @@ impl LocalStore {
         let printed = self.print_path(&s.info.path);
         let io_err = |what: &str, e| StoreError::io(format!("{what} '{printed}'"), e);
         let real = self.layout.real_path(&s.info.path);
+        // The usual case, in one call: nothing is there. Anything else (something is there,
+        // a directory that needs write permission to move, no renameat2) takes the way below.
+        let cwd = rustix::fs::CWD;
+        if rustix::fs::renameat_with(cwd, &s.tree, cwd, &real, RenameFlags::NOREPLACE).is_ok() {
+            s.moved = true;
+            return Ok(());
+        }
         // A directory here that is not registered is what an interrupted install left
         // between its rename and its registration: replace it.
         match fs::symlink_metadata(&real) {
