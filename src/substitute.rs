@@ -650,10 +650,11 @@ impl Substituter {
     }
 
     /// [`Substituter::download`] of a small NAR (see [`ClientOptions::whole_nar_max`]) whose
-    /// install lock is held: the compressed
-    /// file is fetched whole by the runtime, then unpacked from memory on the blocking pool.
-    /// A NAR streamed through a blocking thread costs a thread hand-off for every response
-    /// event, which is most of the work for a NAR of a few hundred bytes.
+    /// install lock is held: the compressed file is fetched whole by the runtime, then
+    /// unpacked from memory on the blocking pool. A NAR streamed through a blocking thread
+    /// costs a thread hand-off for every response event, which is most of the work for a
+    /// NAR of a few hundred bytes. The validity query runs on the runtime: it is short, but
+    /// waits while a commit of this process holds the database.
     async fn download_small(
         &self,
         store: &Arc<LocalStore>,

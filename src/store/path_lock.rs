@@ -1,6 +1,6 @@
 //! Install locks of store paths: one byte each in a single file, `locks/paths.lock`.
 //!
-//! A path's lock is the byte at offset [`key`] (62 bits of its hash), taken with an
+//! A path's lock is the byte at offset `key(path)` (62 bits of its hash), taken with an
 //! open-file-description lock (`F_OFD_SETLK`). Unlike a lock file per path, this creates
 //! no file and costs one `fcntl` to take and one to release: substituting a thousand small
 //! paths used to create a thousand lock files. The kernel releases the locks of a process
