@@ -635,13 +635,10 @@ impl Substituter {
         waits: &Arc<LockWaits>,
     ) -> Result<Downloaded, Attempt> {
         if candidate.info.nar_size() <= self.whole_nar_max {
-            let store_err = |e: StoreError| Attempt {
-                retryable: false,
-                message: error_chain(&e),
-            };
             let path = candidate.info.store_path();
             // Uncontended (the usual case): the lock is one `fcntl`, taken right here.
-            if let Some(lock) = store.try_lock_for_install(path).map_err(store_err)? {
+            let lock = store.try_lock_for_install(path);
+            if let Some(lock) = lock.map_err(|e| Attempt::fatal(&e))? {
                 return self.download_small(store, candidate, lock, progress).await;
             }
         }
@@ -664,20 +661,10 @@ impl Substituter {
     ) -> Result<Downloaded, Attempt> {
         let c = &self.caches[candidate.cache];
         let info = candidate.info.clone();
-        let store_err = |e: StoreError| Attempt {
-            retryable: false,
-            message: error_chain(&e),
-        };
-        let fetched = |info: &crate::store::PathInfo, download_size, installed| Fetched {
-            path: info.path.clone(),
-            cache: c.name.clone(),
-            nar_size: info.nar_size,
-            download_size,
-            installed,
-        };
         // Another process may have installed it since the walk looked.
-        if let Some(valid) = store.query(info.store_path()).map_err(store_err)? {
-            return Ok(Downloaded::Valid(fetched(&valid, 0, false)));
+        let valid = store.query(info.store_path());
+        if let Some(valid) = valid.map_err(|e| Attempt::fatal(&e))? {
+            return Ok(Downloaded::Valid(Fetched::new(&valid, &c.name, 0, false)));
         }
         // Compressed data cannot sensibly exceed the NAR by much (see the streaming case).
         let limit = info.nar_size() + info.nar_size() / 8 + (64 << 10);
@@ -685,15 +672,9 @@ impl Substituter {
             .cache
             .get_bytes(info.url(), limit as usize)
             .await
-            .map_err(|e| Attempt {
-                // The HTTP layer has already retried transient failures.
-                retryable: false,
-                message: error_chain(&e),
-            })?
-            .ok_or_else(|| Attempt {
-                retryable: false,
-                message: CacheError::NotFound(info.url().to_owned()).to_string(),
-            })?;
+            // The HTTP layer has already retried transient failures.
+            .map_err(|e| Attempt::fatal(&e))?
+            .ok_or_else(|| Attempt::fatal(&CacheError::NotFound(info.url().to_owned())))?;
         let received = body.len() as u64;
         progress.bytes_done.fetch_add(received, Ordering::Relaxed);
         let store2 = store.clone();
@@ -703,12 +684,9 @@ impl Substituter {
             store2.stage_nar_locked(lock, NarImport::from(&info), nar)
         })
         .await
-        .map_err(|e| Attempt {
-            message: format!("task failed: {e}"),
-            retryable: false,
-        })?
-        .map_err(store_err)?;
-        let f = fetched(staged.info(), received, true);
+        .map_err(|e| Attempt::fatal(&e))?
+        .map_err(|e| Attempt::fatal(&e))?;
+        let f = Fetched::new(staged.info(), &c.name, received, true);
         Ok(Downloaded::Staged(Box::new(staged), f))
     }
 
@@ -748,17 +726,9 @@ impl Substituter {
             })
         })
         .await
-        .map_err(|e| Attempt {
-            message: format!("task failed: {e}"),
-            retryable: false,
-        })?;
-        let fetched = |info: &crate::store::PathInfo, installed| Fetched {
-            path: info.path.clone(),
-            cache: c.name.clone(),
-            nar_size: info.nar_size,
-            download_size: received.load(Ordering::Relaxed),
-            installed,
-        };
+        .map_err(|e| Attempt::fatal(&e))?;
+        let received = received.load(Ordering::Relaxed);
+        let fetched = |info, installed| Fetched::new(info, &c.name, received, installed);
         match outcome {
             Ok(Stage::Valid(info)) => Ok(Downloaded::Valid(fetched(&info, false))),
             Ok(Stage::Staged(s)) => {
@@ -766,10 +736,7 @@ impl Substituter {
                 Ok(Downloaded::Staged(Box::new(s), f))
             }
             // The request itself: the HTTP layer has already retried transient failures.
-            Err(ImportError::Open(e)) => Err(Attempt {
-                retryable: false,
-                message: error_chain(&e),
-            }),
+            Err(ImportError::Open(e)) => Err(Attempt::fatal(&e)),
             Err(ImportError::Store(e)) => Err(Attempt {
                 // A stream that broke off mid-body (connection drop, stall) is worth another
                 // try; a NAR that arrived but is malformed or does not match is not.
@@ -835,6 +802,33 @@ fn committable(
 struct Attempt {
     message: String,
     retryable: bool,
+}
+
+impl Attempt {
+    /// A failure that another try from the same cache would not fix.
+    fn fatal(e: &dyn std::error::Error) -> Attempt {
+        Attempt {
+            message: error_chain(e),
+            retryable: false,
+        }
+    }
+}
+
+impl Fetched {
+    fn new(
+        info: &crate::store::PathInfo,
+        cache: &str,
+        download_size: u64,
+        installed: bool,
+    ) -> Self {
+        Fetched {
+            path: info.path.clone(),
+            cache: cache.to_owned(),
+            nar_size: info.nar_size,
+            download_size,
+            installed,
+        }
+    }
 }
 
 /// Whether an import failed because reading the NAR stream failed (as opposed to the NAR

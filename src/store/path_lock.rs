@@ -12,14 +12,13 @@
 //! other through the kernel.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use super::layout::annotate;
+use super::lock::open_lock_file;
 use crate::format::store_path::StorePath;
 
 /// The name of the lock file in the locks dir.
@@ -52,15 +51,7 @@ fn key(path: &StorePath) -> i64 {
 impl PathLocks {
     /// Opens (creating it if needed) the lock file at `path`.
     pub fn open(path: &Path) -> io::Result<Arc<PathLocks>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| annotate(e, path))?;
+        let file = open_lock_file(path)?;
         Ok(Arc::new(PathLocks {
             file,
             held: Mutex::new(HashSet::new()),
