@@ -1,5 +1,6 @@
 //! Pure, synchronous Nix 2.8 formats: hashes and their encodings, store paths,
-//! content addresses, NAR, narinfo, signing keys, nix-cache-info and derivations.
+//! content addresses, NAR, narinfo, signing keys and signature checks, nix-cache-info
+//! and derivations.
 //!
 //! Nothing in here touches the file system or the network; everything works on
 //! bytes, strings, `io::Read` and `io::Write`. See `store-format.md`.
@@ -7,6 +8,7 @@
 pub mod ca;
 pub mod cache_info;
 pub mod derivation;
+pub mod ed25519;
 pub mod hash;
 pub mod keys;
 pub mod nar;
