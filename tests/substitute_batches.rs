@@ -63,9 +63,9 @@ fn make_chain(root: &std::path::Path, scratch: &std::path::Path) -> String {
     top
 }
 
-#[test]
-fn a_long_chain_is_committed_in_reference_order() {
-    let src = TestStore::with_store_dir("/nix/store");
+/// The chain of [`make_chain`] in `src`, pushed signed to a new file cache: (top, public
+/// key, cache dir).
+fn signed_chain_cache(src: &TestStore) -> (String, String, std::path::PathBuf) {
     let top = make_chain(&src.root(), &src.scratch());
     let key_dir = src.scratch();
     let (sec, publ) = (key_dir.join("k.sec"), key_dir.join("k.pub"));
@@ -81,15 +81,22 @@ fn a_long_chain_is_committed_in_reference_order() {
     ]);
     let public = fs::read_to_string(&publ).unwrap().trim().to_owned();
     let cache = src.scratch().join("cache");
-    let url = file_url(&cache);
     src.ok(&[
         "copy",
         "--to",
-        &url,
+        &file_url(&cache),
         "--secret-key-file",
         sec.to_str().unwrap(),
         &top,
     ]);
+    (top, public, cache)
+}
+
+#[test]
+fn a_long_chain_is_committed_in_reference_order() {
+    let src = TestStore::with_store_dir("/nix/store");
+    let (top, public, cache) = signed_chain_cache(&src);
+    let url = file_url(&cache);
 
     let dst = TestStore::with_store_dir("/nix/store");
     let report: Value = serde_json::from_str(&dst.ok(&[
@@ -191,4 +198,79 @@ fn an_untrusted_narinfo_cannot_add_references_to_the_plan() {
     ]);
     assert!(err.contains(ROOT) && err.contains("untrusted"), "{err}");
     assert!(!err.contains("bogus"), "{err}");
+}
+
+#[test]
+fn a_bad_signature_deep_in_a_chain_falls_through_to_the_next_cache() {
+    // The walk checks signatures in batches while it goes on asking; a narinfo in the middle
+    // of a long chain with a corrupted signature must still send that path to the next
+    // cache, or fail the plan naming it when there is none.
+    let src = TestStore::with_store_dir("/nix/store");
+    let (top, public, good) = signed_chain_cache(&src);
+    let bad = src.scratch().join("bad");
+    copy_dir(&good, &bad);
+    let infos: Vec<Value> =
+        serde_json::from_str(&src.ok(&["path-info", "--json", "-r", &top])).unwrap();
+    let victim = infos
+        .iter()
+        .map(|v| v["path"].as_str().unwrap().to_owned())
+        .find(|p| p.ends_with("-link-150"))
+        .unwrap();
+    let hash = &victim["/nix/store/".len()..][..32];
+    let ni = bad.join(format!("{hash}.narinfo"));
+    let text = fs::read_to_string(&ni).unwrap();
+    let sig_at = text.find("Sig: chain-test-1:").unwrap() + "Sig: chain-test-1:".len();
+    let mut corrupted = text.clone().into_bytes();
+    corrupted[sig_at + 4] = if corrupted[sig_at + 4] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
+    fs::write(&ni, corrupted).unwrap();
+
+    // Only the bad cache: nothing is downloaded and the error names the path.
+    let dst = TestStore::with_store_dir("/nix/store");
+    let err = dst.fails(&[
+        "realise",
+        "--substituters",
+        &file_url(&bad),
+        "--trusted-public-keys",
+        &public,
+        &top,
+    ]);
+    assert!(err.contains(&victim) && err.contains("untrusted"), "{err}");
+    assert!(err.contains("nothing was downloaded"), "{err}");
+    let real = dst.root().join("nix/store");
+    let left: Vec<_> = fs::read_dir(&real)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+
+    // The bad cache first, the good one second: that path comes from the good one.
+    let urls = format!(
+        "{}?priority=10 {}?priority=20",
+        file_url(&bad),
+        file_url(&good)
+    );
+    let report: Value = serde_json::from_str(&dst.ok(&[
+        "--json",
+        "realise",
+        "--substituters",
+        &urls,
+        "--trusted-public-keys",
+        &public,
+        &top,
+    ]))
+    .unwrap();
+    let subs = report["substituted"].as_array().unwrap();
+    assert_eq!(subs.len(), CHAIN, "{report}");
+    for e in subs {
+        let from = e["from"].as_str().unwrap();
+        let expect = if e["path"] == victim.as_str() {
+            "/cache?"
+        } else {
+            "/bad?"
+        };
+        assert!(from.contains(expect), "{e}");
+    }
 }
