@@ -24,6 +24,7 @@ use crate::format::hash::{Hash, HashAlgo, Hasher};
 use crate::format::keys::SecretKey;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::StorePath;
+use crate::store::temp_file::TempFile;
 use crate::store::{LocalStore, StoreError};
 
 /// Uploads in flight at the same time.
@@ -232,7 +233,7 @@ async fn push_one(
 }
 
 struct Prepared {
-    file: tempfile::NamedTempFile,
+    file: TempFile,
     file_hash: Hash,
     file_size: u64,
 }
@@ -243,17 +244,21 @@ enum PrepareError {
 }
 
 /// Dumps and compresses a path's NAR into a temp file in the store's state dir, hashing
-/// the compressed bytes on the way.
+/// the compressed bytes on the way. The file is locked while this process lives, so the
+/// next command to open the store reclaims it after a crash (see `store::temp_file`).
 fn prepare_nar(
     store: &LocalStore,
     path: &StorePath,
     compression: Compression,
 ) -> Result<Prepared, PrepareError> {
-    let dir = store.layout().state_dir().join("tmp");
+    let dir = store.layout().temp_files_dir();
     std::fs::create_dir_all(&dir).map_err(PrepareError::Io)?;
-    let file = tempfile::NamedTempFile::new_in(&dir).map_err(PrepareError::Io)?;
+    let file = TempFile::create_in(&dir, 0o600).map_err(PrepareError::Io)?;
     let out = HashCount {
-        inner: BufWriter::with_capacity(1 << 20, file.reopen().map_err(PrepareError::Io)?),
+        inner: BufWriter::with_capacity(
+            1 << 20,
+            file.as_file().try_clone().map_err(PrepareError::Io)?,
+        ),
         hasher: Hasher::new(HashAlgo::Sha256),
         count: 0,
     };

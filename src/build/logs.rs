@@ -1,7 +1,8 @@
 //! Build logs: each build's stdout and stderr, kept zstd-compressed in the state dir at
 //! `log/drvs/<first 2 chars of the .drv base name>/<rest>.zst` (Nix keeps
-//! `log/nix/drvs/…/….bz2`). A log is written to a temp file next to its final name and
-//! renamed when the build ends, so a log file is always complete. The last lines are kept in
+//! `log/nix/drvs/…/….bz2`). A log is written to a locked temp file in `<state>/tmp` (swept
+//! once its owner is gone, see `store::temp_file`) and renamed to its final name when the
+//! build ends, so a log file is always complete. The last lines are kept in
 //! memory for error messages.
 
 use std::collections::VecDeque;
@@ -10,6 +11,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 use crate::format::store_path::StorePath;
+use crate::store::temp_file::TempFile;
 use crate::store::Layout;
 
 /// Bytes of the end of the log kept for error messages.
@@ -43,7 +45,7 @@ pub fn read_log(layout: &Layout, drv: &StorePath) -> io::Result<Option<Vec<u8>>>
 /// optionally echoes it to stderr.
 pub struct LogSink {
     encoder: Option<zstd::stream::write::Encoder<'static, File>>,
-    tmp: PathBuf,
+    tmp: Option<TempFile>,
     dest: PathBuf,
     tail: VecDeque<u8>,
     echo: bool,
@@ -54,16 +56,14 @@ impl LogSink {
         let dest = log_path(layout, drv);
         let dir = dest.parent().expect("log path has a parent");
         fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(
-            ".{}.{}.tmp",
-            dest.file_name().unwrap_or_default().to_string_lossy(),
-            std::process::id()
-        ));
-        let file = File::create(&tmp)?;
+        let tmp_dir = layout.temp_files_dir();
+        fs::create_dir_all(&tmp_dir)?;
+        let tmp = TempFile::create_in(&tmp_dir, 0o644)?;
+        let file = tmp.as_file().try_clone()?;
         let encoder = zstd::stream::write::Encoder::new(file, 3)?;
         Ok(LogSink {
             encoder: Some(encoder),
-            tmp,
+            tmp: Some(tmp),
             dest,
             tail: VecDeque::with_capacity(TAIL_BYTES),
             echo,
@@ -84,7 +84,9 @@ impl LogSink {
             // Not synced: a log is not store contents; after a crash it may be lost, never
             // mistaken for a path.
             enc.finish()?;
-            fs::rename(&self.tmp, &self.dest)?;
+            if let Some(tmp) = self.tmp.take() {
+                tmp.persist(&self.dest)?;
+            }
         }
         Ok(())
     }

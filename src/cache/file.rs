@@ -1,31 +1,29 @@
 //! `file://` caches: a local directory holding one file per key.
 //!
 //! Reads stream the file; a missing file (or a directory, or a path through a
-//! non-directory) is absent. Writes are atomic and durable: a unique temp file
-//! `.tmp-<pid>-<nanos>-<n>` in the destination directory (parents created and made
-//! durable), written, fsynced, chmod 0644, renamed over the key, then the directory
-//! fsynced. Concurrent writers of one key each rename a complete file, so readers see
-//! the old or a new object whole, never a part; a crash leaves at most a temp file.
+//! non-directory) is absent. Writes are atomic and durable: a locked temp file
+//! (`.tmp-<boot>-<pid>-…`, see [`crate::store::temp_file`]) in the destination directory
+//! (parents created and made durable), written, fsynced, chmod 0644, renamed over the key,
+//! then the directory fsynced. Concurrent writers of one key each rename a complete file,
+//! so readers see the old or a new object whole, never a part; a crash leaves at most a
+//! temp file, which the next write session ([`FileCache::create_layout`]) sweeps once its
+//! owner is gone.
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio_util::io::ReaderStream;
 
 use super::{blocking, check_key, Backend, ByteStream, CacheError, CacheUrl, PutBody};
+use crate::store::temp_file::{self, TempFile};
 
 /// Read chunk size.
 const CHUNK: usize = 64 * 1024;
 
 /// Mode of written objects.
 const OBJECT_MODE: u32 = 0o644;
-
-/// Distinguishes temp files of one process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A cache in a local directory.
 #[derive(Debug)]
@@ -55,13 +53,23 @@ impl FileCache {
         Ok(self.root.join(key))
     }
 
-    /// Creates the cache directory and the given subdirectories, durably.
+    /// Creates the cache directory and the given subdirectories, durably, and sweeps the
+    /// temp files that writers which died left in them.
     pub(crate) async fn create_layout(&self, dirs: &[&str]) -> Result<(), CacheError> {
         let root = self.root.clone();
         let dirs: Vec<PathBuf> = dirs.iter().map(|d| root.join(d)).collect();
         blocking(move || {
             for dir in std::iter::once(&root).chain(&dirs) {
                 create_dirs(dir).map_err(|e| CacheError::io(describe("creating", dir), e))?;
+                let swept = temp_file::sweep(dir, temp_file::FOREIGN_STALE_AFTER);
+                if swept.files > 0 {
+                    tracing::info!(
+                        "removed {} temp files ({} bytes) left in {} by interrupted writers",
+                        swept.files,
+                        swept.bytes,
+                        dir.display()
+                    );
+                }
             }
             Ok(())
         })
@@ -125,8 +133,8 @@ fn write_atomic(dest: &Path, body: &PutBody) -> Result<(), CacheError> {
         .parent()
         .ok_or_else(|| writing(io::Error::other("no parent directory")))?;
     create_dirs(dir).map_err(writing)?;
-    let (temp, mut file) = create_temp(dir).map_err(writing)?;
-    let guard = TempGuard(Some(temp));
+    let temp = TempFile::create_in(dir, OBJECT_MODE).map_err(writing)?;
+    let mut file = temp.as_file();
     file.set_permissions(fs::Permissions::from_mode(OBJECT_MODE))
         .map_err(writing)?;
     match body {
@@ -141,54 +149,8 @@ fn write_atomic(dest: &Path, body: &PutBody) -> Result<(), CacheError> {
         }
     }
     file.sync_all().map_err(writing)?;
-    drop(file);
-    let temp = guard.path();
-    fs::rename(temp, dest).map_err(writing)?;
-    guard.disarm();
+    temp.persist(dest).map_err(writing)?;
     sync_dir(dir).map_err(writing)
-}
-
-/// Creates a new, empty temp file in `dir`.
-fn create_temp(dir: &Path) -> io::Result<(PathBuf, fs::File)> {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    loop {
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(".tmp-{}-{nanos:x}-{n}", std::process::id()));
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(OBJECT_MODE)
-            .open(&path)
-        {
-            Ok(file) => return Ok((path, file)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n % 1000 != 999 => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Removes the temp file unless disarmed.
-struct TempGuard(Option<PathBuf>);
-
-impl TempGuard {
-    fn path(&self) -> &Path {
-        self.0.as_deref().unwrap_or(Path::new(""))
-    }
-
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = fs::remove_file(path);
-        }
-    }
 }
 
 /// `create_dir_all`, then fsyncs the parent of every directory it created.

@@ -8,6 +8,7 @@
 //! <root>/ix/var/locks/paths.lock       per-path install locks (a byte each, OFD locks)
 //! <root>/ix/var/temproots/<tmp>.lock   held by the owner of each temp dir while it lives
 //! <root>/ix/var/temproots/<id>.roots   temp roots of one live process (see `roots`)
+//! <root>/ix/var/tmp/.tmp-<boot>-<pid>-…  temp files of commands, locked by their owner
 //! <root>/ix/var/gcroots/               GC roots: symlinks (indirect ones in `auto/`)
 //! <root>/ix/var/gc.lock                taken exclusively by the collector, shared to add roots
 //! <root>/<store-dir>/.gc-trash/        dead paths renamed aside, being removed
@@ -74,6 +75,12 @@ impl Layout {
 
     pub fn temp_locks_dir(&self) -> PathBuf {
         self.state_dir.join("temproots")
+    }
+
+    /// Temp files of commands (e.g. compressed NARs being pushed), each locked by its
+    /// owner: see [`super::temp_file`].
+    pub fn temp_files_dir(&self) -> PathBuf {
+        self.state_dir.join("tmp")
     }
 
     /// GC roots: symlinks to store paths, or (in `auto/`) to links that point into the store.

@@ -16,6 +16,7 @@ pub mod lock;
 pub mod path_lock;
 pub mod roots;
 pub mod stage;
+pub mod temp_file;
 mod text;
 mod trash;
 
@@ -125,7 +126,7 @@ pub struct LocalStore {
 
 impl LocalStore {
     /// Opens the store, creating its directories and database if needed, and removes temp
-    /// dirs left by processes that died.
+    /// dirs and temp files left by processes that died.
     pub fn open(layout: Layout) -> Result<Self, StoreError> {
         layout.create().map_err(|source| StoreError::NotWritable {
             path: layout.real_store().display().to_string(),
@@ -136,6 +137,14 @@ impl LocalStore {
             .map_err(|e| StoreError::io("cleaning stale temp dirs", e))?;
         if removed > 0 {
             tracing::info!("removed {removed} temp dirs left by interrupted runs");
+        }
+        let swept = temp_file::sweep(&layout.temp_files_dir(), temp_file::FOREIGN_STALE_AFTER);
+        if swept.files > 0 {
+            tracing::info!(
+                "removed {} temp files ({} bytes) left by interrupted runs",
+                swept.files,
+                swept.bytes
+            );
         }
         let path_locks =
             path_lock::PathLocks::open(&layout.locks_dir().join(path_lock::PATH_LOCKS_FILE))

@@ -256,3 +256,37 @@ pub fn run_with_timeout(mut cmd: Command, limit: std::time::Duration) -> Output 
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// Temp data a store under `root` (store dir `store_dir`) holds: `.tmp*` entries of the
+/// store dir, of `ix/var/tmp` and of `ix/var/temproots` (temp-dir locks), and whatever is
+/// in the collector's trash. Empty once every command is done and nothing leaked.
+pub fn store_temp_leftovers(root: &Path, store_dir: &str) -> Vec<PathBuf> {
+    let real = root.join(store_dir.trim_start_matches('/'));
+    let state = root.join("ix/var");
+    let mut found = dot_tmp_entries(&real);
+    found.extend(dot_tmp_entries(&state.join("tmp")));
+    found.extend(dot_tmp_entries(&state.join("temproots")));
+    if let Ok(entries) = std::fs::read_dir(real.join(".gc-trash")) {
+        found.extend(entries.map(|e| e.unwrap().path()));
+    }
+    found
+}
+
+/// `.tmp*` entries of a `file://` cache: its root and the dirs we write into.
+pub fn cache_temp_leftovers(cache: &Path) -> Vec<PathBuf> {
+    ["", "nar", "log", "realisations"]
+        .iter()
+        .flat_map(|d| dot_tmp_entries(&cache.join(d)))
+        .collect()
+}
+
+fn dot_tmp_entries(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+        .map(|e| e.path())
+        .collect()
+}
