@@ -290,3 +290,122 @@ fn dot_tmp_entries(dir: &Path) -> Vec<PathBuf> {
         .map(|e| e.path())
         .collect()
 }
+
+/// xorshift64*: small, seeded, good enough for timings and file contents.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&self.next().to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+}
+
+/// Every narinfo of a `file://` cache names a NAR that exists with its `FileSize`.
+/// Returns how many narinfos there are.
+pub fn check_cache(cache: &Path) -> Result<usize, String> {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for e in entries {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".narinfo") {
+            continue;
+        }
+        n += 1;
+        let text =
+            std::fs::read_to_string(cache.join(&name)).map_err(|e| format!("{name}: {e}"))?;
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{name} has no {k}"))
+        };
+        let url = field("URL: ")?;
+        let size: u64 = field("FileSize: ")?
+            .parse()
+            .map_err(|_| format!("{name}: FileSize"))?;
+        match std::fs::metadata(cache.join(&url)) {
+            Ok(m) if m.len() == size => {}
+            Ok(m) => return Err(format!("{name}: {url} has {} bytes, not {size}", m.len())),
+            Err(e) => return Err(format!("{name}: its NAR {url}: {e}")),
+        }
+    }
+    Ok(n)
+}
+
+/// `verify --all` passes and every reference of a valid path is valid (read from the
+/// database, which a live server may be writing: WAL readers are fine).
+pub fn check_store(s: &TestStore) -> Result<usize, String> {
+    let out = run_with_timeout(
+        {
+            let mut c = s.cmd();
+            c.args(["verify", "--all"]);
+            c
+        },
+        std::time::Duration::from_secs(120),
+    );
+    if !out.status.success() {
+        return Err(format!("verify --all: {}", text(&out.stderr)));
+    }
+    let db = s.root().join("ix/var/db/store.sqlite");
+    if !db.exists() {
+        return Ok(0);
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| e.to_string())?;
+    let dangling: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM refs r LEFT JOIN valid_paths v ON r.reference = v.id \
+             WHERE v.id IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| e.to_string())?;
+    if dangling != 0 {
+        return Err(format!("{dangling} references to paths that are not valid"));
+    }
+    let valid: i64 = conn
+        .query_row("SELECT count(*) FROM valid_paths", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    Ok(valid as usize)
+}
+
+pub fn no_temp_in_store(s: &TestStore) -> Result<(), String> {
+    let left = store_temp_leftovers(&s.root(), &s.store_dir);
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("temp data left in the store: {left:?}"))
+    }
+}
+
+pub fn no_temp_in_cache(cache: &Path) -> Result<(), String> {
+    let left = cache_temp_leftovers(cache);
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("temp data left in the cache: {left:?}"))
+    }
+}
