@@ -149,6 +149,58 @@ fn killed_push_is_reclaimed_by_gc() {
     check_store(&s).unwrap();
 }
 
+/// Names of the files under `dir`, recursively, that look like temp files.
+fn temp_files_below(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(temp_files_below(&e.path()));
+        } else if e.file_name().to_string_lossy().contains(".tmp") {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn killed_build_leaves_no_log_temp() {
+    if !sandbox_or_skip("killed_build_leaves_no_log_temp") {
+        return;
+    }
+    let s = TestStore::new();
+    let recipe = s.scratch().join("slow.toml");
+    fs::write(
+        &recipe,
+        "name = \"slow\"\nbuilder = \"/bin/sh\"\n\
+         args = [\"-c\", \"echo started; /bin/sleep 2; echo x > $out\"]\n",
+    )
+    .unwrap();
+    let out = s.ok(&["instantiate", "--json", recipe.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let drv = v[0]["drvPath"].as_str().unwrap().to_owned();
+    let mut c = s.cmd();
+    c.args(["realise", "--sandbox-paths", &sandbox_paths(), &drv]);
+    let state = s.root().join("ix/var");
+    let killed = kill_when(c, |t| {
+        t > Duration::from_millis(500)
+            && (!temp_files_below(&state.join("log")).is_empty()
+                || !temp_files_below(&state.join("tmp")).is_empty())
+    });
+    assert!(killed, "the build ended before it could be killed");
+    std::thread::sleep(Duration::from_secs(2)); // the builder's sleep ends
+    s.ok(&["gc"]);
+    let left = temp_files_below(&state);
+    assert!(
+        left.is_empty(),
+        "temp files left under the state dir: {left:?}"
+    );
+    no_temp_in_store(&s).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------
 // The harness
 
