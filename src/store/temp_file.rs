@@ -107,7 +107,13 @@ impl TempFile {
             // A sweeper may take the file for dead between its creation and our lock; it
             // unlinks it while holding the lock, so once we hold it, the name is ours if
             // it still leads to our file.
-            flock(&file, FlockOperation::LockExclusive).map_err(|e| annotate(e.into(), &path))?;
+            match flock(&file, FlockOperation::LockExclusive) {
+                Ok(()) => {}
+                // A filesystem without locks: a sweep cannot lock the file either, and so
+                // never removes it (see `reclaim`).
+                Err(rustix::io::Errno::NOLCK | rustix::io::Errno::OPNOTSUPP) => {}
+                Err(e) => return Err(annotate(e.into(), &path)),
+            }
             if same_file(&file, &path)? {
                 return Ok(TempFile {
                     path,
@@ -239,6 +245,8 @@ fn reclaim(
     match flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
         Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None), // its owner is alive
+        // No locks on this filesystem: liveness cannot be told, so it is kept.
+        Err(rustix::io::Errno::NOLCK | rustix::io::Errno::OPNOTSUPP) => return Ok(None),
         Err(e) => return Err(e.into()),
     }
     // Its owner may have renamed it away between our open and our lock.
