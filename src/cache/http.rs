@@ -1,6 +1,6 @@
 //! `http(s)://` caches: GET, HEAD and PUT with reqwest (rustls, one pooled client per
 //! cache, TCP_NODELAY, redirects followed), answering like the Nix 2.8 client
-//! (nix-formats.md §6.4):
+//! (store-format.md §7.2, HTTP):
 //!
 //! | status | result |
 //! |---|---|

@@ -1,6 +1,6 @@
 //! L2, cache backends: binary caches as key → object stores (`file://` and `http(s)://`),
 //! async, with the Nix 2.8 layout helpers on top (nix-cache-info, narinfo lookup) and
-//! NAR compression. Uses only [`crate::format`] below it. See nix-formats.md §6.
+//! NAR compression. Uses only [`crate::format`] below it. See store-format.md §7.
 //!
 //! * [`Backend`]: the thin trait every backend implements: `get`, `exists`, `put`.
 //! * [`Cache`]: the enum over our backends, opened from a [`CacheUrl`], with the helpers
@@ -39,7 +39,7 @@ pub use url::{check_key, CacheUrl, UrlError, MAX_KEY_LEN};
 /// The key of the file at the root of every cache.
 pub const CACHE_INFO_KEY: &str = "nix-cache-info";
 
-/// MIME types Nix uses when uploading (nix-formats.md §6.1).
+/// MIME types Nix uses when uploading (store-format.md §7.1).
 pub mod content_type {
     pub const CACHE_INFO: &str = "text/x-nix-cache-info";
     pub const NARINFO: &str = "text/x-nix-narinfo";

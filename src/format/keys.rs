@@ -1,5 +1,5 @@
 //! Nix-format ed25519 signing keys, detached signatures and the trusted-key set, as in
-//! Nix 2.8 (`libstore/crypto.cc`). See nix-formats.md §5.
+//! Nix 2.8 (`libstore/crypto.cc`). See store-format.md §4.1 and §5.
 //!
 //! ```text
 //! secret-key = name ":" base64(seed[32] ‖ public[32])   ; libsodium layout, 64 bytes

@@ -1,6 +1,6 @@
 //! `<hash32>.narinfo`: the metadata of one store path in a binary cache, parsed and printed
 //! byte for byte like Nix 2.8 (`libstore/nar-info.cc`), plus the signature fingerprint,
-//! signing and verification. See nix-formats.md §4 and §5.
+//! signing and verification. See store-format.md §4 and §5.
 //!
 //! ```text
 //! narinfo     = 1*line                        ; at most MAX_NARINFO_SIZE bytes
