@@ -227,12 +227,8 @@ async fn run_server(listen: SocketAddr, config: ServerConfig, quiet: bool) -> Re
     let addr = listener
         .local_addr()
         .context("cannot get the bound address")?;
-    // Tests and scripts read this line to learn the port; keep its shape.
-    eprintln!("store serve: listening on http://{addr}");
     if !quiet {
-        if config.upload.is_some() {
-            eprintln!("store serve: uploads enabled");
-        }
+        // Before the address line, which tells scripts that the server is up.
         let used = DiskUsage::of(config.store.layout());
         eprintln!(
             "store serve: nar-cache {} of {}, aliases {} of {}",
@@ -241,6 +237,11 @@ async fn run_server(listen: SocketAddr, config: ServerConfig, quiet: bool) -> Re
             usage_text(used.aliases),
             size_text(config.alias_cache_size),
         );
+    }
+    // Tests and scripts read this line to learn the port; keep its shape.
+    eprintln!("store serve: listening on http://{addr}");
+    if !quiet && config.upload.is_some() {
+        eprintln!("store serve: uploads enabled");
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(server::serve_with_shutdown(listener, config, async {

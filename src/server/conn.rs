@@ -1,10 +1,12 @@
 //! Accepting and supervising connections: the limits that keep anonymous clients from
 //! making the server unavailable by holding connections open.
 //!
-//! * At most [`Limits::max_connections`] connections are open at once (lowered at start
-//!   to what the descriptor limit allows, see [`connection_cap`]). While all are taken the
-//!   server does not accept, so further clients wait in the kernel's listen queue until a
-//!   connection closes: they are queued, not refused.
+//! * At most [`Limits::max_connections`] connections are served at once (lowered at start
+//!   to what the descriptor limit allows, see [`connection_cap`]). A connection accepted
+//!   while all are taken closes the one that has waited longest for a request (in the
+//!   head or idle phase), so clients that hold connections without using them cannot
+//!   lock others out; if every connection is busy with a request, it waits for one to
+//!   end, and clients after it wait in the kernel's listen queue (queued, not refused).
 //! * Every connection is watched through the phases of HTTP/1.1 keep-alive, and closed
 //!   when one lasts too long:
 //!
@@ -23,10 +25,12 @@
 //! * [`raise_fd_limit`] raises the soft `RLIMIT_NOFILE` to the hard limit (the CLI calls it
 //!   at start).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -56,6 +60,8 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Descriptors kept back from connections for everything else (the database, NAR files,
 /// staged uploads, the listener).
 const RESERVED_FDS: u64 = 64;
+/// How often a connection waiting for a slot asks again for room.
+const DISPLACE_RETRY: Duration = Duration::from_millis(100);
 /// How long accepting pauses after an error that a lack of resources causes.
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
@@ -126,12 +132,9 @@ pub(crate) async fn run(
     let slots = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
     let limits = Arc::new(limits);
+    let open = Arc::new(Registry::default());
     tokio::pin!(shutdown);
     loop {
-        let slot = tokio::select! {
-            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
@@ -142,8 +145,23 @@ pub(crate) async fn run(
             },
             () = &mut shutdown => break,
         };
+        let slot = loop {
+            if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
+                break Some(slot);
+            }
+            // Full: make room, and again while none is made (the one asked may have
+            // begun a request meanwhile).
+            open.displace_longest_waiting();
+            tokio::select! {
+                slot = Arc::clone(&slots).acquire_owned() => break slot.ok(),
+                () = tokio::time::sleep(DISPLACE_RETRY) => {}
+                () = &mut shutdown => break None,
+            }
+        };
+        let Some(slot) = slot else { break };
+        let entry = open.enter();
         let (app, limits, stop) = (app.clone(), Arc::clone(&limits), stop_rx.clone());
-        tokio::spawn(connection(tcp, app, limits, stop, slot));
+        tokio::spawn(connection(tcp, app, limits, stop, (slot, entry)));
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -172,12 +190,12 @@ async fn connection(
     app: Router,
     limits: Arc<Limits>,
     mut stop: watch::Receiver<bool>,
-    _slot: OwnedSemaphorePermit,
+    (_slot, entry): (OwnedSemaphorePermit, Entry),
 ) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!("cannot set TCP_NODELAY: {e}");
     }
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::clone(&entry.activity);
     let io = TokioIo::new(Watched {
         inner: tcp,
         activity: Arc::clone(&activity),
@@ -225,12 +243,69 @@ enum Phase {
     Idle,
 }
 
+/// The open connections, so that a new one can displace the one that has waited longest
+/// for a request.
+#[derive(Default)]
+struct Registry {
+    open: Mutex<HashMap<u64, Arc<Activity>>>,
+    next: AtomicU64,
+}
+
+/// A connection's place in the [`Registry`], left when dropped.
+struct Entry {
+    registry: Arc<Registry>,
+    id: u64,
+    activity: Arc<Activity>,
+}
+
+impl Registry {
+    fn enter(self: &Arc<Self>) -> Entry {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let activity = Arc::new(Activity::new());
+        self.lock().insert(id, Arc::clone(&activity));
+        Entry {
+            registry: Arc::clone(self),
+            id,
+            activity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Activity>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the connection that has been in the head or idle phase the longest to close.
+    fn displace_longest_waiting(&self) {
+        let open = self.lock();
+        let waiting = open
+            .values()
+            .filter(|a| !a.displaced.load(Ordering::Relaxed))
+            .filter_map(|a| {
+                let (phase, since) = a.get();
+                matches!(phase, Phase::Head | Phase::Idle).then_some((since, a))
+            })
+            .min_by_key(|(since, _)| *since);
+        if let Some((_, a)) = waiting {
+            a.displaced.store(true, Ordering::Relaxed);
+            a.changed.notify_one();
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
 /// A connection's phase and since when it has been in it (for `Sending`, since the last
 /// byte written), shared by its I/O, its service and its watchdog.
 struct Activity {
     state: Mutex<(Phase, Instant)>,
-    /// Wakes the watchdog when the phase changes.
+    /// Wakes the watchdog when the phase changes or the connection is displaced.
     changed: Notify,
+    /// Set when a new connection needs this one's place.
+    displaced: AtomicBool,
 }
 
 impl Activity {
@@ -238,6 +313,7 @@ impl Activity {
         Activity {
             state: Mutex::new((Phase::Head, Instant::now())),
             changed: Notify::new(),
+            displaced: AtomicBool::new(false),
         }
     }
 
@@ -273,6 +349,10 @@ impl Activity {
 async fn watch_over(activity: &Activity, limits: &Limits) -> &'static str {
     loop {
         let (phase, since) = activity.get();
+        let waiting = matches!(phase, Phase::Head | Phase::Idle);
+        if waiting && activity.displaced.load(Ordering::Relaxed) {
+            return "displaced by a new connection while waiting for a request";
+        }
         let (limit, reason) = match phase {
             Phase::Head => (limits.header_timeout, "request head not complete in time"),
             Phase::Sending => (limits.send_timeout, "the client stopped reading"),
