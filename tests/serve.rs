@@ -235,8 +235,6 @@ async fn plain_nars_extra_signature_and_fresh_signatures() {
     }
 }
 
-/// A store to upload into, with its server (token `TOKEN`, trusting the test key).
-
 fn staging_dir(s: &TestStore) -> PathBuf {
     s.root().join("ix/var/serve/staging")
 }

@@ -155,6 +155,55 @@ fn partial_heads_and_idle_connections_time_out() {
 }
 
 #[test]
+fn a_client_that_stops_reading_is_cut_off() {
+    let s = TestStore::new();
+    let src = s.scratch().join("big");
+    // Far more than the socket buffers of both ends hold.
+    let size = 32 << 20;
+    fs::write(&src, vec![7u8; size]).unwrap();
+    let path = s.ok(&["add", src.to_str().unwrap()]).trim().to_owned();
+    let mut cmd = Server::command(&s, &["--send-timeout", "1"]);
+    cmd.env("STORE_LOG", "debug");
+    let srv = Server::spawn(cmd);
+    let a = addr(&srv);
+    let narinfo = request(
+        &a,
+        &format!(
+            "GET /{}.narinfo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            hash_part(&path)
+        ),
+        b"",
+    )
+    .unwrap();
+    let url = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap()
+        .trim_end_matches(".zst")
+        .to_owned();
+    let mut c = TcpStream::connect(&a).unwrap();
+    c.write_all(format!("GET /{url} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    // Read nothing until the server says it gave up on us.
+    let start = std::time::Instant::now();
+    while !srv
+        .log
+        .lock()
+        .unwrap()
+        .contains("the client stopped reading")
+    {
+        assert!(
+            start.elapsed() < BOUND,
+            "the stalled response is never cut off"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = read_until_closed(&mut c).expect("the connection is closed");
+    assert!(got.starts_with("HTTP/1.1 200"));
+    assert!(got.len() < size, "cut off before the end");
+}
+
+#[test]
 fn a_trickling_upload_is_cut_off() {
     let (s, srv) = upload_target(" --body-timeout 1 --min-body-rate 1000");
     let a = addr(&srv);

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -69,10 +69,13 @@ impl Server {
         };
         let log = Arc::new(Mutex::new(seen));
         let sink = Arc::clone(&log);
+        // Line by line, so that a test can watch the log while the server runs.
         std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = err.read_to_string(&mut rest);
-            sink.lock().unwrap().push_str(&rest);
+            let mut line = String::new();
+            while err.read_line(&mut line).is_ok_and(|n| n > 0) {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
         });
         let client = Client::builder().no_proxy().build().unwrap();
         Server {
@@ -155,6 +158,7 @@ pub(crate) fn hash_part(logical: &str) -> &str {
     &base[..32]
 }
 
+/// A store to upload into, with its server (token `TOKEN`, trusting the test key).
 pub(crate) fn upload_target(extra: &str) -> (TestStore, Server) {
     let s = TestStore::new();
     let tok = s.scratch().join("token");
