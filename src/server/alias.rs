@@ -79,7 +79,14 @@ pub(crate) fn write(aliases: &Budget, name: &str, alias: &Alias) -> io::Result<(
     let dir = aliases.dir();
     let tmp = dir.join(temp_name());
     let line = alias.to_line();
-    let result = fs::write(&tmp, &line).and_then(|()| fs::rename(&tmp, dir.join(name)));
+    let result = fs::File::create_new(&tmp)
+        .and_then(|mut f| {
+            f.write_all(line.as_bytes())?;
+            // Used now, with full precision (the order of eviction).
+            budget::touch(&f);
+            Ok(())
+        })
+        .and_then(|()| fs::rename(&tmp, dir.join(name)));
     match &result {
         Ok(()) => aliases.added(line.len() as u64),
         Err(_) => {
