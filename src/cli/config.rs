@@ -52,6 +52,23 @@ pub struct FileConfig {
     pub keep_outputs: Option<bool>,
     /// GC keeps the derivers of live paths (default true, as Nix).
     pub keep_derivations: Option<bool>,
+    /// `store serve` limits (the `[serve]` table).
+    pub serve: Option<ServeFile>,
+}
+
+/// The `[serve]` table: limits of `store serve` (flags of the same names win). Sizes in
+/// bytes, timeouts in seconds.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeFile {
+    pub max_connections: Option<usize>,
+    pub header_timeout: Option<u64>,
+    pub keep_alive_timeout: Option<u64>,
+    pub send_timeout: Option<u64>,
+    pub body_timeout: Option<u64>,
+    pub min_body_rate: Option<u64>,
+    pub nar_cache_size: Option<u64>,
+    pub alias_cache_size: Option<u64>,
 }
 
 /// A list given either as a TOML array or as one space-separated string (as in nix.conf).
@@ -108,6 +125,7 @@ pub struct Settings {
     pub max_silent_time: Option<u64>,
     pub keep_outputs: bool,
     pub keep_derivations: bool,
+    pub serve: ServeFile,
 }
 
 /// Merges the layers: flags > env > file > defaults. Pure: no I/O, no globals.
@@ -170,6 +188,7 @@ pub fn merge(file: &FileConfig, env: &Layer, flags: &Layer) -> Result<Settings> 
         max_silent_time: file.max_silent_time,
         keep_outputs: file.keep_outputs.unwrap_or(false),
         keep_derivations: file.keep_derivations.unwrap_or(true),
+        serve: file.serve.clone().unwrap_or_default(),
     })
 }
 
@@ -218,6 +237,16 @@ mod tests {
         let gc = parse_file("keep-outputs = true\nkeep-derivations = false\n").unwrap();
         let g = merge(&gc, &Layer::default(), &Layer::default()).unwrap();
         assert!(g.keep_outputs && !g.keep_derivations);
+    }
+
+    #[test]
+    fn serve_table() {
+        let f = parse_file("root = \"/r\"\n[serve]\nmax-connections = 9\nheader-timeout = 2\n");
+        let s = merge(&f.unwrap(), &Layer::default(), &Layer::default()).unwrap();
+        assert_eq!(s.serve.max_connections, Some(9));
+        assert_eq!(s.serve.header_timeout, Some(2));
+        assert_eq!(s.serve.nar_cache_size, None);
+        assert!(parse_file("[serve]\nbogus = 1\n").is_err());
     }
 
     #[test]
