@@ -306,6 +306,40 @@ fn keys_and_signatures() {
     assert!(trusted.verify(&fp, ours).unwrap());
 }
 
+/// Issue 13: a key named `a:b` was written, then could not be read back. Names are
+/// refused where they are checked, with nothing written.
+#[test]
+fn key_names_with_a_colon_are_refused() {
+    let s = TestStore::new();
+    let scratch = s.scratch();
+    let (sec, public) = (scratch.join("k.sec"), scratch.join("k.pub"));
+    for bad in ["a:b", ""] {
+        let err = s.fails(&[
+            "key",
+            "generate",
+            "--name",
+            bad,
+            "--secret-file",
+            sec.to_str().unwrap(),
+            "--public-file",
+            public.to_str().unwrap(),
+        ]);
+        assert!(err.contains("key name"), "{bad:?}: {err}");
+        assert!(
+            !sec.exists() && !public.exists(),
+            "{bad:?}: nothing written"
+        );
+    }
+    // A trusted key whose name is empty is refused with the same rule.
+    let err = s.fails(&[
+        "realise",
+        "--trusted-public-keys",
+        ":NYgtoruizuryolCLu5nuyeLIW7BKrpXu2BvVsMOG20A=",
+        "/ix/store/00000000000000000000000000000000-x",
+    ]);
+    assert!(err.contains("a key name must not be empty"), "{err}");
+}
+
 #[test]
 fn errors_are_one_clear_line() {
     let s = TestStore::new();
