@@ -115,7 +115,10 @@ async fn contract(cache: &Cache, scratch: &Path) {
         "../up",
         "a/../b",
         "a//b",
-        "x?y",
+        "x#y",
+        "x?y#z",
+        "../x?y",
+        "?y",
         "http://h/x",
         "a\\b",
     ] {
@@ -166,6 +169,17 @@ async fn contract(cache: &Cache, scratch: &Path) {
         .await
         .unwrap_err();
     assert!(matches!(e, CacheError::TooLarge { .. }), "{e:?}");
+    // A read key may carry a query (a narinfo URL as harmonia writes it); the path names
+    // the object. A key to write may not.
+    let with_query = "log/x-y.drv?hash=abc";
+    assert!(cache.exists(with_query).await.unwrap());
+    assert_eq!(
+        read_stream(cache, with_query).await.unwrap().unwrap(),
+        small
+    );
+    let body = PutBody::Bytes(Bytes::from_static(b"x"));
+    let e = cache.put(with_query, body, content_type::LOG).await.err();
+    assert!(matches!(e, Some(CacheError::InvalidKey { .. })), "{e:?}");
 
     let big = sample(3 << 20, 7);
     let src = scratch.join("big.nar");
