@@ -367,6 +367,94 @@ fn errors_are_one_clear_line() {
     assert!(err.contains("pipe"), "{err}");
 }
 
+/// Issue 13: messages repeated themselves (`cannot add 'X': cannot add 'X': …`, each
+/// I/O cause twice) because levels formatted their source into their own message. Each
+/// level now says only its own part, and the chain printer adds the causes, once.
+#[test]
+fn error_chains_name_each_cause_once() {
+    let s = TestStore::new();
+    let home = tempfile::tempdir().unwrap();
+    let no_root = || {
+        let mut c = bare_cmd(home.path());
+        c.env_remove("HOME");
+        c
+    };
+    let cache = s.scratch().join("cache");
+    fs::create_dir_all(&cache).unwrap();
+    fs::write(cache.join("nix-cache-info"), "StoreDir: /ix/store\n").unwrap();
+    let hash = "00000000000000000000000000000000";
+    fs::write(
+        cache.join(format!("{hash}.narinfo")),
+        format!("StorePath: /ix/store/{hash}-x\nURL: nar/x.nar\nNarHash: sha256:zz\nNarSize: 1\n"),
+    )
+    .unwrap();
+    let cache_url = format!("file://{}", cache.display());
+    let key = "k-1:NYgtoruizuryolCLu5nuyeLIW7BKrpXu2BvVsMOG20A=";
+    let path = format!("/ix/store/{hash}-x");
+    let cases: Vec<(Vec<String>, &str, bool)> = vec![
+        (words(&["add", "/nonexistent/tree"]), "No such file", true),
+        (
+            words(&["copy", "--to", "file:///proc/no-such/cache", &path]),
+            "No such file",
+            true,
+        ),
+        (
+            words(&["--store-dir", "/proc/no-such/store", "init"]),
+            "No such file",
+            false,
+        ),
+        (
+            words(&[
+                "realise",
+                "--substituters",
+                "http://[::1",
+                "--trusted-public-keys",
+                key,
+                &path,
+            ]),
+            "invalid IPv6 address",
+            true,
+        ),
+        // The cause of a refused narinfo reaches the report.
+        (
+            words(&[
+                "realise",
+                "--substituters",
+                &cache_url,
+                "--trusted-public-keys",
+                key,
+                &path,
+            ]),
+            "NarHash",
+            true,
+        ),
+    ];
+    for (args, cause, in_store) in cases {
+        let out = if in_store {
+            s.cmd().args(&args).output()
+        } else {
+            no_root().args(&args).output()
+        };
+        let out = out.unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches(cause).count(), 1, "{args:?}: {err}");
+        for line in err.lines().filter(|l| !l.starts_with(" WARN")) {
+            let segments: Vec<&str> = line.trim().split(": ").collect();
+            for (i, seg) in segments.iter().enumerate() {
+                assert!(
+                    !segments[i + 1..].contains(seg),
+                    "{args:?}: {seg:?} repeated in {line:?}"
+                );
+            }
+        }
+    }
+}
+
+fn words(w: &[&str]) -> Vec<String> {
+    w.iter().map(|s| (*s).to_owned()).collect()
+}
+
 #[test]
 fn unwritable_default_location_suggests_root() {
     // No HOME and no XDG_DATA_HOME: no per-user root to fall back to.

@@ -41,6 +41,7 @@ use super::netrc::{Netrc, Secret};
 use super::{
     collect_limited, Backend, ByteStream, CacheError, CacheUrl, ClientOptions, ObjectKey, PutBody,
 };
+use crate::error_chain::Chain;
 
 /// Upload chunk size.
 const CHUNK: usize = 64 * 1024;
@@ -303,7 +304,7 @@ impl HttpCache {
                         });
                     }
                     let delay = backoff_delay(self.backoff_base, attempt, jitter());
-                    tracing::warn!("{e}; retrying in {} ms", delay.as_millis());
+                    tracing::warn!("{}; retrying in {} ms", Chain(&e), delay.as_millis());
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }

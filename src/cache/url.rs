@@ -45,7 +45,7 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// Why a cache URL was refused. Never contains credentials.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum UrlError {
-    #[error("invalid cache URL: {0}")]
+    #[error("malformed URL")]
     Syntax(#[source] url::ParseError),
     #[error("unsupported cache URL scheme '{0}' (expected file, http or https)")]
     UnsupportedScheme(String),
