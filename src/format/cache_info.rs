@@ -41,7 +41,7 @@ pub enum CacheInfoError {
     BadLine { line: usize },
     #[error("nix-cache-info line {line}: '{key}' given twice")]
     Duplicate { line: usize, key: &'static str },
-    #[error("nix-cache-info line {line}: StoreDir: {source}")]
+    #[error("nix-cache-info line {line}: invalid StoreDir")]
     StoreDir {
         line: usize,
         #[source]

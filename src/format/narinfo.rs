@@ -137,7 +137,7 @@ pub enum NarInfoError {
         field: Field,
         reason: &'static str,
     },
-    #[error("narinfo line {line}: {field}: {source}")]
+    #[error("narinfo line {line}: invalid {field}")]
     Hash {
         line: usize,
         field: Field,
@@ -150,7 +150,7 @@ pub enum NarInfoError {
         field: Field,
         algo: HashAlgo,
     },
-    #[error("narinfo line {line}: {field}: {source}")]
+    #[error("narinfo line {line}: invalid {field}")]
     StorePath {
         line: usize,
         field: Field,
@@ -159,7 +159,7 @@ pub enum NarInfoError {
     },
     #[error("narinfo line {line}: reference '{reference}' listed twice")]
     DuplicateReference { line: usize, reference: String },
-    #[error("narinfo line {line}: CA: {source}")]
+    #[error("narinfo line {line}: invalid CA")]
     Ca {
         line: usize,
         #[source]
