@@ -13,6 +13,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod error_chain;
 pub mod format;
 pub mod fsnar;
 pub mod push;

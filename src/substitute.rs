@@ -347,7 +347,11 @@ impl Substituter {
                         trusted.insert(path, Candidate { cache, info });
                     }
                     Err(e) => {
-                        reasons.push(format!("{}: untrusted: {e}", self.caches[cache].name));
+                        reasons.push(format!(
+                            "{}: untrusted: {}",
+                            self.caches[cache].name,
+                            error_chain(&e)
+                        ));
                         in_flight.push(self.lookup(store, path, cache + 1, reasons));
                     }
                 }
@@ -413,7 +417,7 @@ impl Substituter {
                     reasons.push(format!("{}: {e}", c.name))
                 }
                 Ok(None) => reasons.push(format!("{}: not found", c.name)),
-                Err(e) => reasons.push(format!("{}: {e}", c.name)),
+                Err(e) => reasons.push(format!("{}: {}", c.name, error_chain(&e))),
             }
         }
         Found {
@@ -447,7 +451,11 @@ impl Substituter {
                     })
                 }
                 Err(e) => {
-                    reasons.push(format!("{}: untrusted: {e}", self.caches[found.cache].name));
+                    reasons.push(format!(
+                        "{}: untrusted: {}",
+                        self.caches[found.cache].name,
+                        error_chain(&e)
+                    ));
                     from = found.cache + 1;
                 }
             }
@@ -926,7 +934,7 @@ async fn open_one(
     options: &ClientOptions,
     store: &LocalStore,
 ) -> Result<OpenCache, String> {
-    let cache = Cache::open(url, options).map_err(|e| e.to_string())?;
+    let cache = Cache::open(url, options).map_err(|e| error_chain(&e))?;
     let info = cache.cache_info().await.map_err(|e| error_chain(&e))?;
     if info.store_dir != *store.store_dir() {
         return Err(format!(
