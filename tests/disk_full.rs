@@ -93,11 +93,13 @@ fn fails_for_space(cmd: Command, what: &str) -> String {
         "{what} succeeded on a full disk: {err}"
     );
     assert!(!err.contains("panicked"), "{what} panicked: {err}");
+    eprintln!("{what} on a full disk said:\n{err}");
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(errors.len(), 1, "{what}: not one error: {err}");
-    assert!(
-        errors[0].contains("No space left on device"),
-        "{what}: the error does not say the disk is full: {err}"
+    assert_eq!(
+        errors[0].matches("No space left on device").count(),
+        1,
+        "{what}: the error does not say once that the disk is full: {err}"
     );
     err
 }
