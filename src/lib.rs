@@ -16,6 +16,7 @@ pub mod cache;
 pub mod format;
 pub mod fsnar;
 pub mod push;
+pub mod schedule;
 pub mod server;
 pub mod store;
 pub mod substitute;

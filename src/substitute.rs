@@ -32,6 +32,7 @@ use crate::format::nar::NarReadError;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::{StoreDir, StorePath};
 use crate::fsnar::FsNarError;
+use crate::schedule::{Cycle, ReadyQueue};
 use crate::store::stage::references_first;
 use crate::store::{ImportError, InstallLock, LocalStore, NarImport, Stage, Staged, StoreError};
 use crate::trust::{check_narinfo, TrustError};
@@ -76,6 +77,8 @@ pub enum SubstituteError {
     Fetch { path: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the references of these paths form a cycle: {}", paths.join(", "))]
+    Cycle { paths: Vec<String> },
     #[error("internal task failed: {0}")]
     Task(String),
 }
@@ -486,16 +489,21 @@ impl Substituter {
             .await
             .map_err(|e| SubstituteError::Task(e.to_string()))??;
         let order = reference_order(&wanted);
-        let rank: HashMap<&StorePath, usize> =
-            order.iter().enumerate().map(|(i, p)| (p, i)).collect();
+        // Which staged paths can be committed: each once its references among the wanted
+        // ones are valid (or committed in the same batch, before it).
+        let mut gate = commit_gate(&order, &wanted).map_err(|cycle| SubstituteError::Cycle {
+            paths: cycle
+                .members
+                .iter()
+                .map(|&i| store.print_path(&order[i]))
+                .collect(),
+        })?;
         // Started but not yet committed: bounds the open locks and staged trees.
         let window = self.jobs * 4 + 256;
         let mut next = 0;
         let mut outstanding = 0usize;
-        let mut downloads: JoinSet<(StorePath, Result<Downloaded, SubstituteError>)> =
-            JoinSet::new();
+        let mut downloads: JoinSet<(usize, Result<Downloaded, SubstituteError>)> = JoinSet::new();
         let mut staged: BTreeMap<usize, (Staged, Fetched)> = BTreeMap::new();
-        let mut valid: BTreeSet<StorePath> = BTreeSet::new();
         let mut committing: Option<tokio::task::JoinHandle<CommitResult>> = None;
         let mut done = Vec::new();
         let mut first_error = None;
@@ -507,7 +515,7 @@ impl Substituter {
                 && outstanding < window
                 && next < order.len()
             {
-                let p = order[next].clone();
+                let (rank, p) = (next, order[next].clone());
                 next += 1;
                 outstanding += 1;
                 let candidate = wanted[&p].clone();
@@ -517,7 +525,7 @@ impl Substituter {
                     let r = this
                         .fetch_one(&store, &p, candidate, &progress, &waits)
                         .await;
-                    (p, r)
+                    (rank, r)
                 });
             }
             // Commit in large batches (each costs a sync): when enough is staged, when the
@@ -526,7 +534,7 @@ impl Substituter {
             let stuck = waits.blocked.load(Ordering::SeqCst) >= downloads.len();
             let due = staged.len() >= COMMIT_BATCH || outstanding >= window || stuck;
             if committing.is_none() && due {
-                let batch = committable(&mut staged, &valid, &wanted);
+                let batch = committable(&mut staged, &mut gate);
                 if !batch.is_empty() {
                     let store = store.clone();
                     committing = Some(tokio::task::spawn_blocking(move || {
@@ -541,18 +549,18 @@ impl Substituter {
             }
             tokio::select! {
                 Some(joined) = downloads.join_next(), if !downloads.is_empty() => {
-                    let (path, result) =
+                    let (rank, result) =
                         joined.map_err(|e| SubstituteError::Task(e.to_string()))?;
                     match result {
                         Ok(Downloaded::Valid(f)) => {
                             outstanding -= 1;
                             progress.paths_done.fetch_add(1, Ordering::Relaxed);
                             progress.changed.notify_one();
-                            valid.insert(path);
+                            gate.complete(rank);
                             done.push(f);
                         }
                         Ok(Downloaded::Staged(s, f)) => {
-                            staged.insert(rank[&path], (*s, f));
+                            staged.insert(rank, (*s, f));
                         }
                         Err(e) => {
                             // Let running downloads finish (they are independent and
@@ -573,10 +581,7 @@ impl Substituter {
                             progress
                                 .paths_done
                                 .fetch_add(fetched.len() as u64, Ordering::Relaxed);
-                            for f in fetched {
-                                valid.insert(f.path.clone());
-                                done.push(f);
-                            }
+                            done.extend(fetched);
                             progress.changed.notify_one();
                         }
                         Err(e) => {
@@ -829,25 +834,42 @@ fn reference_order(wanted: &BTreeMap<StorePath, Candidate>) -> Vec<StorePath> {
         .collect()
 }
 
-/// Takes out of `staged` (keyed by rank in reference order) every path whose references
-/// among the wanted ones are valid or taken before it.
+/// The queue that releases the paths of `order` (all of `wanted`, in reference order) for
+/// commit: each waits for its references among them.
+fn commit_gate(
+    order: &[StorePath],
+    wanted: &BTreeMap<StorePath, Candidate>,
+) -> Result<ReadyQueue, Cycle> {
+    let rank: HashMap<&StorePath, usize> = order.iter().enumerate().map(|(i, p)| (p, i)).collect();
+    let waits_for = order.iter().enumerate().flat_map(|(i, p)| {
+        let rank = &rank;
+        wanted[p]
+            .info
+            .references()
+            .iter()
+            .filter_map(move |r| Some((i, *rank.get(r)?)))
+    });
+    ReadyQueue::new(order.len(), waits_for)
+}
+
+/// Takes out of `staged` (keyed by rank in reference order) every path the gate releases:
+/// its references among the wanted ones are valid or taken before it. A taken path counts
+/// as complete at once, so a chain staged whole is committed in one batch.
 fn committable(
     staged: &mut BTreeMap<usize, (Staged, Fetched)>,
-    valid: &BTreeSet<StorePath>,
-    wanted: &BTreeMap<StorePath, Candidate>,
+    gate: &mut ReadyQueue,
 ) -> Vec<(Staged, Fetched)> {
-    let mut taken: BTreeSet<StorePath> = BTreeSet::new();
-    let mut ranks = Vec::new();
-    for (rank, (s, _)) in staged.iter() {
-        let path = &s.info().path;
-        let ready = s.info().references.iter().all(|r| {
-            r == path || !wanted.contains_key(r) || valid.contains(r) || taken.contains(r)
-        });
-        if ready {
-            taken.insert(path.clone());
-            ranks.push(*rank);
-        }
-    }
+    let ranks: Vec<usize> = staged
+        .keys()
+        .copied()
+        .filter(|&rank| {
+            let ready = gate.take(rank);
+            if ready {
+                gate.complete(rank);
+            }
+            ready
+        })
+        .collect();
     ranks
         .into_iter()
         .filter_map(|r| staged.remove(&r))

@@ -27,6 +27,7 @@ use crate::format::derivation::derived_path::{DerivedPath, OutputsSpec};
 use crate::format::derivation::hash::derivation_closure;
 use crate::format::derivation::Derivation;
 use crate::format::store_path::StorePath;
+use crate::schedule::ReadyQueue;
 use crate::store::lock::TempDir;
 use crate::store::{LocalStore, StoreError};
 use crate::substitute::{Fetched, Plan, Progress, SubstituteError, Substituter};
@@ -63,6 +64,8 @@ pub enum RealiseError {
         /// The combined [`RealiseError::exit_status`] of the failures.
         status: Option<u8>,
     },
+    #[error("the input derivations of these derivations form a cycle: {}", drvs.join(", "))]
+    Cycle { drvs: Vec<String> },
     #[error("internal task failed: {0}")]
     Task(String),
 }
@@ -198,8 +201,10 @@ pub async fn realise(
     let mut build_config = opts.build.clone();
     build_config.scratch_pool = Some(Arc::new(ScratchPool::new(scratch_dir.path().to_owned())));
     let config = Arc::new(build_config);
-    let mut sched = Schedule::new(&graph, to_build);
-    let mut running: JoinSet<(StorePath, Result<Built, BuildError>)> = JoinSet::new();
+    let mut sched = Schedule::new(&graph, to_build).map_err(|drvs| RealiseError::Cycle {
+        drvs: drvs.iter().map(|d| store.print_path(d)).collect(),
+    })?;
+    let mut running: JoinSet<(usize, Result<Built, BuildError>)> = JoinSet::new();
     let mut failures: BTreeMap<StorePath, RealiseError> = BTreeMap::new();
     let mut fetch_failure: Option<RealiseError> = None;
     let mut stopping = false;
@@ -207,13 +212,14 @@ pub async fn realise(
     loop {
         if !stopping {
             while running.len() < max_jobs {
-                let Some((drv, inputs)) = sched.next_startable(store)? else {
+                let Some((build, inputs)) = sched.next_startable(store)? else {
                     break;
                 };
+                let drv = sched.builds[build].clone();
                 let (store, graph, config) = (store.clone(), graph.clone(), config.clone());
                 running.spawn_blocking(move || {
                     let result = build_derivation(&store, &drv, &graph[&drv], &inputs, &config);
-                    (drv, result)
+                    (build, result)
                 });
             }
         }
@@ -222,14 +228,15 @@ pub async fn realise(
         }
         tokio::select! {
             Some(joined) = running.join_next(), if !running.is_empty() => {
-                let (drv, result) = joined.map_err(|e| RealiseError::Task(e.to_string()))?;
+                let (build, result) = joined.map_err(|e| RealiseError::Task(e.to_string()))?;
+                let drv = sched.builds[build].clone();
                 match result {
                     Ok(built) => {
-                        sched.built(&drv, built.outputs.values().map(|i| i.path.clone()));
+                        sched.built(build, built.outputs.values().map(|i| i.path.clone()));
                         realised.built.push(built);
                     }
                     Err(e) => {
-                        for dependent in sched.failed(&drv) {
+                        for dependent in sched.failed(build) {
                             failures.insert(
                                 dependent.clone(),
                                 RealiseError::GaveUp {
@@ -257,7 +264,7 @@ pub async fn realise(
         }
     }
     // Whatever could not start: its inputs never became valid.
-    for drv in sched.take_pending() {
+    for drv in sched.pending() {
         if failures.is_empty() && fetch_failure.is_none() {
             let missing = missing_inputs(store, &graph, &drv)?;
             failures.insert(
@@ -388,57 +395,55 @@ fn missing_inputs(
     Ok(missing)
 }
 
-/// Which builds can start: dependency counts among the builds (in memory), then, for those
-/// whose input builds are done, the validity of every input (some come from the fetch that
-/// runs alongside). Paths seen valid are remembered.
+/// Which builds can start: dependency counts among the builds (a [`ReadyQueue`] over
+/// `builds`), then, for those whose input builds are done, the validity of every input
+/// (some come from the fetch that runs alongside). Paths seen valid are remembered.
 struct Schedule<'g> {
     graph: &'g BTreeMap<StorePath, Derivation>,
-    /// Builds not started, with the input builds each still waits for.
-    waiting: BTreeMap<StorePath, BTreeSet<StorePath>>,
-    /// Build → the builds that use it.
-    dependents: BTreeMap<StorePath, Vec<StorePath>>,
-    /// Builds whose input builds are all done.
-    ready: BTreeSet<StorePath>,
+    /// The builds, in path order; the queue's items are indices into it.
+    builds: Vec<StorePath>,
+    queue: ReadyQueue,
     known_valid: std::collections::HashSet<StorePath>,
 }
 
 impl<'g> Schedule<'g> {
-    fn new(graph: &'g BTreeMap<StorePath, Derivation>, to_build: BTreeSet<StorePath>) -> Self {
-        let mut waiting = BTreeMap::new();
-        let mut dependents: BTreeMap<StorePath, Vec<StorePath>> = BTreeMap::new();
-        let mut ready = BTreeSet::new();
-        for d in &to_build {
-            let deps: BTreeSet<StorePath> = graph[d]
+    fn new(
+        graph: &'g BTreeMap<StorePath, Derivation>,
+        to_build: BTreeSet<StorePath>,
+    ) -> Result<Self, Vec<StorePath>> {
+        let builds: Vec<StorePath> = to_build.into_iter().collect();
+        let index: BTreeMap<&StorePath, usize> =
+            builds.iter().enumerate().map(|(i, d)| (d, i)).collect();
+        let index = &index;
+        let waits_for = builds.iter().enumerate().flat_map(|(i, d)| {
+            graph[d]
                 .input_drvs
                 .keys()
-                .filter(|i| to_build.contains(*i))
-                .cloned()
-                .collect();
-            for i in &deps {
-                dependents.entry(i.clone()).or_default().push(d.clone());
-            }
-            if deps.is_empty() {
-                ready.insert(d.clone());
-            }
-            waiting.insert(d.clone(), deps);
-        }
-        Schedule {
+                .filter_map(move |input| Some((i, *index.get(input)?)))
+        });
+        let queue = ReadyQueue::new(builds.len(), waits_for).map_err(|cycle| {
+            cycle
+                .members
+                .iter()
+                .map(|&i| builds[i].clone())
+                .collect::<Vec<_>>()
+        })?;
+        Ok(Schedule {
             graph,
-            waiting,
-            dependents,
-            ready,
+            builds,
+            queue,
             known_valid: Default::default(),
-        }
+        })
     }
 
     /// A build whose inputs are all valid, taken out of the schedule, with its inputs.
     fn next_startable(
         &mut self,
         store: &LocalStore,
-    ) -> Result<Option<(StorePath, BTreeSet<StorePath>)>, StoreError> {
-        let candidates: Vec<StorePath> = self.ready.iter().cloned().collect();
-        for drv in candidates {
-            let inputs = inputs_of(self.graph, &drv);
+    ) -> Result<Option<(usize, BTreeSet<StorePath>)>, StoreError> {
+        let candidates: Vec<usize> = self.queue.ready().collect();
+        for i in candidates {
+            let inputs = inputs_of(self.graph, &self.builds[i]);
             let mut all = true;
             for p in &inputs {
                 if self.known_valid.contains(p) {
@@ -452,47 +457,34 @@ impl<'g> Schedule<'g> {
                 }
             }
             if all {
-                self.ready.remove(&drv);
-                self.waiting.remove(&drv);
-                return Ok(Some((drv, inputs)));
+                self.queue.take(i);
+                return Ok(Some((i, inputs)));
             }
         }
         Ok(None)
     }
 
     /// Records a finished build and its (valid) outputs.
-    fn built(&mut self, drv: &StorePath, outputs: impl IntoIterator<Item = StorePath>) {
+    fn built(&mut self, build: usize, outputs: impl IntoIterator<Item = StorePath>) {
         self.known_valid.extend(outputs);
-        for d in self.dependents.remove(drv).unwrap_or_default() {
-            if let Some(w) = self.waiting.get_mut(&d) {
-                w.remove(drv);
-                if w.is_empty() {
-                    self.ready.insert(d);
-                }
-            }
-        }
+        self.queue.complete(build);
     }
 
     /// Records a failed build; returns the builds given up because they depend on it
     /// (directly or not).
-    fn failed(&mut self, drv: &StorePath) -> Vec<StorePath> {
-        let mut given_up = Vec::new();
-        let mut stack = vec![drv.clone()];
-        while let Some(d) = stack.pop() {
-            for dep in self.dependents.remove(&d).unwrap_or_default() {
-                if self.waiting.remove(&dep).is_some() {
-                    self.ready.remove(&dep);
-                    stack.push(dep.clone());
-                    given_up.push(dep);
-                }
-            }
-        }
-        given_up
+    fn failed(&mut self, build: usize) -> Vec<StorePath> {
+        let dropped = self.queue.fail(build);
+        dropped
+            .into_iter()
+            .map(|i| self.builds[i].clone())
+            .collect()
     }
 
     /// The builds never started.
-    fn take_pending(&mut self) -> Vec<StorePath> {
-        self.ready.clear();
-        std::mem::take(&mut self.waiting).into_keys().collect()
+    fn pending(&self) -> Vec<StorePath> {
+        self.queue
+            .pending()
+            .map(|i| self.builds[i].clone())
+            .collect()
     }
 }
