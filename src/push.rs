@@ -304,7 +304,7 @@ pub async fn push_logs(
     }
     let mut uploaded = 0;
     for drv in drvs {
-        let log = crate::build::logs::read_log(store.layout(), &drv).map_err(|source| {
+        let log = crate::store::logs::read_log(store.layout(), &drv).map_err(|source| {
             PushError::Prepare {
                 path: store.print_path(&drv),
                 source,

@@ -6,7 +6,7 @@
 //!    (the derivation's plus Nix's standard variables, `passAsFile` applied) and the input
 //!    closure;
 //! 3. run the builder ([`super::sandbox`]), its output going to the build log
-//!    ([`super::logs`]);
+//!    ([`crate::store::logs`]);
 //! 4. for each output: it must exist; canonicalise it; one pass over its NAR computes the
 //!    NAR hash and finds references (hash parts of the input closure and of the outputs);
 //!    a fixed output's hash must be the declared one and it may not refer to anything;
@@ -26,7 +26,6 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::canonicalise::{canonicalise_output, CanonError};
-use super::logs::LogSink;
 use super::refscan::{RefScanError, RefScanSink};
 use super::sandbox::{
     self, BuildSpec, BuildStatus, EnvParams, SandboxError, SandboxMode, ScratchPool,
@@ -38,6 +37,7 @@ use crate::format::narinfo::fingerprint;
 use crate::format::store_path::StorePath;
 use crate::fsnar;
 use crate::store::lock::TempDir;
+use crate::store::logs::LogSink;
 use crate::store::{InstallLock, LocalStore, PathInfo, Staged, StoreError};
 
 /// How builds are run (the same for every build of one realise).

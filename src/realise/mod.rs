@@ -11,7 +11,7 @@
 //!    wanted in turn. With `check`, the requested derivations are rebuilt regardless.
 //! 3. Execution: one fetch of everything to substitute runs alongside the builds. A build
 //!    starts as soon as all the paths it uses are valid (substituted or built), at most
-//!    `max_jobs` at a time, each on the blocking pool ([`super::local`]). A failed build
+//!    `max_jobs` at a time, each on the blocking pool ([`crate::build::local`]). A failed build
 //!    stops new builds from starting (running ones finish), unless `keep_going`, where only
 //!    the builds that depend on it are given up.
 
@@ -21,8 +21,8 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::task::JoinSet;
 
-use super::local::{build_derivation, BuildConfig, BuildError, Built};
-use super::sandbox::ScratchPool;
+use crate::build::local::{build_derivation, BuildConfig, BuildError, Built};
+use crate::build::sandbox::ScratchPool;
 use crate::format::derivation::derived_path::{DerivedPath, OutputsSpec};
 use crate::format::derivation::hash::derivation_closure;
 use crate::format::derivation::Derivation;
@@ -75,7 +75,7 @@ impl RealiseError {
     /// silent too long), 2 for a fixed-output hash mismatch, 4 for a non-deterministic
     /// build found by `--check`; `None` for errors that are not build failures.
     pub fn exit_status(&self) -> Option<u8> {
-        use super::sandbox::BuildStatus;
+        use crate::build::sandbox::BuildStatus;
         match self {
             RealiseError::Build(e) => Some(match e {
                 BuildError::Failed {
