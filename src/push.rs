@@ -22,7 +22,7 @@ use crate::cache::compression::{self, Compression};
 use crate::cache::{Backend, Cache, CacheError, PutBody};
 use crate::format::hash::{Hash, HashAlgo, Hasher};
 use crate::format::keys::SecretKey;
-use crate::format::narinfo::NarInfo;
+use crate::format::narinfo::{NarInfo, NarInfoError};
 use crate::format::store_path::StorePath;
 use crate::schedule::ReadyQueue;
 use crate::store::{LocalStore, StoreError};
@@ -40,16 +40,28 @@ pub enum PushError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot prepare the NAR of '{path}': {source}")]
+    #[error("cannot prepare the NAR of '{path}'")]
     Prepare {
         path: String,
         #[source]
         source: io::Error,
     },
+    #[error("cannot write the narinfo of '{path}'")]
+    Narinfo {
+        path: String,
+        #[source]
+        source: NarInfoError,
+    },
+    #[error("cannot read the build log of '{drv}'")]
+    Log {
+        drv: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("the references of these paths form a cycle: {}", paths.join(", "))]
     Cycle { paths: Vec<String> },
-    #[error("internal task failed: {0}")]
-    Task(String),
+    #[error("an internal task failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// How to push.
@@ -139,7 +151,7 @@ pub async fn push(
         let Some(joined) = tasks.join_next().await else {
             break;
         };
-        let (i, result) = joined.map_err(|e| PushError::Task(e.to_string()))?;
+        let (i, result) = joined.map_err(PushError::Task)?;
         match result {
             Ok(size) => {
                 queue.complete(i);
@@ -169,7 +181,7 @@ async fn push_one(
     let printed = store.print_path(path);
     let prepared = tokio::task::spawn_blocking(move || prepare_nar(&store2, &path2, compression))
         .await
-        .map_err(|e| PushError::Task(e.to_string()))?
+        .map_err(PushError::Task)?
         .map_err(|source| match source {
             PrepareError::Store(e) => PushError::Store(e),
             PrepareError::Io(source) => PushError::Prepare {
@@ -191,19 +203,13 @@ async fn push_one(
             )
             .await?;
     }
-    let mut narinfo =
-        NarInfo::new(path.clone(), &url, info.nar_hash, info.nar_size).map_err(|e| {
-            PushError::Prepare {
-                path: printed.clone(),
-                source: io::Error::other(e),
-            }
-        })?;
-    let set = |r: Result<(), crate::format::narinfo::NarInfoError>| {
-        r.map_err(|e| PushError::Prepare {
-            path: printed.clone(),
-            source: io::Error::other(e),
-        })
+    let narinfo_err = |source| PushError::Narinfo {
+        path: printed.clone(),
+        source,
     };
+    let set = |r: Result<(), NarInfoError>| r.map_err(narinfo_err);
+    let mut narinfo =
+        NarInfo::new(path.clone(), &url, info.nar_hash, info.nar_size).map_err(narinfo_err)?;
     set(narinfo.set_compression(Some(compression.label())))?;
     set(narinfo.set_file_hash(Some(prepared.file_hash)))?;
     narinfo.set_file_size(Some(prepared.file_size));
@@ -305,8 +311,8 @@ pub async fn push_logs(
     let mut uploaded = 0;
     for drv in drvs {
         let log = crate::store::logs::read_log(store.layout(), &drv).map_err(|source| {
-            PushError::Prepare {
-                path: store.print_path(&drv),
+            PushError::Log {
+                drv: store.print_path(&drv),
                 source,
             }
         })?;

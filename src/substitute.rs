@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::cache::compression;
 use crate::cache::{blocking_reader, Backend, Cache, CacheError, CacheUrl, ClientOptions};
+use crate::error::one_line;
 use crate::format::keys::TrustedKeys;
 use crate::format::nar::NarReadError;
 use crate::format::narinfo::NarInfo;
@@ -69,18 +70,66 @@ const CHECK_TAIL: usize = 16;
 
 #[derive(Debug, Error)]
 pub enum SubstituteError {
-    #[error("no usable substituters: {0}")]
-    NoCaches(String),
+    #[error("no substituters are configured (set substituters)")]
+    NoneConfigured,
+    /// Every configured cache failed to open; the message lists each one with its causes,
+    /// as they are independent.
+    #[error("no usable substituters: {}", list(problems))]
+    NoneUsable { problems: Vec<CacheFailure> },
     #[error("cannot substitute {count} path(s); nothing was downloaded:\n{details}")]
     Incomplete { count: usize, details: String },
-    #[error("cannot substitute '{path}': {reason}")]
-    Fetch { path: String, reason: String },
+    /// Every cache with a trusted narinfo for `path` failed to deliver it: `last` is the
+    /// last one tried; the message lists the `earlier` ones, which are independent of it.
+    #[error("cannot substitute '{path}'{}", earlier_note(earlier))]
+    Fetch {
+        path: String,
+        #[source]
+        last: Box<CacheFailure>,
+        earlier: Vec<CacheFailure>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the references of these paths form a cycle: {}", paths.join(", "))]
     Cycle { paths: Vec<String> },
-    #[error("internal task failed: {0}")]
-    Task(String),
+    #[error("an internal task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// A cache that could not be used for something: the message names the cache, the source
+/// says why.
+#[derive(Debug, Error)]
+#[error("{cache}")]
+pub struct CacheFailure {
+    pub cache: String,
+    #[source]
+    pub error: CacheUseError,
+}
+
+/// Why a cache could not be opened or could not deliver a NAR.
+#[derive(Debug, Error)]
+pub enum CacheUseError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("it is for store dir '{theirs}', not '{ours}'")]
+    StoreDir { theirs: String, ours: String },
+    #[error("the download task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// `a: why; b: why`, each failure with its causes.
+fn list(failures: &[CacheFailure]) -> String {
+    let each: Vec<String> = failures.iter().map(|f| one_line(f)).collect();
+    each.join("; ")
+}
+
+fn earlier_note(earlier: &[CacheFailure]) -> String {
+    if earlier.is_empty() {
+        String::new()
+    } else {
+        format!(" (before that: {})", list(earlier))
+    }
 }
 
 /// One cache, opened and checked, with its effective priority.
@@ -205,18 +254,22 @@ impl Substituter {
         for url in urls {
             match open_one(url, options, store).await {
                 Ok(c) => caches.push(c),
-                Err(why) => {
-                    tracing::warn!("ignoring substituter {url}: {why}");
-                    problems.push(format!("{url}: {why}"));
+                Err(error) => {
+                    let failure = CacheFailure {
+                        cache: url.to_string(),
+                        error,
+                    };
+                    tracing::warn!("ignoring substituter {}", one_line(&failure));
+                    problems.push(failure);
                 }
             }
         }
         if caches.is_empty() {
-            return Err(SubstituteError::NoCaches(if problems.is_empty() {
-                "none configured (set substituters)".to_owned()
+            return Err(if problems.is_empty() {
+                SubstituteError::NoneConfigured
             } else {
-                problems.join("; ")
-            }));
+                SubstituteError::NoneUsable { problems }
+            });
         }
         caches.sort_by_key(|c| c.priority);
         Ok(Substituter {
@@ -332,7 +385,7 @@ impl Substituter {
                 }
                 Some(checked) = checking.next(), if !checking.is_empty() => {
                     let (batch, verdict) =
-                        checked.map_err(|e| SubstituteError::Task(e.to_string()))?;
+                        checked.map_err(SubstituteError::Task)?;
                     verdicts.extend(batch.into_iter().zip(verdict));
                 }
                 // Lets the runtime poll its sockets without sleeping (see `WALK_SPIN`).
@@ -487,7 +540,7 @@ impl Substituter {
         let rooting = store.clone();
         tokio::task::spawn_blocking(move || rooting.add_temp_roots(&roots))
             .await
-            .map_err(|e| SubstituteError::Task(e.to_string()))??;
+            .map_err(SubstituteError::Task)??;
         let order = reference_order(&wanted);
         // Which staged paths can be committed: each once its references among the wanted
         // ones are valid (or committed in the same batch, before it).
@@ -550,7 +603,7 @@ impl Substituter {
             tokio::select! {
                 Some(joined) = downloads.join_next(), if !downloads.is_empty() => {
                     let (rank, result) =
-                        joined.map_err(|e| SubstituteError::Task(e.to_string()))?;
+                        joined.map_err(SubstituteError::Task)?;
                     match result {
                         Ok(Downloaded::Valid(f)) => {
                             outstanding -= 1;
@@ -574,7 +627,7 @@ impl Substituter {
                 joined = async { committing.as_mut().expect("checked").await },
                     if committing.is_some() => {
                     committing = None;
-                    let result = joined.map_err(|e| SubstituteError::Task(e.to_string()))?;
+                    let result = joined.map_err(SubstituteError::Task)?;
                     match result {
                         Ok(fetched) => {
                             outstanding -= fetched.len();
@@ -628,40 +681,62 @@ impl Substituter {
     ) -> Result<Downloaded, SubstituteError> {
         let printed = store.print_path(path);
         let mut candidate = first;
-        let mut reasons = Vec::new();
+        let mut earlier = Vec::new();
         loop {
-            let c = &self.caches[candidate.cache];
-            for attempt in 1..=NAR_ATTEMPTS {
-                match self.download(store, &candidate, progress, waits).await {
-                    Ok(f) => return Ok(f),
-                    Err(e) => {
-                        let retry = e.retryable && attempt < NAR_ATTEMPTS;
-                        tracing::warn!(
-                            "{}: fetching '{printed}' failed (attempt {attempt}/{NAR_ATTEMPTS}): {}",
-                            c.name,
-                            e.message
-                        );
-                        if !retry {
-                            reasons.push(format!("{}: {}", c.name, e.message));
-                            break;
-                        }
-                        tokio::time::sleep(std::time::Duration::from_millis(250 << (attempt - 1)))
-                            .await;
-                    }
-                }
-            }
+            let cache = self.caches[candidate.cache].name.clone();
+            let error = match self
+                .try_cache(store, &candidate, progress, waits, &printed)
+                .await
+            {
+                Ok(f) => return Ok(f),
+                Err(error) => error,
+            };
+            let failure = CacheFailure { cache, error };
             match self
                 .lookup_trusted(store, path.clone(), candidate.cache + 1)
                 .await
             {
-                Ok(next) => candidate = next,
+                Ok(next) => {
+                    earlier.push(failure);
+                    candidate = next;
+                }
                 Err(_) => {
                     return Err(SubstituteError::Fetch {
                         path: printed,
-                        reason: reasons.join("; "),
+                        last: Box::new(failure),
+                        earlier,
                     })
                 }
             }
+        }
+    }
+
+    /// Downloads from the candidate's cache, retrying what is worth another try; the last
+    /// failure once the tries are used up or one is not worth repeating.
+    async fn try_cache(
+        &self,
+        store: &Arc<LocalStore>,
+        candidate: &Candidate,
+        progress: &Arc<Progress>,
+        waits: &Arc<LockWaits>,
+        printed: &str,
+    ) -> Result<Downloaded, CacheUseError> {
+        let name = &self.caches[candidate.cache].name;
+        let mut attempt = 1;
+        loop {
+            let e = match self.download(store, candidate, progress, waits).await {
+                Ok(f) => return Ok(f),
+                Err(e) => e,
+            };
+            tracing::warn!(
+                "{name}: fetching '{printed}' failed (attempt {attempt}/{NAR_ATTEMPTS}): {}",
+                one_line(&e.error)
+            );
+            if !e.retryable || attempt >= NAR_ATTEMPTS {
+                return Err(e.error);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250 << (attempt - 1))).await;
+            attempt += 1;
         }
     }
 
@@ -678,7 +753,7 @@ impl Substituter {
             let path = candidate.info.store_path();
             // Uncontended (the usual case): the lock is one `fcntl`, taken right here.
             let lock = store.try_lock_for_install(path);
-            if let Some(lock) = lock.map_err(|e| Attempt::fatal(&e))? {
+            if let Some(lock) = lock.map_err(Attempt::fatal)? {
                 return self.download_small(store, candidate, lock, progress).await;
             }
         }
@@ -704,7 +779,7 @@ impl Substituter {
         let info = candidate.info.clone();
         // Another process may have installed it since the walk looked.
         let valid = store.query(info.store_path());
-        if let Some(valid) = valid.map_err(|e| Attempt::fatal(&e))? {
+        if let Some(valid) = valid.map_err(Attempt::fatal)? {
             return Ok(Downloaded::Valid(Fetched::new(&valid, &c.name, 0, false)));
         }
         // Compressed data cannot sensibly exceed the NAR by much (see the streaming case).
@@ -714,8 +789,8 @@ impl Substituter {
             .get_bytes(info.url(), limit as usize)
             .await
             // The HTTP layer has already retried transient failures.
-            .map_err(|e| Attempt::fatal(&e))?
-            .ok_or_else(|| Attempt::fatal(&CacheError::NotFound(info.url().to_owned())))?;
+            .map_err(Attempt::fatal)?
+            .ok_or_else(|| Attempt::fatal(CacheError::NotFound(info.url().to_owned())))?;
         let received = body.len() as u64;
         progress.bytes_done.fetch_add(received, Ordering::Relaxed);
         let store2 = store.clone();
@@ -730,9 +805,9 @@ impl Substituter {
         } else {
             tokio::task::spawn_blocking(stage)
                 .await
-                .map_err(|e| Attempt::fatal(&e))?
+                .map_err(Attempt::fatal)?
         }
-        .map_err(|e| Attempt::fatal(&e))?;
+        .map_err(Attempt::fatal)?;
         let f = Fetched::new(staged.info(), &c.name, received, true);
         Ok(Downloaded::Staged(Box::new(staged), f))
     }
@@ -773,7 +848,7 @@ impl Substituter {
             })
         })
         .await
-        .map_err(|e| Attempt::fatal(&e))?;
+        .map_err(Attempt::fatal)?;
         let received = received.load(Ordering::Relaxed);
         let fetched = |info, installed| Fetched::new(info, &c.name, received, installed);
         match outcome {
@@ -783,12 +858,12 @@ impl Substituter {
                 Ok(Downloaded::Staged(Box::new(s), f))
             }
             // The request itself: the HTTP layer has already retried transient failures.
-            Err(ImportError::Open(e)) => Err(Attempt::fatal(&e)),
+            Err(ImportError::Open(e)) => Err(Attempt::fatal(e)),
             Err(ImportError::Store(e)) => Err(Attempt {
                 // A stream that broke off mid-body (connection drop, stall) is worth another
                 // try; a NAR that arrived but is malformed or does not match is not.
                 retryable: broke_off(&e),
-                message: error_chain(&e),
+                error: e.into(),
             }),
         }
     }
@@ -878,15 +953,15 @@ fn committable(
 
 /// The outcome of a failed download attempt.
 struct Attempt {
-    message: String,
+    error: CacheUseError,
     retryable: bool,
 }
 
 impl Attempt {
     /// A failure that another try from the same cache would not fix.
-    fn fatal(e: &dyn std::error::Error) -> Attempt {
+    fn fatal(e: impl Into<CacheUseError>) -> Attempt {
         Attempt {
-            message: error_chain(e),
+            error: e.into(),
             retryable: false,
         }
     }
@@ -928,34 +1003,18 @@ fn is_network(e: &io::Error) -> bool {
         .is_some_and(CacheError::is_transient)
 }
 
-/// An error and its causes on one line, skipping causes whose text the message already
-/// contains.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            let _ = write!(s, ": {text}");
-        }
-        cur = c.source();
-    }
-    s
-}
-
 async fn open_one(
     url: &CacheUrl,
     options: &ClientOptions,
     store: &LocalStore,
-) -> Result<OpenCache, String> {
-    let cache = Cache::open(url, options).map_err(|e| e.to_string())?;
-    let info = cache.cache_info().await.map_err(|e| error_chain(&e))?;
+) -> Result<OpenCache, CacheUseError> {
+    let cache = Cache::open(url, options)?;
+    let info = cache.cache_info().await?;
     if info.store_dir != *store.store_dir() {
-        return Err(format!(
-            "it is for store dir '{}', not '{}'",
-            info.store_dir,
-            store.store_dir()
-        ));
+        return Err(CacheUseError::StoreDir {
+            theirs: info.store_dir.to_string(),
+            ours: store.store_dir().to_string(),
+        });
     }
     Ok(OpenCache {
         cache: Arc::new(cache),

@@ -23,8 +23,9 @@ use tokio::task::JoinSet;
 
 use crate::build::local::{build_derivation, BuildConfig, BuildError, Built};
 use crate::build::sandbox::ScratchPool;
+use crate::error::one_line;
 use crate::format::derivation::derived_path::{DerivedPath, OutputsSpec};
-use crate::format::derivation::hash::derivation_closure;
+use crate::format::derivation::hash::{derivation_closure, DrvGraphError};
 use crate::format::derivation::Derivation;
 use crate::format::store_path::StorePath;
 use crate::schedule::ReadyQueue;
@@ -50,24 +51,33 @@ pub enum RealiseError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Build(#[from] BuildError),
-    /// Reading the derivation graph failed (the message names the derivation and why).
-    #[error("{0}")]
-    Derivations(String),
-    #[error("cannot build '{path}': {reason}")]
-    GaveUp { path: String, reason: String },
+    #[error("{} not valid and no substituters are configured", paths.join(", "))]
+    NoSubstituters { paths: Vec<String> },
+    #[error("cannot read the derivation graph")]
+    Derivations(#[source] Box<DrvGraphError<StoreError>>),
+    #[error("cannot build '{path}': dependency '{dependency}' failed")]
+    DependencyFailed { path: String, dependency: String },
+    #[error("cannot build '{path}': its inputs are not valid: {}", missing.join(", "))]
+    InputsNotValid { path: String, missing: Vec<String> },
     #[error("derivation '{drv}' has no output named {outputs}")]
     NoSuchOutput { drv: String, outputs: String },
-    #[error("{count} derivation(s) could not be built:\n{details}")]
-    BuildsFailed {
-        count: usize,
-        details: String,
-        /// The combined [`RealiseError::exit_status`] of the failures.
-        status: Option<u8>,
-    },
+    /// Several failures (a fetch and builds, or builds with `keep_going`); the message lists
+    /// each one with its causes, as they are independent.
+    #[error("{} derivation(s) could not be built:\n{}", failures.len(), list_failures(failures))]
+    BuildsFailed { failures: Vec<RealiseError> },
     #[error("the input derivations of these derivations form a cycle: {}", drvs.join(", "))]
     Cycle { drvs: Vec<String> },
-    #[error("internal task failed: {0}")]
-    Task(String),
+    #[error("an internal task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// One failure per line, each with its causes.
+fn list_failures(failures: &[RealiseError]) -> String {
+    let lines: Vec<String> = failures
+        .iter()
+        .map(|e| format!("  {}", one_line(e)))
+        .collect();
+    lines.join("\n")
 }
 
 impl RealiseError {
@@ -86,9 +96,17 @@ impl RealiseError {
                 BuildError::NotDeterministic { .. } => 104,
                 _ => 100,
             }),
-            RealiseError::BuildsFailed { status, .. } => Some(status.unwrap_or(100)),
-            // A build given up because a dependency failed.
-            RealiseError::GaveUp { .. } => Some(100),
+            RealiseError::BuildsFailed { failures } => Some(
+                failures
+                    .iter()
+                    .filter_map(RealiseError::exit_status)
+                    .reduce(|a, b| a | b)
+                    .unwrap_or(100),
+            ),
+            // A build given up because a dependency failed or its inputs never came.
+            RealiseError::DependencyFailed { .. } | RealiseError::InputsNotValid { .. } => {
+                Some(100)
+            }
             _ => None,
         }
     }
@@ -122,12 +140,9 @@ pub async fn realise(
     }
     if !first.is_empty() {
         let Some(sub) = &sub else {
-            let listed: Vec<String> = first.iter().map(|p| store.print_path(p)).collect();
-            return Err(SubstituteError::NoCaches(format!(
-                "{} not valid and no substituters are configured",
-                listed.join(", ")
-            ))
-            .into());
+            return Err(RealiseError::NoSubstituters {
+                paths: first.iter().map(|p| store.print_path(p)).collect(),
+            });
         };
         let plan = sub.plan(store, &first).await?;
         realised
@@ -228,7 +243,7 @@ pub async fn realise(
         }
         tokio::select! {
             Some(joined) = running.join_next(), if !running.is_empty() => {
-                let (build, result) = joined.map_err(|e| RealiseError::Task(e.to_string()))?;
+                let (build, result) = joined.map_err(RealiseError::Task)?;
                 let drv = sched.builds[build].clone();
                 match result {
                     Ok(built) => {
@@ -239,9 +254,9 @@ pub async fn realise(
                         for dependent in sched.failed(build) {
                             failures.insert(
                                 dependent.clone(),
-                                RealiseError::GaveUp {
+                                RealiseError::DependencyFailed {
                                     path: store.print_path(&dependent),
-                                    reason: format!("dependency '{}' failed", store.print_path(&drv)),
+                                    dependency: store.print_path(&drv),
                                 },
                             );
                         }
@@ -252,7 +267,7 @@ pub async fn realise(
             }
             joined = async { fetch.as_mut().expect("checked").await }, if fetch.is_some() => {
                 fetch = None;
-                match joined.map_err(|e| RealiseError::Task(e.to_string()))? {
+                match joined.map_err(RealiseError::Task)? {
                     Ok(fetched) => realised.substituted.extend(fetched),
                     Err(e) => {
                         fetch_failure = Some(RealiseError::from(e));
@@ -269,9 +284,9 @@ pub async fn realise(
             let missing = missing_inputs(store, &graph, &drv)?;
             failures.insert(
                 drv.clone(),
-                RealiseError::GaveUp {
+                RealiseError::InputsNotValid {
                     path: store.print_path(&drv),
-                    reason: format!("its inputs are not valid: {}", missing.join(", ")),
+                    missing,
                 },
             );
         }
@@ -283,18 +298,7 @@ pub async fn realise(
     match failures.len() {
         0 => Ok(realised),
         1 => Err(failures.remove(0)),
-        n => Err(RealiseError::BuildsFailed {
-            count: n,
-            status: failures
-                .iter()
-                .filter_map(RealiseError::exit_status)
-                .reduce(|a, b| a | b),
-            details: failures
-                .iter()
-                .map(|e| format!("  {}", crate::substitute::error_chain(e)))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        }),
+        _ => Err(RealiseError::BuildsFailed { failures }),
     }
 }
 
@@ -305,7 +309,7 @@ fn load_graph<'a>(
 ) -> Result<BTreeMap<StorePath, Derivation>, RealiseError> {
     let mut lookup = |p: &StorePath| store.read_derivation(p);
     derivation_closure(store.store_dir(), roots, &mut lookup)
-        .map_err(|e| RealiseError::Derivations(crate::substitute::error_chain(&e)))
+        .map_err(|e| RealiseError::Derivations(Box::new(e)))
 }
 
 /// Decides what to build and what to substitute; see the module doc.
