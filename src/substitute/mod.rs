@@ -37,6 +37,9 @@ use crate::schedule::{Cycle, ReadyQueue};
 use crate::store::stage::references_first;
 use crate::store::{ImportError, InstallLock, LocalStore, NarImport, Stage, Staged, StoreError};
 use crate::trust::{check_narinfo, TrustError};
+use select::select_closures;
+
+mod select;
 
 /// Default number of NARs downloaded at the same time.
 pub const DEFAULT_JOBS: usize = 16;
@@ -44,20 +47,12 @@ pub const DEFAULT_JOBS: usize = 16;
 const NARINFO_CONCURRENCY: usize = 64;
 /// Staged paths that make a commit worth its sync.
 const COMMIT_BATCH: usize = 128;
-/// Tries per cache for one NAR (the first and the retries).
-const NAR_ATTEMPTS: u32 = 3;
 /// How long the walk keeps polling for the next narinfo before it lets its thread sleep.
 /// A closure whose narinfos name each other one at a time (a chain) is a sequence of round
 /// trips; on a near cache a round trip is shorter than the time it takes a sleeping thread
 /// (on an idle, perhaps virtual, CPU) to be woken, which doubled each step on the machine
 /// we measure on. Polling costs at most this much CPU per round trip on a far cache.
 const WALK_SPIN: std::time::Duration = std::time::Duration::from_micros(300);
-/// NARs of at most this many bytes are unpacked on the runtime's thread, between its network
-/// events, instead of on the blocking pool. Unpacking one takes a few file system calls, less
-/// than handing it to another thread and back: for a chain of 1,000 paths of a few hundred
-/// bytes this saved a fifth of the CPU time of the whole realise. The bound keeps the
-/// runtime from stalling long: a NAR this small holds at most a couple of hundred entries.
-const INLINE_STAGE_MAX: u64 = 16 << 10;
 /// Narinfos whose signatures the walk hands to the blocking pool at a time. A check takes
 /// tens of microseconds, about as long as a narinfo round trip to a near cache; handing each
 /// one over on its own cost a thread wake-up per narinfo and, on two cores, took the core
@@ -132,13 +127,52 @@ fn earlier_note(earlier: &[CacheFailure]) -> String {
     }
 }
 
+/// The bounds of one NAR download: one set for both ways a NAR is fetched (whole, then
+/// unpacked; or unpacked as it streams in).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Tries per cache for one NAR (the first and the retries). Default 3.
+    attempts: u32,
+    /// NARs whose signed NarSize is at most this are fetched whole into memory before they
+    /// are unpacked ([`ClientOptions::whole_nar_max`]); larger ones stream.
+    whole_nar_max: u64,
+    /// NARs of at most this many bytes are unpacked on the runtime's thread, between its
+    /// network events, instead of on the blocking pool (a few file system calls, cheaper than
+    /// a thread hand-off; see bench/CACHE.md). Default 16 KiB: a NAR this small holds at most
+    /// a couple of hundred entries, so the runtime never stalls long.
+    inline_stage_max: u64,
+    /// Compressed bytes allowed beyond the NarSize plus an eighth (see
+    /// [`Limits::compressed_max`]). Default 1 MiB.
+    compressed_slack: u64,
+}
+
+impl Limits {
+    fn new(whole_nar_max: u64) -> Limits {
+        Limits {
+            attempts: 3,
+            whole_nar_max,
+            inline_stage_max: 16 << 10,
+            compressed_slack: 1 << 20,
+        }
+    }
+
+    /// The most compressed bytes accepted for a NAR of `nar_size` bytes. Compression never
+    /// makes real data much larger (the formats we read grow incompressible input by well
+    /// under an eighth), so this bounds the memory of a whole fetch and ends an endless
+    /// stream that decompresses to nothing.
+    fn compressed_max(&self, nar_size: u64) -> u64 {
+        nar_size
+            .saturating_add(nar_size / 8)
+            .saturating_add(self.compressed_slack)
+    }
+}
+
 /// One cache, opened and checked, with its effective priority.
 pub struct Substituter {
     caches: Vec<OpenCache>,
     keys: TrustedKeys,
     jobs: usize,
-    /// NARs whose NarSize is at most this are fetched whole before they are unpacked.
-    whole_nar_max: u64,
+    limits: Limits,
 }
 
 struct OpenCache {
@@ -276,7 +310,7 @@ impl Substituter {
             caches,
             keys,
             jobs: jobs.max(1),
-            whole_nar_max: options.whole_nar_max,
+            limits: Limits::new(options.whole_nar_max),
         })
     }
 
@@ -409,35 +443,8 @@ impl Substituter {
                 }
             }
         }
-        // What the trusted narinfos make the closure: everything else was speculation. A
-        // requested path whose closure misses something is dropped with all it alone needed.
-        let mut wanted: BTreeMap<StorePath, Candidate> = BTreeMap::new();
-        let mut missing: BTreeMap<StorePath, Vec<String>> = BTreeMap::new();
-        for root in paths {
-            let mut members: Vec<StorePath> = Vec::new();
-            let mut stack: Vec<&StorePath> = vec![root];
-            let mut visited: BTreeSet<&StorePath> = BTreeSet::new();
-            let mut complete = true;
-            while let Some(p) = stack.pop() {
-                if !visited.insert(p) || wanted.contains_key(p) {
-                    continue;
-                }
-                if let Some(c) = trusted.get(p) {
-                    stack.extend(c.info.references().iter());
-                    members.push(p.clone());
-                } else if let Some(reasons) = failed.get(p) {
-                    missing.insert(p.clone(), reasons.clone());
-                    complete = false;
-                }
-                // Otherwise it was valid.
-            }
-            if complete {
-                for m in members {
-                    let c = trusted[&m].clone();
-                    wanted.insert(m, c);
-                }
-            }
-        }
+        // What the trusted narinfos make the closure: everything else was speculation.
+        let (wanted, missing) = select_closures(paths, &trusted, |c| c.info.references(), &failed);
         Ok((Plan { wanted }, missing))
     }
 
@@ -665,7 +672,7 @@ impl Substituter {
                 .collect(),
             keys: self.keys.clone(),
             jobs: self.jobs,
-            whole_nar_max: self.whole_nar_max,
+            limits: self.limits,
         }
     }
 
@@ -729,10 +736,11 @@ impl Substituter {
                 Err(e) => e,
             };
             tracing::warn!(
-                "{name}: fetching '{printed}' failed (attempt {attempt}/{NAR_ATTEMPTS}): {}",
+                "{name}: fetching '{printed}' failed (attempt {attempt}/{}): {}",
+                self.limits.attempts,
                 one_line(&e.error)
             );
-            if !e.retryable || attempt >= NAR_ATTEMPTS {
+            if !e.retryable || attempt >= self.limits.attempts {
                 return Err(e.error);
             }
             tokio::time::sleep(std::time::Duration::from_millis(250 << (attempt - 1))).await;
@@ -749,7 +757,7 @@ impl Substituter {
         progress: &Arc<Progress>,
         waits: &Arc<LockWaits>,
     ) -> Result<Downloaded, Attempt> {
-        if candidate.info.nar_size() <= self.whole_nar_max {
+        if candidate.info.nar_size() <= self.limits.whole_nar_max {
             let path = candidate.info.store_path();
             // Uncontended (the usual case): the lock is one `fcntl`, taken right here.
             let lock = store.try_lock_for_install(path);
@@ -764,7 +772,7 @@ impl Substituter {
     /// [`Substituter::download`] of a small NAR (see [`ClientOptions::whole_nar_max`]) whose
     /// install lock is held: the compressed file is fetched whole by the runtime, then
     /// unpacked from memory on the blocking pool, or right here if it is tiny (see
-    /// [`INLINE_STAGE_MAX`]). A NAR streamed through a blocking thread costs a thread
+    /// [`Limits::inline_stage_max`]). A NAR streamed through a blocking thread costs a thread
     /// hand-off for every response event, which is most of the work for a NAR of a few
     /// hundred bytes. The validity query runs on the runtime: it is short, but waits while a
     /// commit of this process holds the database.
@@ -782,11 +790,10 @@ impl Substituter {
         if let Some(valid) = valid.map_err(Attempt::fatal)? {
             return Ok(Downloaded::Valid(Fetched::new(&valid, &c.name, 0, false)));
         }
-        // Compressed data cannot sensibly exceed the NAR by much (see the streaming case).
-        let limit = info.nar_size() + info.nar_size() / 8 + (64 << 10);
+        let limit = self.limits.compressed_max(info.nar_size());
         let body = c
             .cache
-            .get_bytes(info.url(), limit as usize)
+            .get_bytes(info.url(), usize::try_from(limit).unwrap_or(usize::MAX))
             .await
             // The HTTP layer has already retried transient failures.
             .map_err(Attempt::fatal)?
@@ -794,7 +801,7 @@ impl Substituter {
         let received = body.len() as u64;
         progress.bytes_done.fetch_add(received, Ordering::Relaxed);
         let store2 = store.clone();
-        let inline = info.nar_size() <= INLINE_STAGE_MAX;
+        let inline = info.nar_size() <= self.limits.inline_stage_max;
         let stage = move || {
             let nar = compression::decompress(info.compression(), io::Cursor::new(body))
                 .map_err(|e| StoreError::io(format!("cannot decompress {}", info.url()), e))?;
@@ -828,6 +835,7 @@ impl Substituter {
         let received = Arc::new(AtomicU64::new(0));
         let counter = received.clone();
         let progress = progress.clone();
+        let input_limit = self.limits.compressed_max(info.nar_size());
         let handle = tokio::runtime::Handle::current();
         let waits = waits.clone();
         let outcome = tokio::task::spawn_blocking(move || {
@@ -835,9 +843,6 @@ impl Substituter {
                 let stream = handle
                     .block_on(cache.get(info.url()))?
                     .ok_or_else(|| CacheError::NotFound(info.url().to_owned()))?;
-                // Compressed input cannot sensibly exceed the NAR by much; bound it so an
-                // endless stream that decompresses to nothing cannot run forever.
-                let input_limit = info.nar_size() + info.nar_size() / 8 + (1 << 20);
                 let counted = Counted {
                     inner: blocking_reader(stream).take(input_limit),
                     counter,
