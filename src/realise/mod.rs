@@ -130,27 +130,57 @@ pub async fn realise(
     opts: &RealiseOptions,
     progress: Arc<Progress>,
 ) -> Result<Realised, RealiseError> {
-    let mut realised = Realised::default();
     // 1. Paths that can only be substituted.
+    let mut realised = Realised {
+        substituted: substitute_paths(store, sub.as_deref(), targets, &progress).await?,
+        ..Realised::default()
+    };
+    // 2. Plan.
+    let wanted = wanted_outputs(targets);
+    if wanted.is_empty() {
+        return Ok(realised);
+    }
+    let graph = load_graph(store, wanted.keys())?;
+    let needed = needed_outputs(store, &graph, &wanted, &mut realised.outputs)?;
+    let checking: BTreeSet<StorePath> = if opts.build.check {
+        wanted.keys().cloned().collect()
+    } else {
+        BTreeSet::new()
+    };
+    let decision = decide(store, sub.as_deref(), &graph, needed, &checking).await?;
+    // 3. Execute.
+    execute(store, sub, graph, decision, opts, progress, &mut realised).await?;
+    Ok(realised)
+}
+
+/// Step 1: substitutes the targets that are not valid (paths, and `.drv` files not valid
+/// yet); there is no other way to get them.
+async fn substitute_paths(
+    store: &Arc<LocalStore>,
+    sub: Option<&Substituter>,
+    targets: &[DerivedPath],
+    progress: &Arc<Progress>,
+) -> Result<Vec<Fetched>, RealiseError> {
     let mut first: Vec<StorePath> = Vec::new();
     for t in targets {
         if !store.is_valid(t.path())? {
             first.push(t.path().clone());
         }
     }
-    if !first.is_empty() {
-        let Some(sub) = &sub else {
-            return Err(RealiseError::NoSubstituters {
-                paths: first.iter().map(|p| store.print_path(p)).collect(),
-            });
-        };
-        let plan = sub.plan(store, &first).await?;
-        realised
-            .substituted
-            .extend(sub.fetch(store, plan, progress.clone()).await?);
+    if first.is_empty() {
+        return Ok(Vec::new());
     }
+    let Some(sub) = sub else {
+        return Err(RealiseError::NoSubstituters {
+            paths: first.iter().map(|p| store.print_path(p)).collect(),
+        });
+    };
+    let plan = sub.plan(store, &first).await?;
+    Ok(sub.fetch(store, plan, progress.clone()).await?)
+}
 
-    // 2. Plan.
+/// The requested derivations, each with the union of the outputs asked for it.
+fn wanted_outputs(targets: &[DerivedPath]) -> BTreeMap<StorePath, OutputsSpec> {
     let mut wanted: BTreeMap<StorePath, OutputsSpec> = BTreeMap::new();
     for t in targets {
         if let DerivedPath::Built { drv, outputs } = t {
@@ -165,12 +195,19 @@ pub async fn realise(
             wanted.insert(drv.clone(), merged);
         }
     }
-    if wanted.is_empty() {
-        return Ok(realised);
-    }
-    let graph = load_graph(store, wanted.keys())?;
+    wanted
+}
+
+/// The output names needed of each requested derivation (an unknown name is an error),
+/// recording each one's output paths in `outputs` for the report.
+fn needed_outputs(
+    store: &LocalStore,
+    graph: &BTreeMap<StorePath, Derivation>,
+    wanted: &BTreeMap<StorePath, OutputsSpec>,
+    outputs: &mut Vec<(StorePath, BTreeMap<String, StorePath>)>,
+) -> Result<BTreeMap<StorePath, BTreeSet<String>>, RealiseError> {
     let mut needed: BTreeMap<StorePath, BTreeSet<String>> = BTreeMap::new();
-    for (drv_path, spec) in &wanted {
+    for (drv_path, spec) in wanted {
         let drv = &graph[drv_path];
         let (known, unknown) = spec.select(drv);
         if !unknown.is_empty() {
@@ -183,7 +220,7 @@ pub async fn realise(
             drv_path.clone(),
             known.iter().map(|o| (*o).to_owned()).collect(),
         );
-        realised.outputs.push((
+        outputs.push((
             drv_path.clone(),
             known
                 .iter()
@@ -191,17 +228,23 @@ pub async fn realise(
                 .collect(),
         ));
     }
-    let checking: BTreeSet<StorePath> = if opts.build.check {
-        wanted.keys().cloned().collect()
-    } else {
-        BTreeSet::new()
-    };
-    let (to_build, plan) = decide(store, sub.as_deref(), &graph, needed, &checking).await?;
+    Ok(needed)
+}
 
-    // 3. Execute.
-    let mut fetch = match (&sub, plan.is_empty()) {
+/// Step 3: runs the fetch of `plan` alongside the builds of `to_build`, each build starting
+/// once its inputs are valid, at most `max_jobs` at a time; see the module doc.
+async fn execute(
+    store: &Arc<LocalStore>,
+    sub: Option<Arc<Substituter>>,
+    graph: BTreeMap<StorePath, Derivation>,
+    Decision { to_build, plan }: Decision,
+    opts: &RealiseOptions,
+    progress: Arc<Progress>,
+    realised: &mut Realised,
+) -> Result<(), RealiseError> {
+    let mut fetch = match (sub, plan.is_empty()) {
         (Some(sub), false) => {
-            let (sub, store, progress) = (sub.clone(), store.clone(), progress.clone());
+            let (store, progress) = (store.clone(), progress.clone());
             Some(tokio::spawn(async move {
                 sub.fetch(&store, plan, progress).await
             }))
@@ -220,23 +263,19 @@ pub async fn realise(
         drvs: drvs.iter().map(|d| store.print_path(d)).collect(),
     })?;
     let mut running: JoinSet<(usize, Result<Built, BuildError>)> = JoinSet::new();
-    let mut failures: BTreeMap<StorePath, RealiseError> = BTreeMap::new();
-    let mut fetch_failure: Option<RealiseError> = None;
-    let mut stopping = false;
+    let mut state = Execution::new(opts.keep_going);
     let max_jobs = opts.max_jobs.max(1);
     loop {
-        if !stopping {
-            while running.len() < max_jobs {
-                let Some((build, inputs)) = sched.next_startable(store)? else {
-                    break;
-                };
-                let drv = sched.builds[build].clone();
-                let (store, graph, config) = (store.clone(), graph.clone(), config.clone());
-                running.spawn_blocking(move || {
-                    let result = build_derivation(&store, &drv, &graph[&drv], &inputs, &config);
-                    (build, result)
-                });
-            }
+        while !state.stopping && running.len() < max_jobs {
+            let Some((build, inputs)) = sched.next_startable(store)? else {
+                break;
+            };
+            let drv = sched.builds[build].clone();
+            let (store, graph, config) = (store.clone(), graph.clone(), config.clone());
+            running.spawn_blocking(move || {
+                let result = build_derivation(&store, &drv, &graph[&drv], &inputs, &config);
+                (build, result)
+            });
         }
         if running.is_empty() && fetch.is_none() {
             break;
@@ -244,61 +283,101 @@ pub async fn realise(
         tokio::select! {
             Some(joined) = running.join_next(), if !running.is_empty() => {
                 let (build, result) = joined.map_err(RealiseError::Task)?;
-                let drv = sched.builds[build].clone();
                 match result {
                     Ok(built) => {
                         sched.built(build, built.outputs.values().map(|i| i.path.clone()));
                         realised.built.push(built);
                     }
-                    Err(e) => {
-                        for dependent in sched.failed(build) {
-                            failures.insert(
-                                dependent.clone(),
-                                RealiseError::DependencyFailed {
-                                    path: store.print_path(&dependent),
-                                    dependency: store.print_path(&drv),
-                                },
-                            );
-                        }
-                        failures.insert(drv, e.into());
-                        stopping |= !opts.keep_going;
-                    }
+                    Err(e) => state.on_build_failed(store, &mut sched, build, e),
                 }
             }
             joined = async { fetch.as_mut().expect("checked").await }, if fetch.is_some() => {
                 fetch = None;
                 match joined.map_err(RealiseError::Task)? {
                     Ok(fetched) => realised.substituted.extend(fetched),
-                    Err(e) => {
-                        fetch_failure = Some(RealiseError::from(e));
-                        stopping |= !opts.keep_going;
-                    }
+                    Err(e) => state.on_fetch_failed(e),
                 }
             }
             _ = progress.changed.notified(), if fetch.is_some() => {}
         }
     }
-    // Whatever could not start: its inputs never became valid.
-    for drv in sched.pending() {
-        if failures.is_empty() && fetch_failure.is_none() {
-            let missing = missing_inputs(store, &graph, &drv)?;
-            failures.insert(
-                drv.clone(),
-                RealiseError::InputsNotValid {
-                    path: store.print_path(&drv),
-                    missing,
-                },
-            );
+    state.finish(store, &graph, &sched)
+}
+
+/// The failures of [`execute`] so far, and whether new builds may start.
+struct Execution {
+    keep_going: bool,
+    /// No new build starts (a failure without `keep_going`).
+    stopping: bool,
+    fetch_failure: Option<RealiseError>,
+    /// Failed builds and the builds given up because of them.
+    failures: BTreeMap<StorePath, RealiseError>,
+}
+
+impl Execution {
+    fn new(keep_going: bool) -> Self {
+        Execution {
+            keep_going,
+            stopping: false,
+            fetch_failure: None,
+            failures: BTreeMap::new(),
         }
     }
-    let mut failures: Vec<RealiseError> = fetch_failure
-        .into_iter()
-        .chain(failures.into_values())
-        .collect();
-    match failures.len() {
-        0 => Ok(realised),
-        1 => Err(failures.remove(0)),
-        _ => Err(RealiseError::BuildsFailed { failures }),
+
+    /// A build failed: it and every build that depends on it are given up.
+    fn on_build_failed(
+        &mut self,
+        store: &LocalStore,
+        sched: &mut Schedule<'_>,
+        build: usize,
+        e: BuildError,
+    ) {
+        let drv = sched.builds[build].clone();
+        for dependent in sched.failed(build) {
+            let failure = RealiseError::DependencyFailed {
+                path: store.print_path(&dependent),
+                dependency: store.print_path(&drv),
+            };
+            self.failures.insert(dependent, failure);
+        }
+        self.failures.insert(drv, e.into());
+        self.stopping |= !self.keep_going;
+    }
+
+    fn on_fetch_failed(&mut self, e: SubstituteError) {
+        self.fetch_failure = Some(e.into());
+        self.stopping |= !self.keep_going;
+    }
+
+    /// The outcome once nothing runs. If nothing failed but some build never started (its
+    /// inputs never became valid), the first such build is reported. One failure is
+    /// returned as it is, several together.
+    fn finish(
+        mut self,
+        store: &LocalStore,
+        graph: &BTreeMap<StorePath, Derivation>,
+        sched: &Schedule<'_>,
+    ) -> Result<(), RealiseError> {
+        if self.failures.is_empty() && self.fetch_failure.is_none() {
+            if let Some(drv) = sched.pending().into_iter().next() {
+                let missing = missing_inputs(store, graph, &drv)?;
+                let failure = RealiseError::InputsNotValid {
+                    path: store.print_path(&drv),
+                    missing,
+                };
+                self.failures.insert(drv, failure);
+            }
+        }
+        let mut failures: Vec<RealiseError> = self
+            .fetch_failure
+            .into_iter()
+            .chain(self.failures.into_values())
+            .collect();
+        match failures.len() {
+            0 => Ok(()),
+            1 => Err(failures.remove(0)),
+            _ => Err(RealiseError::BuildsFailed { failures }),
+        }
     }
 }
 
@@ -319,7 +398,7 @@ async fn decide(
     graph: &BTreeMap<StorePath, Derivation>,
     mut needed: BTreeMap<StorePath, BTreeSet<String>>,
     checking: &BTreeSet<StorePath>,
-) -> Result<(BTreeSet<StorePath>, Plan), RealiseError> {
+) -> Result<Decision, RealiseError> {
     let mut to_build: BTreeSet<StorePath> = BTreeSet::new();
     let mut plan = Plan::empty();
     let mut frontier: Vec<StorePath> = needed.keys().cloned().collect();
@@ -371,7 +450,13 @@ async fn decide(
         }
         frontier = next;
     }
-    Ok((to_build, plan))
+    Ok(Decision { to_build, plan })
+}
+
+/// What planning decided: the derivations to build, and the paths to substitute.
+struct Decision {
+    to_build: BTreeSet<StorePath>,
+    plan: Plan,
 }
 
 fn checking_all(frontier: &[StorePath], checking: &BTreeSet<StorePath>) -> bool {
