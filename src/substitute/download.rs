@@ -54,21 +54,26 @@ impl Limits {
     }
 }
 
+/// What every download of one [`Substituter::fetch`] shares.
+pub(super) struct FetchContext {
+    pub(super) store: Arc<LocalStore>,
+    pub(super) progress: Arc<Progress>,
+    pub(super) waits: LockWaits,
+}
+
 impl Substituter {
     /// Downloads from the candidate's cache, retrying what is worth another try; the last
     /// failure once the tries are used up or one is not worth repeating.
     pub(super) async fn try_cache(
         &self,
-        store: &Arc<LocalStore>,
+        ctx: &Arc<FetchContext>,
         candidate: &Candidate,
-        progress: &Arc<Progress>,
-        waits: &Arc<LockWaits>,
         printed: &str,
     ) -> Result<Downloaded, CacheUseError> {
         let name = &self.caches[candidate.cache].name;
         let mut attempt = 1;
         loop {
-            let e = match self.download(store, candidate, progress, waits).await {
+            let e = match self.download(ctx, candidate).await {
                 Ok(f) => return Ok(f),
                 Err(e) => e,
             };
@@ -89,21 +94,18 @@ impl Substituter {
     /// dir, or the path found valid.
     async fn download(
         &self,
-        store: &Arc<LocalStore>,
+        ctx: &Arc<FetchContext>,
         candidate: &Candidate,
-        progress: &Arc<Progress>,
-        waits: &Arc<LockWaits>,
     ) -> Result<Downloaded, Attempt> {
         if candidate.info.nar_size() <= self.limits.whole_nar_max {
             let path = candidate.info.store_path();
             // Uncontended (the usual case): the lock is one `fcntl`, taken right here.
-            let lock = store.try_lock_for_install(path);
+            let lock = ctx.store.try_lock_for_install(path);
             if let Some(lock) = lock.map_err(Attempt::fatal)? {
-                return self.download_small(store, candidate, lock, progress).await;
+                return self.download_small(ctx, candidate, lock).await;
             }
         }
-        self.download_streaming(store, candidate, progress, waits)
-            .await
+        self.download_streaming(ctx, candidate).await
     }
 
     /// [`Substituter::download`] of a small NAR (see [`crate::cache::ClientOptions::whole_nar_max`]) whose
@@ -115,11 +117,11 @@ impl Substituter {
     /// commit of this process holds the database.
     async fn download_small(
         &self,
-        store: &Arc<LocalStore>,
+        ctx: &Arc<FetchContext>,
         candidate: &Candidate,
         lock: InstallLock,
-        progress: &Arc<Progress>,
     ) -> Result<Downloaded, Attempt> {
+        let (store, progress) = (&ctx.store, &ctx.progress);
         let c = &self.caches[candidate.cache];
         let info = candidate.info.clone();
         // Another process may have installed it since the walk looked.
@@ -160,30 +162,27 @@ impl Substituter {
     /// the install lock there, and the NAR is unpacked as it arrives.
     async fn download_streaming(
         &self,
-        store: &Arc<LocalStore>,
+        ctx: &Arc<FetchContext>,
         candidate: &Candidate,
-        progress: &Arc<Progress>,
-        waits: &Arc<LockWaits>,
     ) -> Result<Downloaded, Attempt> {
         let c = &self.caches[candidate.cache];
         let info = candidate.info.clone();
         let meta = NarImport::from(&info);
-        let (cache, store2) = (c.cache.clone(), store.clone());
+        let (cache, ctx) = (c.cache.clone(), ctx.clone());
         let received = Arc::new(AtomicU64::new(0));
         let counter = received.clone();
-        let progress = progress.clone();
         let input_limit = self.limits.compressed_max(info.nar_size());
         let handle = tokio::runtime::Handle::current();
-        let waits = waits.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            store2.stage_nar_noting_waits(meta, &|w| waits.note(w), || {
+            let (store, waits) = (&ctx.store, &ctx.waits);
+            store.stage_nar_noting_waits(meta, &|w| waits.note(w), || {
                 let stream = handle
                     .block_on(cache.get(info.url()))?
                     .ok_or_else(|| CacheError::NotFound(info.url().to_owned()))?;
                 let counted = Counted {
                     inner: blocking_reader(stream).take(input_limit),
                     counter,
-                    progress: progress.clone(),
+                    progress: ctx.progress.clone(),
                 };
                 compression::decompress(info.compression(), counted)
                     .map_err(|e| CacheError::Decompress(info.url().to_owned(), e))

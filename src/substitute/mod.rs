@@ -32,7 +32,7 @@ use crate::schedule::{Cycle, ReadyQueue};
 use crate::store::stage::references_first;
 use crate::store::{LocalStore, Staged, StoreError};
 use crate::trust::{check_narinfo, TrustError};
-use download::Limits;
+use download::{FetchContext, Limits};
 pub use error::{CacheFailure, CacheUseError, SubstituteError};
 use select::select_closures;
 
@@ -463,7 +463,12 @@ impl Substituter {
         let mut done = Vec::new();
         let mut first_error = None;
         let this = Arc::new(self.clone_handles());
-        let waits = Arc::new(LockWaits::default());
+        let ctx = Arc::new(FetchContext {
+            store: store.clone(),
+            progress: progress.clone(),
+            waits: LockWaits::default(),
+        });
+        let waits = &ctx.waits;
         loop {
             while first_error.is_none()
                 && downloads.len() < self.jobs
@@ -474,14 +479,8 @@ impl Substituter {
                 next += 1;
                 outstanding += 1;
                 let candidate = wanted[&p].clone();
-                let (store, this, progress) = (store.clone(), this.clone(), progress.clone());
-                let waits = waits.clone();
-                downloads.spawn(async move {
-                    let r = this
-                        .fetch_one(&store, &p, candidate, &progress, &waits)
-                        .await;
-                    (rank, r)
-                });
+                let (this, ctx) = (this.clone(), ctx.clone());
+                downloads.spawn(async move { (rank, this.fetch_one(&ctx, &p, candidate).await) });
             }
             // Commit in large batches (each costs a sync): when enough is staged, when the
             // window is full, or when nothing is downloading any more (or every download
@@ -575,21 +574,17 @@ impl Substituter {
     /// that have a trusted narinfo for it.
     async fn fetch_one(
         &self,
-        store: &Arc<LocalStore>,
+        ctx: &Arc<FetchContext>,
         path: &StorePath,
         first: Candidate,
-        progress: &Arc<Progress>,
-        waits: &Arc<LockWaits>,
     ) -> Result<Downloaded, SubstituteError> {
+        let store = &ctx.store;
         let printed = store.print_path(path);
         let mut candidate = first;
         let mut earlier = Vec::new();
         loop {
             let cache = self.caches[candidate.cache].name.clone();
-            let error = match self
-                .try_cache(store, &candidate, progress, waits, &printed)
-                .await
-            {
+            let error = match self.try_cache(ctx, &candidate, &printed).await {
                 Ok(f) => return Ok(f),
                 Err(error) => error,
             };
