@@ -583,12 +583,14 @@ impl Substituter {
         let mut candidate = first;
         let mut earlier = Vec::new();
         loop {
-            let cache = self.caches[candidate.cache].name.clone();
             let error = match self.try_cache(ctx, &candidate, &printed).await {
                 Ok(f) => return Ok(f),
                 Err(error) => error,
             };
-            let failure = CacheFailure { cache, error };
+            let failure = CacheFailure {
+                cache: self.caches[candidate.cache].name.clone(),
+                error,
+            };
             match self
                 .lookup_trusted(store, path.clone(), candidate.cache + 1)
                 .await
