@@ -20,7 +20,7 @@ dag      A DAG of --n (default 200) trivial derivations made by nix-instantiate:
          bind-mounted read-only, the same sandbox paths).
 
 refscan  `target/release/examples/refscan_tree TREE`: the NAR of the `big` tree
-         (/work/shared/bench/gen-trees.py, 1 GiB) streamed through the reference scanner
+         (bench/gen_trees.py, 1 GiB) streamed through the reference scanner
          looking for 1,000 hash parts, warm page cache; median throughput.
 
 Before timing, the warm-up run of each tool is checked: the same printed output paths, and
@@ -49,7 +49,7 @@ from common import (GNU_TIME, Mismatch, Result, busy_cores, load1, rm_tree, run_
                     commit_info, run_measured, snapshot_binary, where)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GEN_TREES = "/work/shared/bench/gen-trees.py"
+GEN_TREES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gen_trees.py")
 KEY_DIR = os.path.join(REPO, "tests/fixtures/nix-2.8/keys")
 KEY_NAME = "test-cache-1"
 MIB = 1 << 20

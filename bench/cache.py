@@ -48,7 +48,7 @@ from common import (GNU_TIME, Mismatch, Result, busy_cores, load1, rm_tree, run_
                     commit_info, run_measured, snapshot_binary, where)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GEN_TREES = "/work/shared/bench/gen-trees.py"
+GEN_TREES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gen_trees.py")
 DEFAULT_TREES = "/tmp/store-bench/trees"
 KEY_DIR = os.path.join(REPO, "tests/fixtures/nix-2.8/keys")
 KEY_NAME = "test-cache-1"

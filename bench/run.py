@@ -8,7 +8,7 @@ median and min reported, store and nix repetitions interleaved):
   store nar dump T       vs  nix-store --dump T          (stdout -> /dev/null)
   store add T            vs  nix-store --store DIR --add T   (fresh DIR every run)
 
-for T in {big, src} as made by /work/shared/bench/gen-trees.py, plus the
+for T in {big, src} as made by bench/gen_trees.py, plus the
 single-core SHA-256 reference (`openssl dgst -sha256` over the NAR of big, and
 `openssl speed -evp sha256`), and the peak RSS of every measured child.
 
@@ -35,7 +35,7 @@ import time
 from common import Mismatch, Result, load1, rm_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GEN_TREES = "/work/shared/bench/gen-trees.py"
+GEN_TREES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gen_trees.py")
 MIB = 1 << 20
 RSS_LIMIT_MIB = 64
 

@@ -1,13 +1,9 @@
-//! Error pieces every layer shares:
-//!
-//! * [`PathIoError`]: which operation on which path failed with an I/O error; the file-tree,
-//!   canonicalisation and sandbox errors carry it as their `Io` variant.
-//! * [`one_line`]: an error and its causes on one line, for messages that list several
-//!   independent failures (each of which has its own chain).
+//! [`PathIoError`]: which operation on which path failed with an I/O error; the file-tree,
+//! canonicalisation and sandbox errors carry it as their `Io` variant. (Printing an error
+//! with its causes is [`crate::error_chain`].)
 //!
 //! Pure (nothing here does I/O), so every layer may use it.
 
-use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -41,22 +37,6 @@ impl PathIoError {
     }
 }
 
-/// An error and its causes on one line (`a: b: c`), skipping a cause whose text the message
-/// already contains. For the few messages that list several failures; a single cause is
-/// kept as `#[source]` instead and printed by the command line's chain printer.
-pub fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            let _ = write!(s, ": {text}");
-        }
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use std::error::Error as _;
@@ -75,11 +55,5 @@ mod tests {
         let e: PathIoError =
             PathIoError::on("cannot read", Path::new("/x"))(io::Error::other("no"));
         assert_eq!((e.op, e.path.as_path()), ("cannot read", Path::new("/x")));
-    }
-
-    #[test]
-    fn one_line_joins_the_chain() {
-        let e = PathIoError::new("cannot open", "/a", io::Error::other("gone"));
-        assert_eq!(one_line(&e), "cannot open '/a': gone");
     }
 }

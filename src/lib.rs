@@ -11,7 +11,7 @@
 //!
 //! | Layer | Modules | What they own |
 //! |---|---|---|
-//! | 0 | [`format`](mod@format), [`schedule`], [`error`] | pure, synchronous codecs (hashes, store paths, NAR, narinfo, keys, nix-cache-info, derivations), the dependency-ordered ready queue, and the error naming an operation and a path. No file system (`std::fs`), no network, no tokio, only `io::Read`/`io::Write`. |
+//! | 0 | [`format`](mod@format), [`schedule`], [`error`], [`error_chain`] | pure, synchronous codecs (hashes, store paths, NAR, narinfo, keys, nix-cache-info, derivations), the dependency-ordered ready queue, the error naming an operation and a path, and the printer of an error with its causes. No file system (`std::fs`), no network, no tokio, only `io::Read`/`io::Write`. |
 //! | 1 | [`fsnar`] | file trees to NAR and back (dump, hash, strict unpack, canonicalisation). |
 //! | 2 | [`store`], [`cache`], [`trust`] | the local store (blocking file system and SQLite: layout, metadata, locks, atomic installs, build logs); binary cache backends (async); the fail-closed trust policy for narinfos. |
 //! | 3 | [`substitute`], [`push`], [`build`] | making paths valid from trusted caches; pushing closures to a cache; building one derivation (recipes, sandbox, reference scanning, canonicalisation). |
@@ -22,6 +22,7 @@
 pub mod build;
 pub mod cache;
 pub mod error;
+pub mod error_chain;
 pub mod format;
 pub mod fsnar;
 pub mod push;

@@ -16,7 +16,7 @@ pub enum TrustError {
     WrongPath { asked: String, got: String },
     #[error("'{path}' has no signature by a trusted key ({sigs} signature(s) present)")]
     Unsigned { path: String, sigs: usize },
-    #[error("'{path}' has a malformed signature: {source}")]
+    #[error("'{path}' has a malformed signature")]
     BadSignature {
         path: String,
         #[source]

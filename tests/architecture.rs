@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Layer → the top-level modules in it. The binary's `cli` is the top.
 const LAYERS: &[(u8, &[&str])] = &[
-    (0, &["format", "schedule", "error"]),
+    (0, &["format", "schedule", "error", "error_chain"]),
     (1, &["fsnar"]),
     (2, &["store", "cache", "trust"]),
     (3, &["substitute", "push", "build"]),

@@ -306,6 +306,40 @@ fn keys_and_signatures() {
     assert!(trusted.verify(&fp, ours).unwrap());
 }
 
+/// Issue 13: a key named `a:b` was written, then could not be read back. Names are
+/// refused where they are checked, with nothing written.
+#[test]
+fn key_names_with_a_colon_are_refused() {
+    let s = TestStore::new();
+    let scratch = s.scratch();
+    let (sec, public) = (scratch.join("k.sec"), scratch.join("k.pub"));
+    for bad in ["a:b", ""] {
+        let err = s.fails(&[
+            "key",
+            "generate",
+            "--name",
+            bad,
+            "--secret-file",
+            sec.to_str().unwrap(),
+            "--public-file",
+            public.to_str().unwrap(),
+        ]);
+        assert!(err.contains("key name"), "{bad:?}: {err}");
+        assert!(
+            !sec.exists() && !public.exists(),
+            "{bad:?}: nothing written"
+        );
+    }
+    // A trusted key whose name is empty is refused with the same rule.
+    let err = s.fails(&[
+        "realise",
+        "--trusted-public-keys",
+        ":NYgtoruizuryolCLu5nuyeLIW7BKrpXu2BvVsMOG20A=",
+        "/ix/store/00000000000000000000000000000000-x",
+    ]);
+    assert!(err.contains("a key name must not be empty"), "{err}");
+}
+
 #[test]
 fn errors_are_one_clear_line() {
     let s = TestStore::new();
@@ -333,16 +367,144 @@ fn errors_are_one_clear_line() {
     assert!(err.contains("pipe"), "{err}");
 }
 
+/// Issue 13: messages repeated themselves (`cannot add 'X': cannot add 'X': …`, each
+/// I/O cause twice) because levels formatted their source into their own message. Each
+/// level now says only its own part, and the chain printer adds the causes, once.
+#[test]
+fn error_chains_name_each_cause_once() {
+    let s = TestStore::new();
+    let home = tempfile::tempdir().unwrap();
+    let no_root = || {
+        let mut c = bare_cmd(home.path());
+        c.env_remove("HOME");
+        c
+    };
+    let cache = s.scratch().join("cache");
+    fs::create_dir_all(&cache).unwrap();
+    fs::write(cache.join("nix-cache-info"), "StoreDir: /ix/store\n").unwrap();
+    let hash = "00000000000000000000000000000000";
+    fs::write(
+        cache.join(format!("{hash}.narinfo")),
+        format!("StorePath: /ix/store/{hash}-x\nURL: nar/x.nar\nNarHash: sha256:zz\nNarSize: 1\n"),
+    )
+    .unwrap();
+    let cache_url = format!("file://{}", cache.display());
+    let key = "k-1:NYgtoruizuryolCLu5nuyeLIW7BKrpXu2BvVsMOG20A=";
+    let path = format!("/ix/store/{hash}-x");
+    let cases: Vec<(Vec<String>, &str, bool)> = vec![
+        (words(&["add", "/nonexistent/tree"]), "No such file", true),
+        (
+            words(&["copy", "--to", "file:///proc/no-such/cache", &path]),
+            "No such file",
+            true,
+        ),
+        (
+            words(&["--store-dir", "/proc/no-such/store", "init"]),
+            "No such file",
+            false,
+        ),
+        (
+            words(&[
+                "realise",
+                "--substituters",
+                "http://[::1",
+                "--trusted-public-keys",
+                key,
+                &path,
+            ]),
+            "invalid IPv6 address",
+            true,
+        ),
+        // The cause of a refused narinfo reaches the report.
+        (
+            words(&[
+                "realise",
+                "--substituters",
+                &cache_url,
+                "--trusted-public-keys",
+                key,
+                &path,
+            ]),
+            "NarHash",
+            true,
+        ),
+    ];
+    for (args, cause, in_store) in cases {
+        let out = if in_store {
+            s.cmd().args(&args).output()
+        } else {
+            no_root().args(&args).output()
+        };
+        let out = out.unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches(cause).count(), 1, "{args:?}: {err}");
+        for line in err.lines().filter(|l| !l.starts_with(" WARN")) {
+            let segments: Vec<&str> = line.trim().split(": ").collect();
+            for (i, seg) in segments.iter().enumerate() {
+                assert!(
+                    !segments[i + 1..].contains(seg),
+                    "{args:?}: {seg:?} repeated in {line:?}"
+                );
+            }
+        }
+    }
+}
+
+fn words(w: &[&str]) -> Vec<String> {
+    w.iter().map(|s| (*s).to_owned()).collect()
+}
+
 #[test]
 fn unwritable_default_location_suggests_root() {
+    // No HOME and no XDG_DATA_HOME: no per-user root to fall back to.
     let home = tempfile::tempdir().unwrap();
     let out = bare_cmd(home.path())
+        .env_remove("HOME")
         .args(["--store-dir", "/proc/no-such-store/store", "init"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--root"), "{err}");
+}
+
+/// Issue 13: an ordinary user with no root set got an error instead of a store. Now the
+/// store goes under `$XDG_DATA_HOME/store/root` (else `~/.local/share/store/root`), and
+/// stderr says so once. Run as nobody; skipped (loudly) where privileges cannot be dropped.
+#[test]
+fn unprivileged_user_without_root_gets_a_per_user_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let f = tmp.path().join("f.txt");
+    fs::write(&f, "mine\n").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+    let (home, data) = (tmp.path().join("home"), tmp.path().join("data"));
+    for d in [&home, &data] {
+        fs::create_dir(d).unwrap();
+        fs::set_permissions(d, fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let Some(out) = unprivileged(&["add", f.to_str().unwrap()], &home, None) else {
+        eprintln!("\n*** SKIPPED unprivileged_user_without_root_gets_a_per_user_store: cannot drop privileges ***\n");
+        return;
+    };
+    assert_success(&out, "add as nobody without --root");
+    let path = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(path.starts_with("/ix/store/"), "{path}");
+    let user_root = home.join(".local/share/store/root");
+    assert!(user_root.join(path.trim_start_matches('/')).is_file());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("per-user root").count(), 1, "{err}");
+    assert!(err.contains(user_root.to_str().unwrap()), "{err}");
+    // XDG_DATA_HOME wins over HOME; the next command finds the same store.
+    let out = unprivileged(&["add", f.to_str().unwrap()], &home, Some(&data)).unwrap();
+    assert_success(&out, "add with XDG_DATA_HOME");
+    assert!(data
+        .join("store/root")
+        .join(path.trim_start_matches('/'))
+        .is_file());
+    let out = unprivileged(&["path-info", &path], &home, None).unwrap();
+    assert_success(&out, "path-info in the per-user store");
 }
 
 #[test]
@@ -461,24 +623,44 @@ fn leftovers_of_a_killed_run_are_cleaned() {
 }
 
 /// Runs the binary as an unprivileged user: as is when we are not root, else through
-/// `setpriv` as nobody (`None` if that is not possible here).
-fn unprivileged(args: &[&str]) -> Option<std::process::Output> {
+/// `setpriv` as nobody (`None` if that is not possible here). HOME is `home`,
+/// XDG_DATA_HOME `data` if given; no STORE_* variable leaks in.
+fn unprivileged(
+    args: &[&str],
+    home: &std::path::Path,
+    data: Option<&std::path::Path>,
+) -> Option<std::process::Output> {
     let bin = env!("CARGO_BIN_EXE_store");
+    let drop = ["--reuid=65534", "--regid=65534", "--clear-groups"];
     let mut cmd = if unsafe { libc::geteuid() } == 0 {
-        if std::process::Command::new("setpriv")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
+        let can_drop = std::process::Command::new("setpriv")
+            .args(drop)
+            .arg("true")
+            .status()
+            .is_ok_and(|s| s.success());
+        if !can_drop {
             return None;
         }
         let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin]);
+        c.args(drop).arg(bin);
         c
     } else {
         std::process::Command::new(bin)
     };
-    cmd.args(args).env("HOME", "/nonexistent");
+    for var in [
+        "STORE_DIR",
+        "STORE_ROOT",
+        "STORE_CONFIG",
+        "STORE_LOG",
+        "XDG_CONFIG_HOME",
+    ] {
+        cmd.env_remove(var);
+    }
+    match data {
+        Some(d) => cmd.env("XDG_DATA_HOME", d),
+        None => cmd.env_remove("XDG_DATA_HOME"),
+    };
+    cmd.args(args).env("HOME", home);
     Some(cmd.output().unwrap())
 }
 
@@ -496,7 +678,8 @@ fn adding_a_directory_works_without_root() {
     }
     let root = tmp.path().join("r");
     let (root_s, tree_s) = (root.to_str().unwrap(), tree.to_str().unwrap());
-    let Some(out) = unprivileged(&["--root", root_s, "add", tree_s]) else {
+    let nowhere = std::path::Path::new("/nonexistent");
+    let Some(out) = unprivileged(&["--root", root_s, "add", tree_s], nowhere, None) else {
         eprintln!("\n*** SKIPPED adding_a_directory_works_without_root: no setpriv ***\n");
         return;
     };
@@ -512,6 +695,6 @@ fn adding_a_directory_works_without_root() {
             p.display()
         );
     }
-    let out = unprivileged(&["--root", root_s, "verify", "--all"]).unwrap();
+    let out = unprivileged(&["--root", root_s, "verify", "--all"], nowhere, None).unwrap();
     assert_success(&out, "verify --all");
 }

@@ -303,6 +303,79 @@ fn nar_urls_outside_the_cache_are_refused() {
     }
 }
 
+/// Issue 13: harmonia writes `URL: nar/<hash>.nar?hash=<hash>`, which Nix accepts. The
+/// query is sent to an HTTP cache; a `file://` cache reads the file `nar/<hash>.nar`.
+#[test]
+fn nar_urls_with_a_query_substitute_from_file_and_http_caches() {
+    for over_http in [false, true] {
+        let s = nix_store();
+        let dir = cache_copy(&s, "caches/none");
+        let mut wanted = Vec::new();
+        for p in CLOSURE {
+            let mut info = read_narinfo(&dir, p);
+            let query = format!("hash={}", hash_part(p));
+            wanted.push((format!("/{}", info.url()), query.clone()));
+            info.set_url(&format!("{}?{query}", info.url())).unwrap();
+            write_narinfo(&dir, p, &info);
+        }
+        let http = over_http.then(|| BlockingServer::serve(&dir));
+        let url = http
+            .as_ref()
+            .map_or_else(|| file_url(&dir), |h| h.url().to_owned());
+        let key = test_public_key();
+        s.ok(&[
+            "realise",
+            "--substituters",
+            &url,
+            "--trusted-public-keys",
+            &key,
+            ROOT,
+        ]);
+        assert_only_valid(&s, &CLOSURE);
+        if let Some(h) = &http {
+            let mut sent: Vec<(String, String)> = h
+                .server
+                .recorded()
+                .into_iter()
+                .filter(|r| r.path.starts_with("/nar/"))
+                .map(|r| (r.path, r.query.unwrap_or_default()))
+                .collect();
+            sent.sort();
+            wanted.sort();
+            assert_eq!(sent, wanted, "each NAR fetched once, with its query");
+        }
+    }
+}
+
+/// Absolute URLs are refused even when they point into the cache itself (the `URL:` is
+/// not signed; see store-format.md §7), and so are fragments and escapes behind a query.
+#[test]
+fn absolute_and_fragment_nar_urls_are_refused() {
+    let s = nix_store();
+    let dir = cache_copy(&s, "caches/none");
+    let http = BlockingServer::serve(&dir);
+    let genuine = read_narinfo(&dir, ROOT).url().to_owned();
+    let urls = [
+        format!("{}/{genuine}", http.url()),
+        format!("{}/{genuine}?hash=x", http.url()),
+        format!("{genuine}#x"),
+        format!("{genuine}?hash=x#y"),
+        format!("../cache/{genuine}?hash=x"),
+        "?hash=x".to_owned(),
+    ];
+    for url in &urls {
+        let mut info = read_narinfo(&dir, ROOT);
+        info.set_url(url).unwrap();
+        write_narinfo(&dir, ROOT, &info);
+        for cache in [http.url().to_owned(), file_url(&dir)] {
+            let msg = refused(&s, &cache, &test_public_key(), &[ROOT], &[]);
+            assert_mentions(&msg, &[ROOT]);
+            assert_absent(&s, ROOT);
+        }
+    }
+    assert!(http.nar_gets().is_empty(), "{:?}", http.nar_gets());
+}
+
 // ---------------------------------------------------------------------------------------
 // Malicious NARs, correctly signed
 

@@ -338,6 +338,30 @@ fn failing_builder_reports_its_exit_code_and_log() {
 }
 
 #[test]
+fn a_failing_setup_step_is_reported_by_name_and_leaves_nothing() {
+    if !sandbox_or_skip("a_failing_setup_step_is_reported_by_name_and_leaves_nothing") {
+        return;
+    }
+    // /etc/passwd is a file in the sandbox: nothing can be mounted below it.
+    let mut fx = Fixture::new("/bin/sh", "true");
+    let host_file = fx.tmp.path().join("host-file");
+    std::fs::write(&host_file, "x").unwrap();
+    fx.spec
+        .sandbox_paths
+        .push(("/etc/passwd/below".into(), host_file));
+    let err = run(&fx.spec, SandboxMode::Namespaces, &mut Vec::new()).unwrap_err();
+    match &err {
+        SandboxError::Setup { step, source } => {
+            assert!(step.ends_with("/etc/passwd/below"), "{step}");
+            assert_eq!(source.raw_os_error(), Some(libc::ENOTDIR), "{source}");
+        }
+        _ => panic!("{err:?}"),
+    }
+    assert!(!fx.result().exists());
+    assert!(fx.leftovers().is_empty(), "{:?}", fx.leftovers());
+}
+
+#[test]
 fn no_sandbox_runs_on_the_host_with_the_exact_environment() {
     let tmp = tempfile::tempdir().unwrap();
     let build_dir = tmp.path().join("build");

@@ -4,156 +4,28 @@
 //! path invalid), read tokens, shutdown, and real Nix 2.8 copying to and from the server.
 
 mod common;
+mod servekit;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use reqwest::Client;
 use serde_json::Value;
+use servekit::*;
 use store::cache::compression::{compress, decompress, Compression};
 use store::format::hash::{Hash, HashAlgo};
 use store::format::keys::{SecretKey, TrustedKeys};
 use store::format::narinfo::NarInfo;
 use store::format::store_path::{StoreDir, StorePath};
 
-const SEC: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/nix-2.8/keys/test-cache-1.sec"
-);
-const TOKEN: &str = "upload-token-0123456789";
-const READ_TOKEN: &str = "read-token-abcdef";
-
-fn public_key() -> String {
-    let p = Path::new(SEC).with_extension("pub");
-    fs::read_to_string(p).unwrap().trim().to_owned()
-}
-
-fn trusted() -> TrustedKeys {
-    TrustedKeys::parse_list(&public_key()).unwrap()
-}
-
-/// A running `store serve`, killed (by PID) when dropped.
-struct Server {
-    child: Child,
-    base: String,
-    log: Arc<Mutex<String>>,
-    client: Client,
-}
-
-impl Server {
-    fn start(s: &TestStore, args: &[&str]) -> Server {
-        let mut cmd = s.cmd();
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        Self::spawn(cmd)
-    }
-
-    fn spawn(mut cmd: Command) -> Server {
-        let mut child = cmd.spawn().unwrap();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut seen = String::new();
-        let base = loop {
-            let mut line = String::new();
-            if err.read_line(&mut line).unwrap() == 0 {
-                let _ = child.wait();
-                panic!("server exited before listening: {seen}");
-            }
-            if let Some(addr) = line.trim().strip_prefix("store serve: listening on ") {
-                break addr.to_owned();
-            }
-            seen.push_str(&line);
-        };
-        let log = Arc::new(Mutex::new(seen));
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = err.read_to_string(&mut rest);
-            sink.lock().unwrap().push_str(&rest);
-        });
-        let client = Client::builder().no_proxy().build().unwrap();
-        Server {
-            child,
-            base,
-            log,
-            client,
-        }
-    }
-
-    fn url(&self, rel: &str) -> String {
-        format!("{}/{rel}", self.base)
-    }
-
-    async fn get(&self, rel: &str) -> reqwest::Response {
-        self.client.get(self.url(rel)).send().await.unwrap()
-    }
-
-    async fn head(&self, rel: &str) -> reqwest::Response {
-        self.client.head(self.url(rel)).send().await.unwrap()
-    }
-
-    /// PUT with an optional bearer token; the status.
-    async fn put(&self, rel: &str, body: impl Into<reqwest::Body>, auth: Option<&str>) -> u16 {
-        let mut req = self.client.put(self.url(rel)).body(body);
-        if let Some(t) = auth {
-            req = req.bearer_auth(t);
-        }
-        req.send().await.unwrap().status().as_u16()
-    }
-
-    async fn narinfo(&self, logical: &str, dir: &StoreDir) -> NarInfo {
-        let r = self.get(&format!("{}.narinfo", hash_part(logical))).await;
-        assert_eq!(r.status(), 200, "narinfo of {logical}");
-        NarInfo::parse_bytes(&r.bytes().await.unwrap(), dir).unwrap()
-    }
-
-    async fn fetch(&self, rel: &str) -> Vec<u8> {
-        let r = self.get(rel).await;
-        assert_eq!(r.status(), 200, "{rel}");
-        r.bytes().await.unwrap().to_vec()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("server log:\n{}", self.log.lock().unwrap());
-        }
-    }
-}
-
 fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     r.headers().get(name).map(|v| v.to_str().unwrap())
 }
 
 const IMMUTABLE: Option<&str> = Some("public, max-age=31536000, immutable");
-
-/// Splits a command line made of words without spaces.
-fn words(line: &str) -> Vec<&str> {
-    line.split(' ').collect()
-}
-
-/// Adds a tree built by `build` and signs it with the test key; returns the logical path.
-fn add_signed(s: &TestStore, name: &str, build: impl FnOnce(&Path)) -> String {
-    let src = s.scratch().join(name);
-    build(&src);
-    let path = s.ok(&["add", src.to_str().unwrap()]).trim().to_owned();
-    s.ok(&["sign", "--secret-file", SEC, &path]);
-    path
-}
-
-fn file_tree(content: &'static [u8]) -> impl FnOnce(&Path) {
-    move |p: &Path| fs::write(p, content).unwrap()
-}
 
 /// A directory with a subdir, an executable, a symlink and a 1 MiB file (several chunks).
 fn dir_tree(p: &Path) {
@@ -166,11 +38,6 @@ fn dir_tree(p: &Path) {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     fs::write(p.join("big.bin"), big).unwrap();
-}
-
-fn hash_part(logical: &str) -> &str {
-    let base = logical.rsplit('/').next().unwrap();
-    &base[..32]
 }
 
 fn base_name(logical: &str) -> StorePath {
@@ -366,20 +233,6 @@ async fn plain_nars_extra_signature_and_fresh_signatures() {
         assert!(Instant::now() < deadline, "new signature never served");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// A store to upload into, with its server (token `TOKEN`, trusting the test key).
-fn upload_target(extra: &str) -> (TestStore, Server) {
-    let s = TestStore::new();
-    let tok = s.scratch().join("token");
-    fs::write(&tok, format!("{TOKEN}\n")).unwrap();
-    let flags = format!(
-        "--upload-token-file {} --trusted-public-keys {}{extra}",
-        tok.display(),
-        public_key()
-    );
-    let srv = Server::start(&s, &words(&flags));
-    (s, srv)
 }
 
 fn staging_dir(s: &TestStore) -> PathBuf {

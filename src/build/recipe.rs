@@ -43,7 +43,7 @@ use crate::format::derivation::{
     OutputHashMode, DRV_EXTENSION,
 };
 use crate::format::hash::{Hash, HashAlgo, HashError};
-use crate::format::store_path::{StorePath, StorePathError, StorePathName};
+use crate::format::store_path::{StoreDir, StorePath, StorePathError, StorePathName};
 use crate::store::{LocalStore, StoreError};
 
 /// How deep recipes may include each other.
@@ -290,6 +290,107 @@ enum Ref<'a> {
     Source(&'a str),
 }
 
+/// Expands the placeholders of one recipe (`rpath`) into its derivation, making what they
+/// mention inputs of it, and remembers which declared inputs and sources were used.
+struct Placeholders<'a> {
+    dir: &'a StoreDir,
+    rpath: &'a Path,
+    inputs: &'a BTreeMap<&'a str, Instantiated>,
+    sources: &'a BTreeMap<&'a str, StorePath>,
+    used_inputs: BTreeSet<String>,
+    used_sources: BTreeSet<String>,
+    drv: Derivation,
+}
+
+impl Placeholders<'_> {
+    /// Sets the derivation's builder, arguments and environment to the recipe's, expanded
+    /// in that order; then every declared input and source must have been used.
+    fn fill(mut self, recipe: &Recipe) -> Result<Derivation, RecipeError> {
+        let builder = self.expand("builder", &recipe.builder)?;
+        let mut args = Vec::with_capacity(recipe.args.len());
+        for (i, a) in recipe.args.iter().enumerate() {
+            args.push(self.expand(&format!("args[{i}]"), a)?);
+        }
+        let mut env = BTreeMap::new();
+        for (k, v) in &recipe.env {
+            env.insert(k.clone(), self.expand(&format!("env.{k}"), &v.coerce())?);
+        }
+        self.drv.builder = builder;
+        self.drv.args = args;
+        self.drv.env = env;
+        self.check_all_used(recipe)?;
+        Ok(self.drv)
+    }
+
+    fn expand(&mut self, field: &str, text: &str) -> Result<String, RecipeError> {
+        let rpath = self.rpath;
+        expand(text, rpath, field, |r| match r {
+            Ref::Input { name, output } => self.input(name, output),
+            Ref::Source(name) => self.source(name),
+        })
+    }
+
+    /// `${inputs.NAME.OUTPUT}`: the output's path; the output becomes an input.
+    fn input(&mut self, name: &str, output: &str) -> Result<String, RecipeError> {
+        let input = self
+            .inputs
+            .get(name)
+            .ok_or_else(|| self.undeclared("input", name))?;
+        let path = input
+            .drv
+            .output_path(output)
+            .ok_or_else(|| RecipeError::NoSuchOutput {
+                recipe: self.rpath.to_owned(),
+                input: name.to_owned(),
+                output: output.to_owned(),
+            })?;
+        self.used_inputs.insert(name.to_owned());
+        self.drv
+            .input_drvs
+            .entry(input.drv_path.clone())
+            .or_default()
+            .insert(output.to_owned());
+        Ok(self.dir.display_path(path))
+    }
+
+    /// `${sources.NAME}`: the source's store path, which becomes an input source.
+    fn source(&mut self, name: &str) -> Result<String, RecipeError> {
+        let path = self
+            .sources
+            .get(name)
+            .ok_or_else(|| self.undeclared("source", name))?;
+        self.used_sources.insert(name.to_owned());
+        self.drv.input_srcs.insert(path.clone());
+        Ok(self.dir.display_path(path))
+    }
+
+    fn undeclared(&self, kind: &'static str, name: &str) -> RecipeError {
+        RecipeError::Undeclared {
+            recipe: self.rpath.to_owned(),
+            kind,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Like string context in Nix: a declared input or source no placeholder used is an
+    /// error (inputs checked first).
+    fn check_all_used(&self, recipe: &Recipe) -> Result<(), RecipeError> {
+        for (kind, declared, used) in [
+            ("input", recipe.inputs.keys(), &self.used_inputs),
+            ("source", recipe.sources.keys(), &self.used_sources),
+        ] {
+            if let Some(name) = declared.into_iter().find(|n| !used.contains(*n)) {
+                return Err(RecipeError::Unused {
+                    recipe: self.rpath.to_owned(),
+                    kind,
+                    name: name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<'s> Instantiator<'s> {
     pub fn new(store: &'s LocalStore) -> Self {
         Instantiator {
@@ -347,79 +448,25 @@ impl<'s> Instantiator<'s> {
             sources.insert(name, self.add_source(&base.join(rel), &rpath)?);
         }
 
-        let mut drv = Derivation {
-            name: recipe.name.clone(),
-            outputs: BTreeMap::new(),
-            input_drvs: BTreeMap::new(),
-            input_srcs: BTreeSet::new(),
-            system: recipe.system.clone().unwrap_or_else(host_system),
-            builder: String::new(),
-            args: Vec::with_capacity(recipe.args.len()),
-            env: BTreeMap::new(),
+        let placeholders = Placeholders {
+            dir: self.store.store_dir(),
+            rpath: &rpath,
+            inputs: &inputs,
+            sources: &sources,
+            used_inputs: BTreeSet::new(),
+            used_sources: BTreeSet::new(),
+            drv: Derivation {
+                name: recipe.name.clone(),
+                outputs: BTreeMap::new(),
+                input_drvs: BTreeMap::new(),
+                input_srcs: BTreeSet::new(),
+                system: recipe.system.clone().unwrap_or_else(host_system),
+                builder: String::new(),
+                args: Vec::new(),
+                env: BTreeMap::new(),
+            },
         };
-        let mut used_inputs = BTreeSet::new();
-        let mut used_sources = BTreeSet::new();
-        {
-            let dir = self.store.store_dir();
-            let mut resolve = |field: &str, text: &str| -> Result<String, RecipeError> {
-                expand(text, &rpath, field, |r| match r {
-                    Ref::Input { name, output } => {
-                        let input = inputs.get(name).ok_or_else(|| RecipeError::Undeclared {
-                            recipe: rpath.clone(),
-                            kind: "input",
-                            name: name.to_owned(),
-                        })?;
-                        let path = input.drv.output_path(output).ok_or_else(|| {
-                            RecipeError::NoSuchOutput {
-                                recipe: rpath.clone(),
-                                input: name.to_owned(),
-                                output: output.to_owned(),
-                            }
-                        })?;
-                        used_inputs.insert(name.to_owned());
-                        drv.input_drvs
-                            .entry(input.drv_path.clone())
-                            .or_default()
-                            .insert(output.to_owned());
-                        Ok(dir.display_path(path))
-                    }
-                    Ref::Source(name) => {
-                        let path = sources.get(name).ok_or_else(|| RecipeError::Undeclared {
-                            recipe: rpath.clone(),
-                            kind: "source",
-                            name: name.to_owned(),
-                        })?;
-                        used_sources.insert(name.to_owned());
-                        drv.input_srcs.insert(path.clone());
-                        Ok(dir.display_path(path))
-                    }
-                })
-            };
-            let builder = resolve("builder", &recipe.builder)?;
-            let mut args = Vec::with_capacity(recipe.args.len());
-            for (i, a) in recipe.args.iter().enumerate() {
-                args.push(resolve(&format!("args[{i}]"), a)?);
-            }
-            let mut env = BTreeMap::new();
-            for (k, v) in &recipe.env {
-                env.insert(k.clone(), resolve(&format!("env.{k}"), &v.coerce())?);
-            }
-            drv.builder = builder;
-            drv.args = args;
-            drv.env = env;
-        }
-        for (kind, declared, used) in [
-            ("input", recipe.inputs.keys(), &used_inputs),
-            ("source", recipe.sources.keys(), &used_sources),
-        ] {
-            if let Some(name) = declared.into_iter().find(|n| !used.contains(*n)) {
-                return Err(RecipeError::Unused {
-                    recipe: rpath,
-                    kind,
-                    name: name.clone(),
-                });
-            }
-        }
+        let drv = placeholders.fill(recipe)?;
         self.finish(recipe, drv, &rpath)
     }
 

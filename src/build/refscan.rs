@@ -54,6 +54,9 @@ const fn nix32_table() -> [bool; 256] {
 /// `IS_NIX32[b]`: whether byte `b` is a nix32 character.
 static IS_NIX32: [bool; 256] = nix32_table();
 
+/// log2 of the Bloom filter's size in bits (64 Ki bits, 8 KiB, cache-resident). It only
+/// decides how often a window must be looked up in the hash set: any size finds the same
+/// references.
 const BLOOM_BITS: u32 = 16;
 
 fn bloom_index(prefix: u64) -> usize {

@@ -1,7 +1,7 @@
 //! NAR compression in binary caches: the `Compression:` labels and file extensions of
 //! Nix 2.8, streaming decoders that sniff the real format like libarchive does, and
-//! streaming encoders. Synchronous, pure `io::Read`/`io::Write`. See nix-formats.md §6.2
-//! and §6.3.
+//! streaming encoders. Synchronous, pure `io::Read`/`io::Write`. See store-format.md §7.1
+//! (compression).
 //!
 //! Reading (`decompress`), as Nix 2.8 does:
 //!

@@ -19,7 +19,7 @@ const MAX_QUOTED_KEY: usize = 200;
 pub enum CacheError {
     #[error("invalid cache key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
-    #[error("{method} {url}: {source}")]
+    #[error("{method} {url}")]
     Transport {
         method: &'static str,
         url: String,
@@ -44,13 +44,13 @@ pub enum CacheError {
         url: String,
         secs: f64,
     },
-    #[error("giving up after {attempts} attempts: {last}")]
+    #[error("giving up after {attempts} attempts")]
     GaveUp {
         attempts: u32,
         #[source]
         last: Box<CacheError>,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
@@ -62,7 +62,7 @@ pub enum CacheError {
         key: String,
         limit: usize,
     },
-    #[error("'{key}' in cache '{cache}': {source}")]
+    #[error("invalid narinfo '{key}' in cache '{cache}'")]
     NarInfo {
         cache: String,
         key: String,
@@ -76,7 +76,7 @@ pub enum CacheError {
         wanted: String,
         got: String,
     },
-    #[error("nix-cache-info of cache '{cache}': {source}")]
+    #[error("invalid nix-cache-info in cache '{cache}'")]
     CacheInfo {
         cache: String,
         #[source]
@@ -92,7 +92,7 @@ pub enum CacheError {
         theirs: String,
         ours: String,
     },
-    #[error("netrc file {}: {source}", path.display())]
+    #[error("invalid netrc file '{}'", path.display())]
     Netrc {
         path: PathBuf,
         #[source]
@@ -103,11 +103,11 @@ pub enum CacheError {
     #[error("file '{0}' does not exist in the binary cache")]
     NotFound(String),
     /// Decompressing the object named by the key failed to start (e.g. unrecognised data).
-    #[error("decompressing '{0}': {1}")]
+    #[error("cannot decompress '{0}'")]
     Decompress(String, #[source] io::Error),
-    #[error("cannot set up the HTTP client: {0}")]
+    #[error("cannot set up the HTTP client")]
     Client(#[source] reqwest::Error),
-    #[error("background task failed: {0}")]
+    #[error("background task failed")]
     Task(#[source] tokio::task::JoinError),
 }
 
@@ -264,9 +264,13 @@ mod tests {
             last: Box::new(back),
         };
         assert!(gave_up.is_transient());
-        assert!(gave_up
-            .to_string()
-            .starts_with("giving up after 5 attempts: GET"));
+        // The message is this level's only; the cause comes with the chain.
+        assert_eq!(gave_up.to_string(), "giving up after 5 attempts");
+        let chain = crate::error_chain::Chain(&gave_up).to_string();
+        assert!(
+            chain.starts_with("giving up after 5 attempts: GET"),
+            "{chain}"
+        );
         let drop = CacheError::Transport {
             method: "GET",
             url: "http://h/x".into(),

@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio_util::io::ReaderStream;
 
-use super::{blocking, check_key, Backend, ByteStream, CacheError, CacheUrl, PutBody};
+use super::{blocking, Backend, ByteStream, CacheError, CacheUrl, ObjectKey, PutBody};
 
 /// Read chunk size.
 const CHUNK: usize = 64 * 1024;
@@ -50,9 +50,9 @@ impl FileCache {
         &self.root
     }
 
+    /// The file of a key to read; a query (`nar/x.nar?hash=…`) does not name the file.
     fn path(&self, key: &str) -> Result<PathBuf, CacheError> {
-        check_key(key)?;
-        Ok(self.root.join(key))
+        Ok(self.root.join(ObjectKey::parse(key)?.path()))
     }
 
     /// Creates the cache directory and the given subdirectories, durably.
@@ -102,7 +102,7 @@ impl Backend for FileCache {
         body: PutBody,
         _content_type: &'static str,
     ) -> Result<(), CacheError> {
-        let dest = self.path(key)?;
+        let dest = self.root.join(ObjectKey::parse_for_writing(key)?.path());
         blocking(move || write_atomic(&dest, &body)).await
     }
 }

@@ -1,6 +1,6 @@
 //! `http(s)://` caches: GET, HEAD and PUT with reqwest (rustls, one pooled client per
 //! cache, TCP_NODELAY, redirects followed), answering like the Nix 2.8 client
-//! (nix-formats.md §6.4):
+//! (store-format.md §7.2, HTTP):
 //!
 //! | status | result |
 //! |---|---|
@@ -39,8 +39,9 @@ use url::Url;
 use super::error::{classify_status, StatusClass};
 use super::netrc::{Netrc, Secret};
 use super::{
-    check_key, collect_limited, Backend, ByteStream, CacheError, CacheUrl, ClientOptions, PutBody,
+    collect_limited, Backend, ByteStream, CacheError, CacheUrl, ClientOptions, ObjectKey, PutBody,
 };
+use crate::error_chain::Chain;
 
 /// Upload chunk size.
 const CHUNK: usize = 64 * 1024;
@@ -113,14 +114,19 @@ impl HttpCache {
         &self.url
     }
 
-    /// The URL of an object.
+    /// The URL of an object to read: its path under the cache's, with the key's query if
+    /// any.
     fn object_url(&self, key: &str) -> Result<Url, CacheError> {
-        check_key(key)?;
+        self.url_of(ObjectKey::parse(key)?)
+    }
+
+    fn url_of(&self, key: ObjectKey<'_>) -> Result<Url, CacheError> {
         let mut url = self.base.clone();
         url.path_segments_mut()
-            .map_err(|()| CacheError::invalid_key(key, "the cache URL cannot take a path"))?
+            .map_err(|()| CacheError::invalid_key(key.path(), "the cache URL cannot take a path"))?
             .pop_if_empty()
-            .extend(key.split('/'));
+            .extend(key.path().split('/'));
+        url.set_query(key.query());
         Ok(url)
     }
 
@@ -298,7 +304,7 @@ impl HttpCache {
                         });
                     }
                     let delay = backoff_delay(self.backoff_base, attempt, jitter());
-                    tracing::warn!("{e}; retrying in {} ms", delay.as_millis());
+                    tracing::warn!("{}; retrying in {} ms", Chain(&e), delay.as_millis());
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
@@ -328,7 +334,7 @@ impl Backend for HttpCache {
         body: PutBody,
         content_type: &'static str,
     ) -> Result<(), CacheError> {
-        let url = &self.object_url(key)?;
+        let url = &self.url_of(ObjectKey::parse_for_writing(key)?)?;
         let body = &body;
         let this = self;
         self.retrying(move || this.put_once(url, body, content_type))
@@ -480,6 +486,9 @@ mod tests {
         let u = c.object_url("nix-cache-info").unwrap();
         assert_eq!(u.as_str(), "http://127.0.0.1:8080/nix-cache-info");
         assert!(c.object_url("../x").is_err());
+        // A narinfo URL with a query (harmonia's) keeps it; percent signs are escaped.
+        let u = c.object_url("nar/a.nar?hash=a").unwrap();
+        assert_eq!(u.as_str(), "http://127.0.0.1:8080/nar/a.nar?hash=a");
         assert!(!format!("{c:?}").contains("u:p"));
     }
 

@@ -1,12 +1,14 @@
 //! L2, cache backends: binary caches as key → object stores (`file://` and `http(s)://`),
 //! async, with the Nix 2.8 layout helpers on top (nix-cache-info, narinfo lookup) and
-//! NAR compression. Uses only [`crate::format`] below it. See nix-formats.md §6.
+//! NAR compression. Uses only [`crate::format`] below it. See store-format.md §7.
 //!
 //! * [`Backend`]: the thin trait every backend implements: `get`, `exists`, `put`.
 //! * [`Cache`]: the enum over our backends, opened from a [`CacheUrl`], with the helpers
 //!   [`Cache::cache_info`], [`Cache::get_bytes`], [`Cache::narinfo`],
 //!   [`Cache::has_narinfo`] and [`Cache::init_for_writing`].
-//! * Keys are relative object names, checked by [`check_key`] on every operation.
+//! * Keys are relative object names, checked by [`ObjectKey`] on every operation; a read
+//!   key may carry a query (a narinfo's `URL: nar/x.nar?hash=…`), sent by HTTP and
+//!   ignored by `file://`.
 //! * Absence is `Ok(None)` / `Ok(false)`, never an error; HTTP 401/403/407 count as
 //!   absent, as in Nix. Transient failures are retried inside the HTTP backend.
 //! * Object bodies are [`ByteStream`]s; [`blocking_reader`] turns one into an
@@ -34,12 +36,12 @@ use crate::format::narinfo::{NarInfo, MAX_NARINFO_SIZE};
 use crate::format::store_path::{StoreDir, StorePathHash};
 
 pub use error::CacheError;
-pub use url::{check_key, CacheUrl, UrlError, MAX_KEY_LEN};
+pub use url::{check_key, CacheUrl, ObjectKey, UrlError, MAX_KEY_LEN};
 
 /// The key of the file at the root of every cache.
 pub const CACHE_INFO_KEY: &str = "nix-cache-info";
 
-/// MIME types Nix uses when uploading (nix-formats.md §6.1).
+/// MIME types Nix uses when uploading (store-format.md §7.1).
 pub mod content_type {
     pub const CACHE_INFO: &str = "text/x-nix-cache-info";
     pub const NARINFO: &str = "text/x-nix-narinfo";

@@ -12,10 +12,23 @@
 //! server. Credentials in the URL are kept for basic auth but never displayed.
 //!
 //! Keys are relative object names: `nix-cache-info`, `<hash>.narinfo`,
-//! `nar/<file>.nar.zst`, `log/<drv>`. Hostile caches choose the `URL:` of their narinfos,
-//! so every key is checked before use: no leading `/`, no empty, `.` or `..` component,
-//! no NUL, control character, `\`, `?` or `#`, at most [`MAX_KEY_LEN`] bytes, and not an
-//! absolute URL (`scheme:...`; Nix allows those in narinfos, we refuse them).
+//! `nar/<file>.nar.zst`, `log/<drv>`, the `URL:` of a narinfo. Hostile caches choose the
+//! `URL:` of their narinfos, so every key is checked before use ([`ObjectKey::parse`],
+//! store-format.md §7):
+//!
+//! ```text
+//! key   = path ["?" query]              ; at most MAX_KEY_LEN bytes in all
+//! path  = segment *("/" segment)        ; no leading "/", no "", "." or ".." segment,
+//!                                       ; no NUL, control character, "\", "?" or "#"
+//! query = *(any char but control characters, "#" and whitespace)
+//! ```
+//!
+//! The path names the object, always inside the cache; the query (harmonia writes
+//! `nar/<hash>.nar?hash=<hash>`) is sent with an HTTP request and ignored by a `file://`
+//! cache, and only read keys may carry one. A fragment (`#`) and absolute URLs
+//! (`scheme:...`, which Nix would fetch as they are) are refused: the `URL:` is not
+//! signed, so following one would let any cache make us fetch from, and send our
+//! credentials to, any host or local file.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -32,7 +45,7 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// Why a cache URL was refused. Never contains credentials.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum UrlError {
-    #[error("invalid cache URL: {0}")]
+    #[error("malformed URL")]
     Syntax(#[source] url::ParseError),
     #[error("unsupported cache URL scheme '{0}' (expected file, http or https)")]
     UnsupportedScheme(String),
@@ -211,40 +224,92 @@ impl fmt::Debug for CacheUrl {
     }
 }
 
-/// Checks that `key` is a safe relative object name (see the module docs).
+/// A checked key: the object's path inside the cache and an optional query (see the
+/// module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectKey<'a> {
+    path: &'a str,
+    query: Option<&'a str>,
+}
+
+impl<'a> ObjectKey<'a> {
+    /// Checks `key` and splits it at its first `?`.
+    pub fn parse(key: &'a str) -> Result<Self, CacheError> {
+        let bad = |reason: &'static str| Err(CacheError::invalid_key(key, reason));
+        if key.len() > MAX_KEY_LEN {
+            return bad("longer than 1024 bytes");
+        }
+        let (path, query) = match key.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (key, None),
+        };
+        if let Some(reason) = path_problem(path) {
+            return bad(reason);
+        }
+        if let Some(c) = query
+            .unwrap_or_default()
+            .chars()
+            .find(|&c| c.is_control() || c.is_whitespace() || c == '#')
+        {
+            return bad(match c {
+                '#' => "fragment character in the query",
+                _ => "control character or whitespace in the query",
+            });
+        }
+        Ok(ObjectKey { path, query })
+    }
+
+    /// Checks a key to be written: a query is refused (a query only makes sense when
+    /// reading what a narinfo points to).
+    pub fn parse_for_writing(key: &'a str) -> Result<Self, CacheError> {
+        let parsed = Self::parse(key)?;
+        if parsed.query.is_some() {
+            return Err(CacheError::invalid_key(key, "a key to write has no query"));
+        }
+        Ok(parsed)
+    }
+
+    /// The object's path relative to the cache root.
+    pub fn path(&self) -> &'a str {
+        self.path
+    }
+
+    /// The query after `?`, if any (possibly empty).
+    pub fn query(&self) -> Option<&'a str> {
+        self.query
+    }
+}
+
+/// Checks that `key` is a safe object key (see the module docs).
 pub fn check_key(key: &str) -> Result<(), CacheError> {
-    let bad = |reason: &'static str| Err(CacheError::invalid_key(key, reason));
-    if key.is_empty() {
-        return bad("empty key");
+    ObjectKey::parse(key).map(|_| ())
+}
+
+/// Why `path` is not a safe relative object path, if it is not.
+fn path_problem(path: &str) -> Option<&'static str> {
+    if path.is_empty() {
+        return Some("empty key");
     }
-    if key.len() > MAX_KEY_LEN {
-        return bad("longer than 1024 bytes");
+    if path.starts_with('/') {
+        return Some("absolute path");
     }
-    if key.starts_with('/') {
-        return bad("absolute path");
+    if looks_like_url(path) {
+        return Some("absolute URLs are not supported, only keys relative to the cache");
     }
-    if looks_like_url(key) {
-        return bad("absolute URLs are not supported, only keys relative to the cache");
-    }
-    if let Some(c) = key
+    if let Some(c) = path
         .chars()
-        .find(|&c| c.is_control() || matches!(c, '\\' | '?' | '#'))
+        .find(|&c| c.is_control() || matches!(c, '\\' | '#'))
     {
-        return bad(match c {
+        return Some(match c {
             '\0' => "NUL character",
             '\\' => "backslash",
-            '?' | '#' => "query or fragment character",
+            '#' => "fragment character",
             _ => "control character",
         });
     }
-    for component in key.split('/') {
-        match component {
-            "" => return bad("empty path component"),
-            "." | ".." => return bad("'.' or '..' path component"),
-            _ => {}
-        }
-    }
-    Ok(())
+    path.split('/')
+        .any(|component| matches!(component, "" | "." | ".."))
+        .then_some("empty, '.' or '..' path component")
 }
 
 /// `scheme:` before any `/`, as in `https://host/x` or `s3:bucket`.
@@ -360,9 +425,19 @@ mod tests {
             ".hidden",
             "a/.b/c..d",
             "100%.nar",
+            "nar/x.nar?hash=x",
+            "nar/x.nar?",
+            "nar/x.nar?a=1&b=c/d?e",
         ] {
             assert!(check_key(good).is_ok(), "{good}");
         }
+        // Harmonia's narinfo URL: the path names the object, the query is kept apart.
+        let k = ObjectKey::parse("nar/abc.nar?hash=abc").unwrap();
+        assert_eq!((k.path(), k.query()), ("nar/abc.nar", Some("hash=abc")));
+        let k = ObjectKey::parse("nar/abc.nar").unwrap();
+        assert_eq!((k.path(), k.query()), ("nar/abc.nar", None));
+        assert!(ObjectKey::parse_for_writing("nar/abc.nar").is_ok());
+        assert!(ObjectKey::parse_for_writing("nar/abc.nar?hash=abc").is_err());
         let long = "a".repeat(MAX_KEY_LEN + 1);
         for bad in [
             "",
@@ -375,8 +450,15 @@ mod tests {
             ".",
             "a\0b",
             "a\\b",
-            "x.nar?y=1",
             "x.nar#f",
+            "x.nar?y=1#f",
+            "x.nar?y=a b",
+            "x.nar?y=\n",
+            "?hash=x",
+            "../x.nar?hash=x",
+            "nar/../../x?y",
+            "/nar/x.nar?hash=x",
+            "http://evil.example/x.nar?hash=x",
             "x\ny",
             "http://evil.example/x.nar",
             "https:x",

@@ -2,6 +2,11 @@
 //! `STORE_SUBSTITUTERS`, `STORE_TRUSTED_PUBLIC_KEYS`) and flags, merged by one pure
 //! function, [`merge`]: flags win over the environment, which wins over the file, which wins
 //! over the defaults. Unknown config keys are errors. Key names follow nix.conf.
+//!
+//! The root: when none is set and the default location is not writable by this user, the
+//! store goes under a per-user root ([`Machine::user_root`], `~/.local/share/store/root`),
+//! as Nix 2.4+ does for unprivileged users. What the machine allows is probed by the
+//! caller and passed in as a [`Machine`], so the merge itself does no I/O.
 
 use std::path::{Path, PathBuf};
 
@@ -52,6 +57,23 @@ pub struct FileConfig {
     pub keep_outputs: Option<bool>,
     /// GC keeps the derivers of live paths (default true, as Nix).
     pub keep_derivations: Option<bool>,
+    /// `store serve` limits (the `[serve]` table).
+    pub serve: Option<ServeFile>,
+}
+
+/// The `[serve]` table: limits of `store serve` (flags of the same names win). Sizes in
+/// bytes, timeouts in seconds.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeFile {
+    pub max_connections: Option<usize>,
+    pub header_timeout: Option<u64>,
+    pub keep_alive_timeout: Option<u64>,
+    pub send_timeout: Option<u64>,
+    pub body_timeout: Option<u64>,
+    pub min_body_rate: Option<u64>,
+    pub nar_cache_size: Option<u64>,
+    pub alias_cache_size: Option<u64>,
 }
 
 /// A list given either as a TOML array or as one space-separated string (as in nix.conf).
@@ -85,11 +107,25 @@ pub struct Layer {
     pub trusted_public_keys: Option<Vec<String>>,
 }
 
+/// What [`merge`] needs to know about this machine and user, found by the caller.
+pub struct Machine<'a> {
+    /// Whether a store with this store dir can live at its default location (no root):
+    /// its store dir and state dir exist writable or can be created by this user. Only
+    /// asked when no root is set.
+    pub default_location_writable: &'a dyn Fn(&StoreDir) -> bool,
+    /// The per-user root (`$XDG_DATA_HOME/store/root`, else `~/.local/share/store/root`);
+    /// `None` when neither variable gives one.
+    pub user_root: Option<PathBuf>,
+}
+
 /// The merged, checked settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub store_dir: StoreDir,
     pub root: Option<PathBuf>,
+    /// `root` is the per-user root, chosen because none was set and the default location
+    /// is not writable (the CLI says so on stderr).
+    pub per_user_root: bool,
     pub substituters: Vec<String>,
     pub trusted_public_keys: Vec<String>,
     pub netrc_file: Option<PathBuf>,
@@ -108,10 +144,17 @@ pub struct Settings {
     pub max_silent_time: Option<u64>,
     pub keep_outputs: bool,
     pub keep_derivations: bool,
+    pub serve: ServeFile,
 }
 
-/// Merges the layers: flags > env > file > defaults. Pure: no I/O, no globals.
-pub fn merge(file: &FileConfig, env: &Layer, flags: &Layer) -> Result<Settings> {
+/// Merges the layers: flags > env > file > defaults. Pure: no I/O, no globals; what the
+/// machine allows comes in `machine`.
+pub fn merge(
+    file: &FileConfig,
+    env: &Layer,
+    flags: &Layer,
+    machine: &Machine<'_>,
+) -> Result<Settings> {
     let store_dir = flags
         .store_dir
         .as_ref()
@@ -129,6 +172,12 @@ pub fn merge(file: &FileConfig, env: &Layer, flags: &Layer) -> Result<Settings> 
             bail!("the root '{}' must be an absolute path", r.display());
         }
     }
+    let (root, per_user_root) = match (root, &machine.user_root) {
+        (None, Some(user_root)) if !(machine.default_location_writable)(&store_dir) => {
+            (Some(user_root.clone()), true)
+        }
+        (root, _) => (root, false),
+    };
     let pick = |flag: &Option<Vec<String>>, env: &Option<Vec<String>>, file: &Option<Words>| {
         flag.clone()
             .or_else(|| env.clone())
@@ -138,6 +187,7 @@ pub fn merge(file: &FileConfig, env: &Layer, flags: &Layer) -> Result<Settings> 
     Ok(Settings {
         store_dir,
         root,
+        per_user_root,
         substituters: pick(&flags.substituters, &env.substituters, &file.substituters),
         trusted_public_keys: pick(
             &flags.trusted_public_keys,
@@ -170,6 +220,7 @@ pub fn merge(file: &FileConfig, env: &Layer, flags: &Layer) -> Result<Settings> 
         max_silent_time: file.max_silent_time,
         keep_outputs: file.keep_outputs.unwrap_or(false),
         keep_derivations: file.keep_derivations.unwrap_or(true),
+        serve: file.serve.clone().unwrap_or_default(),
     })
 }
 
@@ -187,6 +238,71 @@ pub fn parse_file(text: &str) -> Result<FileConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A machine whose default location is writable.
+    const PRIVILEGED: Machine<'static> = Machine {
+        default_location_writable: &|_| true,
+        user_root: None,
+    };
+
+    fn merge(file: &FileConfig, env: &Layer, flags: &Layer) -> Result<Settings> {
+        super::merge(file, env, flags, &PRIVILEGED)
+    }
+
+    /// Issue 13: an ordinary user with no root got an error instead of a store.
+    #[test]
+    fn unwritable_default_location_uses_the_per_user_root() {
+        let user_root = PathBuf::from("/home/u/.local/share/store/root");
+        let asked = std::cell::Cell::new(None);
+        let unprivileged = Machine {
+            default_location_writable: &|dir: &StoreDir| {
+                asked.set(Some(dir.to_string()));
+                false
+            },
+            user_root: Some(user_root.clone()),
+        };
+        let none = Layer::default();
+        let s = super::merge(&FileConfig::default(), &none, &none, &unprivileged).unwrap();
+        assert_eq!(
+            (s.root.as_deref(), s.per_user_root),
+            (Some(&*user_root), true)
+        );
+        assert_eq!(asked.take().as_deref(), Some(DEFAULT_STORE_DIR));
+        // The probe is asked about the store dir that will be used.
+        let other = Layer {
+            store_dir: Some("/other/store".into()),
+            ..Layer::default()
+        };
+        super::merge(&FileConfig::default(), &other, &none, &unprivileged).unwrap();
+        assert_eq!(asked.take().as_deref(), Some("/other/store"));
+        // A root from the flags, the environment or the file wins, unprobed.
+        let given = Layer {
+            root: Some("/given".into()),
+            ..Layer::default()
+        };
+        let file = FileConfig {
+            root: Some("/file".into()),
+            ..FileConfig::default()
+        };
+        for (file, env, flags) in [
+            (&FileConfig::default(), &given, &none),
+            (&FileConfig::default(), &none, &given),
+            (&file, &none, &none),
+        ] {
+            let s = super::merge(file, env, flags, &unprivileged).unwrap();
+            assert!(!s.per_user_root && s.root != Some(user_root.clone()));
+            assert_eq!(asked.take(), None);
+        }
+        // Writable default location, or no per-user root known: no root.
+        let s = super::merge(&FileConfig::default(), &none, &none, &PRIVILEGED).unwrap();
+        assert_eq!((s.root, s.per_user_root), (None, false));
+        let homeless = Machine {
+            default_location_writable: &|_| false,
+            user_root: None,
+        };
+        let s = super::merge(&FileConfig::default(), &none, &none, &homeless).unwrap();
+        assert_eq!((s.root, s.per_user_root), (None, false));
+    }
 
     #[test]
     fn precedence() {
@@ -218,6 +334,16 @@ mod tests {
         let gc = parse_file("keep-outputs = true\nkeep-derivations = false\n").unwrap();
         let g = merge(&gc, &Layer::default(), &Layer::default()).unwrap();
         assert!(g.keep_outputs && !g.keep_derivations);
+    }
+
+    #[test]
+    fn serve_table() {
+        let f = parse_file("root = \"/r\"\n[serve]\nmax-connections = 9\nheader-timeout = 2\n");
+        let s = merge(&f.unwrap(), &Layer::default(), &Layer::default()).unwrap();
+        assert_eq!(s.serve.max_connections, Some(9));
+        assert_eq!(s.serve.header_timeout, Some(2));
+        assert_eq!(s.serve.nar_cache_size, None);
+        assert!(parse_file("[serve]\nbogus = 1\n").is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use store::format::keys::SecretKey;
+use store::format::keys::{KeyName, SecretKey};
 use zeroize::Zeroizing;
 
 use super::GlobalArgs;
@@ -24,9 +24,10 @@ pub enum KeyCommand {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Key name, e.g. cache.example.org-1
+    /// Key name, e.g. cache.example.org-1 (non-empty; no ':', whitespace or control
+    /// characters)
     #[arg(long)]
-    pub name: String,
+    pub name: KeyName,
     #[arg(long, value_name = "FILE")]
     pub secret_file: PathBuf,
     #[arg(long, value_name = "FILE")]
@@ -52,7 +53,7 @@ pub fn run(_g: &GlobalArgs, cmd: KeyCommand) -> Result<ExitCode> {
                     }
                 }
             }
-            let key = SecretKey::generate(&a.name).context("cannot generate a key")?;
+            let key = SecretKey::generate(a.name.as_str()).context("cannot generate a key")?;
             write_atomically(&a.secret_file, key.to_nix_string().as_bytes(), 0o600)?;
             write_atomically(
                 &a.public_file,

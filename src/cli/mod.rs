@@ -24,6 +24,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use store::format::store_path::StoreDir;
 use store::store::{Layout, LocalStore, StoreError};
 
 /// A Nix-compatible immutable store with signed binary substitution.
@@ -161,7 +162,48 @@ pub fn settings_with(g: &GlobalArgs, trust: &TrustArgs) -> Result<config::Settin
             .as_deref()
             .map(config::split_words),
     };
-    config::merge(&file, &env, &flags)
+    let machine = config::Machine {
+        default_location_writable: &default_location_writable,
+        user_root: user_root(),
+    };
+    let settings = config::merge(&file, &env, &flags, &machine)?;
+    if settings.per_user_root {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            tracing::warn!(
+                "the default store location is not writable by this user; using the \
+                 per-user root '{}' (--root or STORE_ROOT chooses another)",
+                settings.root.as_deref().unwrap_or(Path::new("")).display()
+            );
+        });
+    }
+    Ok(settings)
+}
+
+/// The per-user root: `$XDG_DATA_HOME/store/root`, else `$HOME/.local/share/store/root`
+/// (relative values are ignored, as the XDG spec says).
+fn user_root() -> Option<PathBuf> {
+    let absolute_var = |name| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    let data = absolute_var("XDG_DATA_HOME")
+        .or_else(|| absolute_var("HOME").map(|h| h.join(".local").join("share")))?;
+    Some(data.join("store").join("root"))
+}
+
+/// Whether a store with `store_dir` and no root could be opened by this user: its store
+/// dir and state dir are writable, or the nearest existing ancestor of a missing one is.
+fn default_location_writable(store_dir: &StoreDir) -> bool {
+    use rustix::fs::{access, Access};
+    let layout = Layout::new(store_dir.clone(), None);
+    let dirs = [layout.real_store(), layout.state_dir()];
+    let writable = dirs.into_iter().all(|dir| {
+        let existing = dir.ancestors().find(|a| a.exists());
+        existing.is_some_and(|d| access(d, Access::WRITE_OK | Access::EXEC_OK).is_ok())
+    });
+    writable
 }
 
 /// Trust flags of the commands that fetch from caches (`realise`, `copy --from`).

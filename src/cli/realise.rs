@@ -18,6 +18,7 @@ use store::build::recipe::Instantiator;
 use store::build::sandbox::SandboxMode;
 use store::cache::compression::Compression;
 use store::cache::{Cache, CacheUrl, ClientOptions};
+use store::error_chain::Chain;
 use store::format::derivation::derived_path::{DerivedPath, OutputsSpec};
 use store::format::keys::{PublicKey, TrustedKeys};
 use store::format::store_path::StorePath;
@@ -293,7 +294,7 @@ fn build(
             match Substituter::open(urls, keys, &client_options(settings), store, jobs).await {
                 Ok(s) => Some(Arc::new(s)),
                 Err(e) => {
-                    tracing::warn!("building without substitutes: {e}");
+                    tracing::warn!("building without substitutes: {}", Chain(&e));
                     None
                 }
             }

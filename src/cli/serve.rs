@@ -1,6 +1,8 @@
 //! `store serve`: serve the local store as a Nix binary cache over HTTP, optionally
 //! accepting signed uploads (`nix copy --to http://…`). See `store::server` for the
-//! protocol.
+//! protocol. Limits come from flags, then the config file's `[serve]` table, then the
+//! defaults in `store::server`; the keys trusted for uploads from `--trusted-public-keys`,
+//! `STORE_TRUSTED_PUBLIC_KEYS` or the config file's `trusted-public-keys`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,11 +13,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use store::format::keys::TrustedKeys;
-use store::server::{self, NarEncoding, ServerConfig, Token, UploadConfig};
+use store::server::{self, conn, pace, DiskUsage, Limits, NarEncoding, ServerConfig, Token};
+use store::server::{UploadConfig, Usage};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use zeroize::Zeroizing;
 
-use super::GlobalArgs;
+use super::config::ServeFile;
+use super::{GlobalArgs, TrustArgs};
 
 /// How long requests in flight may take to finish after SIGINT/SIGTERM.
 const GRACE: Duration = Duration::from_secs(10);
@@ -47,7 +51,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub read_token_file: Option<PathBuf>,
     /// Public keys ("name:base64 …") one of which must have signed an uploaded path
-    #[arg(long, value_name = "KEYS", env = "STORE_TRUSTED_PUBLIC_KEYS")]
+    /// [env: STORE_TRUSTED_PUBLIC_KEYS; config: trusted-public-keys]
+    #[arg(long, value_name = "KEYS")]
     pub trusted_public_keys: Option<String>,
     /// Largest accepted NAR upload in bytes (as sent, i.e. compressed)
     #[arg(long, value_name = "BYTES", default_value_t = server::DEFAULT_MAX_UPLOAD)]
@@ -55,6 +60,103 @@ pub struct ServeArgs {
     /// Do not keep zstd NARs compressed under the state dir (compress on every download)
     #[arg(long)]
     pub no_nar_cache: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Limits of `store serve`; each also comes from the config file's `[serve]` table.
+#[derive(Debug, Args, Default)]
+pub struct LimitArgs {
+    /// Connections open at once; more wait to be accepted [default: 1024]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+    /// Seconds a client may take to send a request head [default: 30]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout: Option<u64>,
+    /// Seconds a kept-alive connection may stay idle [default: 60]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_alive_timeout: Option<u64>,
+    /// Seconds a response may go without the client reading a byte [default: 60]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub send_timeout: Option<u64>,
+    /// Seconds of each window in which a request body must keep up --min-body-rate
+    /// [default: 30]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout: Option<u64>,
+    /// Bytes per second a request body must average over each window [default: 1024]
+    #[arg(long, value_name = "BYTES")]
+    pub min_body_rate: Option<u64>,
+    /// Size of the compressed NAR cache in bytes; least recently used NARs are removed
+    /// [default: 8 GiB]
+    #[arg(long, value_name = "BYTES")]
+    pub nar_cache_size: Option<u64>,
+    /// Size of the upload aliases in bytes; least recently used are removed [default: 256 MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub alias_cache_size: Option<u64>,
+}
+
+impl LimitArgs {
+    /// Flags over the config file over the defaults.
+    fn merge(&self, file: &ServeFile) -> Result<(Limits, u64, u64)> {
+        let secs = |flag: Option<u64>, file: Option<u64>, name: &str, default: Duration| match flag
+            .or(file)
+        {
+            Some(0) => bail!("[serve] {name} must be at least 1 second"),
+            Some(s) => Ok(Duration::from_secs(s)),
+            None => Ok(default),
+        };
+        let max_connections = match self
+            .max_connections
+            .map(|n| n as usize)
+            .or(file.max_connections)
+        {
+            Some(0) => bail!("[serve] max-connections must be at least 1"),
+            Some(n) => n,
+            None => conn::DEFAULT_MAX_CONNECTIONS,
+        };
+        let limits = Limits {
+            max_connections,
+            header_timeout: secs(
+                self.header_timeout,
+                file.header_timeout,
+                "header-timeout",
+                conn::DEFAULT_HEADER_TIMEOUT,
+            )?,
+            keep_alive_timeout: secs(
+                self.keep_alive_timeout,
+                file.keep_alive_timeout,
+                "keep-alive-timeout",
+                conn::DEFAULT_KEEP_ALIVE_TIMEOUT,
+            )?,
+            send_timeout: secs(
+                self.send_timeout,
+                file.send_timeout,
+                "send-timeout",
+                conn::DEFAULT_SEND_TIMEOUT,
+            )?,
+            body: pace::Pace {
+                window: secs(
+                    self.body_timeout,
+                    file.body_timeout,
+                    "body-timeout",
+                    pace::DEFAULT_BODY_TIMEOUT,
+                )?,
+                min_rate: self
+                    .min_body_rate
+                    .or(file.min_body_rate)
+                    .unwrap_or(pace::DEFAULT_MIN_BODY_RATE),
+            },
+        };
+        let nar_cache = self
+            .nar_cache_size
+            .or(file.nar_cache_size)
+            .unwrap_or(server::DEFAULT_NAR_CACHE_SIZE);
+        let aliases = self
+            .alias_cache_size
+            .or(file.alias_cache_size)
+            .unwrap_or(server::DEFAULT_ALIAS_CACHE_SIZE);
+        Ok((limits, nar_cache, aliases))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,8 +166,22 @@ pub enum CompressionArg {
 }
 
 pub fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
-    let store = Arc::new(super::open_store(g)?);
+    let trust = TrustArgs {
+        substituters: None,
+        trusted_public_keys: args.trusted_public_keys.clone(),
+    };
+    let settings = super::settings_with(g, &trust)?;
+    let store = Arc::new(super::open_store_with(&settings)?);
+    match conn::raise_fd_limit() {
+        Ok(soft) => tracing::debug!("descriptor limit: {soft:?}"),
+        Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
+    }
     let mut config = ServerConfig::new(store);
+    (
+        config.limits,
+        config.nar_cache_size,
+        config.alias_cache_size,
+    ) = args.limits.merge(&settings.serve)?;
     config.encoding = match args.compression {
         CompressionArg::Zstd => NarEncoding::Zstd,
         CompressionArg::None => NarEncoding::Plain,
@@ -80,11 +196,10 @@ pub fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         config.read_token = Some(read_token(f)?);
     }
     if let Some(f) = &args.upload_token_file {
-        let keys = args.trusted_public_keys.as_deref().unwrap_or_default();
-        let trusted_keys =
-            TrustedKeys::parse_list(keys).context("invalid --trusted-public-keys")?;
+        let keys = settings.trusted_public_keys.join(" ");
+        let trusted_keys = TrustedKeys::parse_list(&keys).context("invalid trusted public keys")?;
         if trusted_keys.is_empty() {
-            bail!("uploads need at least one key in --trusted-public-keys");
+            bail!("uploads need at least one key in --trusted-public-keys (or trusted-public-keys in the config file)");
         }
         config.upload = Some(UploadConfig {
             token: read_token(f)?,
@@ -112,6 +227,17 @@ async fn run_server(listen: SocketAddr, config: ServerConfig, quiet: bool) -> Re
     let addr = listener
         .local_addr()
         .context("cannot get the bound address")?;
+    if !quiet {
+        // Before the address line, which tells scripts that the server is up.
+        let used = DiskUsage::of(config.store.layout());
+        eprintln!(
+            "store serve: nar-cache {} of {}, aliases {} of {}",
+            usage_text(used.nar_cache),
+            size_text(config.nar_cache_size),
+            usage_text(used.aliases),
+            size_text(config.alias_cache_size),
+        );
+    }
     // Tests and scripts read this line to learn the port; keep its shape.
     eprintln!("store serve: listening on http://{addr}");
     if !quiet && config.upload.is_some() {
@@ -133,6 +259,26 @@ async fn run_server(listen: SocketAddr, config: ServerConfig, quiet: bool) -> Re
         () = signals.next() => tracing::warn!("second signal; exiting now"),
     }
     Ok(())
+}
+
+/// `12.0 MiB in 40 files`.
+fn usage_text(u: Usage) -> String {
+    format!("{} in {} files", size_text(u.bytes), u.files)
+}
+
+/// A size in the largest binary unit that keeps it at least 1.
+fn size_text(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ => format!("{value:.1} {}", units[unit]),
+    }
 }
 
 /// SIGINT and SIGTERM, listened to from creation on.

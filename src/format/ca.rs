@@ -22,7 +22,7 @@ pub enum ContentAddress {
 pub enum CaError {
     #[error("content address '{0}' has an unknown method")]
     Method(String),
-    #[error("content address '{ca}': {source}")]
+    #[error("invalid hash in content address '{ca}'")]
     Hash {
         ca: String,
         #[source]

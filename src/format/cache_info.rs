@@ -1,4 +1,4 @@
-//! `nix-cache-info`: the file at the root of a binary cache. See nix-formats.md §6.1.
+//! `nix-cache-info`: the file at the root of a binary cache. See store-format.md §5.1.
 //!
 //! ```text
 //! cache-info = *line                  ; at most MAX_CACHE_INFO_SIZE bytes
@@ -41,7 +41,7 @@ pub enum CacheInfoError {
     BadLine { line: usize },
     #[error("nix-cache-info line {line}: '{key}' given twice")]
     Duplicate { line: usize, key: &'static str },
-    #[error("nix-cache-info line {line}: StoreDir: {source}")]
+    #[error("nix-cache-info line {line}: invalid StoreDir")]
     StoreDir {
         line: usize,
         #[source]

@@ -1,5 +1,5 @@
 //! Nix-format ed25519 signing keys, detached signatures and the trusted-key set, as in
-//! Nix 2.8 (`libstore/crypto.cc`). See nix-formats.md §5.
+//! Nix 2.8 (`libstore/crypto.cc`). See store-format.md §4.1 and §5.
 //!
 //! ```text
 //! secret-key = name ":" base64(seed[32] ‖ public[32])   ; libsodium layout, 64 bytes
@@ -8,6 +8,9 @@
 //! name       = 1* any char except ":", whitespace and control characters
 //! ```
 //!
+//! * Names are checked in one place, [`KeyName::new`], for generated keys, key files,
+//!   `trusted-public-keys` and signatures alike: non-empty and no `:` as in Nix (a name
+//!   with a `:` would write a key file that no one can read back), plus our own rule below.
 //! * The name is everything before the **first** `:`; the key part must be non-empty. A
 //!   single trailing `\n` is tolerated when reading key files; printing never adds one.
 //! * base64 is the standard padded alphabet and is decoded strictly (canonical padding
@@ -70,10 +73,13 @@ impl fmt::Display for KeyKind {
 pub enum KeyError {
     #[error("{kind} has no ':' between name and key")]
     MissingColon { kind: KeyKind },
-    #[error("{kind} has an empty name")]
-    EmptyName { kind: KeyKind },
-    #[error("{kind} name {name:?} contains whitespace or control characters")]
-    BadName { kind: KeyKind, name: String },
+    #[error("invalid {kind} name {name:?}")]
+    BadName {
+        kind: KeyKind,
+        name: String,
+        #[source]
+        reason: KeyNameError,
+    },
     #[error("{kind} '{name}' has an empty key part")]
     EmptyKey { kind: KeyKind, name: String },
     #[error("{kind} '{name}' is not valid base64")]
@@ -94,29 +100,72 @@ pub enum KeyError {
 }
 
 /// Splits `name:key`, checking the name and that the key part is non-empty.
-fn split_named(s: &str, kind: KeyKind) -> Result<(&str, &str), KeyError> {
-    let (name, key) = s.split_once(':').ok_or(KeyError::MissingColon { kind })?;
-    check_name(name, kind)?;
+fn split_named(s: &str, kind: KeyKind) -> Result<(KeyName, &str), KeyError> {
+    let (raw, key) = s.split_once(':').ok_or(KeyError::MissingColon { kind })?;
+    let name = check_name(raw, kind)?;
     if key.is_empty() {
         return Err(KeyError::EmptyKey {
             kind,
-            name: name.to_owned(),
+            name: name.to_string(),
         });
     }
     Ok((name, key))
 }
 
-fn check_name(name: &str, kind: KeyKind) -> Result<(), KeyError> {
-    if name.is_empty() {
-        return Err(KeyError::EmptyName { kind });
+fn check_name(name: &str, kind: KeyKind) -> Result<KeyName, KeyError> {
+    KeyName::new(name).map_err(|reason| KeyError::BadName {
+        kind,
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+/// Why a key name was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum KeyNameError {
+    #[error("a key name must not be empty")]
+    Empty,
+    #[error("a key name must not contain ':'")]
+    Colon,
+    #[error("a key name must not contain whitespace or control characters")]
+    Whitespace,
+}
+
+/// The name of a key or signature: non-empty, no `:`, no whitespace or control
+/// characters. The only place key names are checked (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyName(String);
+
+impl KeyName {
+    pub fn new(name: &str) -> Result<Self, KeyNameError> {
+        if name.is_empty() {
+            return Err(KeyNameError::Empty);
+        }
+        if name.contains(':') {
+            return Err(KeyNameError::Colon);
+        }
+        if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(KeyNameError::Whitespace);
+        }
+        Ok(KeyName(name.to_owned()))
     }
-    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(KeyError::BadName {
-            kind,
-            name: name.to_owned(),
-        });
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
-    Ok(())
+}
+
+impl FromStr for KeyName {
+    type Err = KeyNameError;
+    fn from_str(s: &str) -> Result<Self, KeyNameError> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for KeyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Decodes strict padded base64 into exactly `N` bytes. The buffer is zeroized on drop.
@@ -154,7 +203,7 @@ fn strip_newline(s: &str) -> &str {
 /// An ed25519 secret key with its name, as in a Nix `.sec` file.
 #[derive(Clone)]
 pub struct SecretKey {
-    name: String,
+    name: KeyName,
     key: SigningKey,
 }
 
@@ -169,18 +218,16 @@ impl SecretKey {
         name: &str,
         rng: &mut R,
     ) -> Result<Self, KeyError> {
-        check_name(name, KeyKind::Secret)?;
         Ok(SecretKey {
-            name: name.to_owned(),
+            name: check_name(name, KeyKind::Secret)?,
             key: SigningKey::generate(rng),
         })
     }
 
     /// Builds a key from a name and a 32-byte ed25519 seed.
     pub fn from_seed(name: &str, seed: &[u8; 32]) -> Result<Self, KeyError> {
-        check_name(name, KeyKind::Secret)?;
         Ok(SecretKey {
-            name: name.to_owned(),
+            name: check_name(name, KeyKind::Secret)?,
             key: SigningKey::from_bytes(seed),
         })
     }
@@ -190,18 +237,15 @@ impl SecretKey {
     pub fn parse(s: &str) -> Result<Self, KeyError> {
         let kind = KeyKind::Secret;
         let (name, b64) = split_named(strip_newline(s), kind)?;
-        let bytes = decode_fixed::<SECRET_KEY_LEN>(b64, kind, name)?;
+        let bytes = decode_fixed::<SECRET_KEY_LEN>(b64, kind, name.as_str())?;
         let key = SigningKey::from_keypair_bytes(&bytes).map_err(|_| KeyError::Mismatch {
-            name: name.to_owned(),
+            name: name.to_string(),
         })?;
-        Ok(SecretKey {
-            name: name.to_owned(),
-            key,
-        })
+        Ok(SecretKey { name, key })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.name.as_str()
     }
 
     /// The matching public key (`nix key convert-secret-to-public`).
@@ -217,9 +261,9 @@ impl SecretKey {
     pub fn to_nix_string(&self) -> Zeroizing<String> {
         let bytes = Zeroizing::new(self.key.to_keypair_bytes());
         let mut out = Zeroizing::new(String::with_capacity(
-            self.name.len() + 1 + BASE64.encode_len(SECRET_KEY_LEN),
+            self.name.as_str().len() + 1 + BASE64.encode_len(SECRET_KEY_LEN),
         ));
-        out.push_str(&self.name);
+        out.push_str(self.name.as_str());
         out.push(':');
         BASE64.encode_append(&bytes[..], &mut out);
         out
@@ -248,7 +292,7 @@ impl Eq for SecretKey {}
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecretKey")
-            .field("name", &self.name)
+            .field("name", &self.name.as_str())
             .field("public", &self.to_public().to_string())
             .field("secret", &"<redacted>")
             .finish()
@@ -265,7 +309,7 @@ impl FromStr for SecretKey {
 /// An ed25519 public key with its name, as in a Nix `.pub` file or `trusted-public-keys`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PublicKey {
-    name: String,
+    name: KeyName,
     key: VerifyingKey,
 }
 
@@ -274,18 +318,15 @@ impl PublicKey {
     pub fn parse(s: &str) -> Result<Self, KeyError> {
         let kind = KeyKind::Public;
         let (name, b64) = split_named(strip_newline(s), kind)?;
-        let bytes = decode_fixed::<PUBLIC_KEY_LEN>(b64, kind, name)?;
+        let bytes = decode_fixed::<PUBLIC_KEY_LEN>(b64, kind, name.as_str())?;
         let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::InvalidPoint {
-            name: name.to_owned(),
+            name: name.to_string(),
         })?;
-        Ok(PublicKey {
-            name: name.to_owned(),
-            key,
-        })
+        Ok(PublicKey { name, key })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.name.as_str()
     }
 
     pub fn as_bytes(&self) -> &[u8; PUBLIC_KEY_LEN] {
@@ -324,7 +365,7 @@ impl FromStr for PublicKey {
 /// A detached signature with the name of the key that made it: a narinfo `Sig:` value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Signature {
-    name: String,
+    name: KeyName,
     sig: ed25519_dalek::Signature,
 }
 
@@ -333,15 +374,15 @@ impl Signature {
     pub fn parse(s: &str) -> Result<Self, KeyError> {
         let kind = KeyKind::Signature;
         let (name, b64) = split_named(s, kind)?;
-        let bytes = decode_fixed::<SIGNATURE_LEN>(b64, kind, name)?;
+        let bytes = decode_fixed::<SIGNATURE_LEN>(b64, kind, name.as_str())?;
         Ok(Signature {
-            name: name.to_owned(),
+            name,
             sig: ed25519_dalek::Signature::from_bytes(&bytes),
         })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.name.as_str()
     }
 
     pub fn to_bytes(&self) -> [u8; SIGNATURE_LEN] {
@@ -398,15 +439,15 @@ impl TrustedKeys {
     /// Adds a key. Adding the same key twice is fine; a different key under a name that
     /// is already present is refused, since matching is by name only.
     pub fn insert(&mut self, key: PublicKey) -> Result<(), KeyError> {
-        match self.keys.get(&key.name) {
+        match self.keys.get(key.name()) {
             Some(existing) if existing.key != key => Err(KeyError::ConflictingName {
-                name: key.name.clone(),
+                name: key.name().to_owned(),
             }),
             Some(_) => Ok(()),
             None => {
                 let verifier = Arc::new(FixedKeyVerifier::new(key.key));
                 self.keys
-                    .insert(key.name.clone(), Trusted { key, verifier });
+                    .insert(key.name().to_owned(), Trusted { key, verifier });
                 Ok(())
             }
         }
@@ -544,7 +585,11 @@ mod tests {
         );
         assert_eq!(
             SecretKey::parse(":AAAA"),
-            Err(KeyError::EmptyName { kind: k })
+            Err(KeyError::BadName {
+                kind: k,
+                name: String::new(),
+                reason: KeyNameError::Empty
+            })
         );
         assert!(matches!(
             SecretKey::parse("a:"),
@@ -632,5 +677,41 @@ mod tests {
         let pk = PublicKey::parse(&sk.to_public().to_string()).unwrap();
         assert!(pk.verify("hello", &sk.sign("hello")));
         assert!(SecretKey::generate("").is_err());
+    }
+
+    /// Issue 13: `a:b` was accepted by generate and gave a key file no one could read.
+    #[test]
+    fn key_names_are_checked_in_one_place() {
+        assert_eq!(
+            KeyName::new("cache.example.org-1").unwrap().as_str(),
+            "cache.example.org-1"
+        );
+        assert_eq!(KeyName::new(""), Err(KeyNameError::Empty));
+        assert_eq!(KeyName::new("a:b"), Err(KeyNameError::Colon));
+        assert_eq!(KeyName::new("a b"), Err(KeyNameError::Whitespace));
+        assert_eq!(KeyName::new("a\u{7f}"), Err(KeyNameError::Whitespace));
+        for generated in [
+            SecretKey::generate("a:b"),
+            SecretKey::from_seed("a:b", &[1; 32]),
+        ] {
+            assert_eq!(
+                generated.unwrap_err(),
+                KeyError::BadName {
+                    kind: KeyKind::Secret,
+                    name: "a:b".into(),
+                    reason: KeyNameError::Colon
+                }
+            );
+        }
+        // Every name a parser accepts, the generator accepts, and the file reads back.
+        let sk = SecretKey::generate("ok-1").unwrap();
+        assert_eq!(SecretKey::parse(&sk.to_nix_string()).unwrap(), sk);
+        assert!(matches!(
+            TrustedKeys::parse_list(":NYgtoruizuryolCLu5nuyeLIW7BKrpXu2BvVsMOG20A="),
+            Err(KeyError::BadName {
+                kind: KeyKind::Public,
+                ..
+            })
+        ));
     }
 }

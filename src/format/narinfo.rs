@@ -1,6 +1,6 @@
 //! `<hash32>.narinfo`: the metadata of one store path in a binary cache, parsed and printed
 //! byte for byte like Nix 2.8 (`libstore/nar-info.cc`), plus the signature fingerprint,
-//! signing and verification. See nix-formats.md §4 and §5.
+//! signing and verification. See store-format.md §4 and §5.
 //!
 //! ```text
 //! narinfo     = 1*line                        ; at most MAX_NARINFO_SIZE bytes
@@ -137,7 +137,7 @@ pub enum NarInfoError {
         field: Field,
         reason: &'static str,
     },
-    #[error("narinfo line {line}: {field}: {source}")]
+    #[error("narinfo line {line}: invalid {field}")]
     Hash {
         line: usize,
         field: Field,
@@ -150,7 +150,7 @@ pub enum NarInfoError {
         field: Field,
         algo: HashAlgo,
     },
-    #[error("narinfo line {line}: {field}: {source}")]
+    #[error("narinfo line {line}: invalid {field}")]
     StorePath {
         line: usize,
         field: Field,
@@ -159,7 +159,7 @@ pub enum NarInfoError {
     },
     #[error("narinfo line {line}: reference '{reference}' listed twice")]
     DuplicateReference { line: usize, reference: String },
-    #[error("narinfo line {line}: CA: {source}")]
+    #[error("narinfo line {line}: invalid CA")]
     Ca {
         line: usize,
         #[source]

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::build::local::{build_derivation, BuildConfig, BuildError, Built};
 use crate::build::sandbox::ScratchPool;
-use crate::error::one_line;
+use crate::error_chain::Chain;
 use crate::format::derivation::derived_path::{DerivedPath, OutputsSpec};
 use crate::format::derivation::hash::{derivation_closure, DrvGraphError};
 use crate::format::derivation::Derivation;
@@ -73,10 +73,7 @@ pub enum RealiseError {
 
 /// One failure per line, each with its causes.
 fn list_failures(failures: &[RealiseError]) -> String {
-    let lines: Vec<String> = failures
-        .iter()
-        .map(|e| format!("  {}", one_line(e)))
-        .collect();
+    let lines: Vec<String> = failures.iter().map(|e| format!("  {}", Chain(e))).collect();
     lines.join("\n")
 }
 

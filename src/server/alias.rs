@@ -22,6 +22,7 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::mpsc;
 
+use super::budget::{self, Budget};
 use super::stream::temp_name;
 use crate::format::store_path::StorePath;
 use crate::store::{AddOutcome, LocalStore, NarImport, StoreError};
@@ -62,6 +63,7 @@ impl Alias {
 /// none or it is unreadable.
 pub(crate) fn read(dir: &Path, name: &str) -> Option<Alias> {
     let file = fs::File::open(dir.join(name)).ok()?;
+    budget::touch(&file);
     let mut text = String::new();
     file.take(MAX_ALIAS).read_to_string(&mut text).ok()?;
     let alias = Alias::parse(&text);
@@ -71,12 +73,25 @@ pub(crate) fn read(dir: &Path, name: &str) -> Option<Alias> {
     alias
 }
 
-/// Records (or replaces) the alias `name`.
-pub(crate) fn write(dir: &Path, name: &str, alias: &Alias) -> io::Result<()> {
+/// Records (or replaces) the alias `name` in the directory of `aliases`, within its
+/// budget.
+pub(crate) fn write(aliases: &Budget, name: &str, alias: &Alias) -> io::Result<()> {
+    let dir = aliases.dir();
     let tmp = dir.join(temp_name());
-    let result = fs::write(&tmp, alias.to_line()).and_then(|()| fs::rename(&tmp, dir.join(name)));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let line = alias.to_line();
+    let result = fs::File::create_new(&tmp)
+        .and_then(|mut f| {
+            f.write_all(line.as_bytes())?;
+            // Used now, with full precision (the order of eviction).
+            budget::touch(&f);
+            Ok(())
+        })
+        .and_then(|()| fs::rename(&tmp, dir.join(name)));
+    match &result {
+        Ok(()) => aliases.added(line.len() as u64),
+        Err(_) => {
+            let _ = fs::remove_file(&tmp);
+        }
     }
     result
 }

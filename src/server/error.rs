@@ -36,6 +36,9 @@ pub enum ApiError {
     TooLarge { limit: u64 },
     #[error("cannot read the request body")]
     Body(#[source] axum::Error),
+    /// The body fell behind its minimum pace (see `server::pace`).
+    #[error("request body too slow")]
+    SlowBody(#[source] axum::Error),
     #[error("invalid upload file name '{0}'")]
     BadName(String),
     #[error("uploaded narinfo is invalid")]
@@ -84,6 +87,15 @@ impl ApiError {
         }
     }
 
+    /// A failure to read a request body: too slow, or otherwise broken.
+    pub(crate) fn body(e: axum::Error) -> Self {
+        if super::pace::is_too_slow(&e) {
+            ApiError::SlowBody(e)
+        } else {
+            ApiError::Body(e)
+        }
+    }
+
     /// The status of every error. Exhaustive on purpose: no `_` arms.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -91,6 +103,7 @@ impl ApiError {
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::BadCredentials | ApiError::UploadsDisabled => StatusCode::FORBIDDEN,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Body(_)
             | ApiError::BadName(_)
             | ApiError::BadNarInfo(_)
@@ -226,6 +239,17 @@ mod tests {
             (ApiError::BadCredentials, 403),
             (ApiError::UploadsDisabled, 403),
             (ApiError::TooLarge { limit: 1 }, 413),
+            (
+                ApiError::body(axum::Error::new(crate::server::pace::TooSlow {
+                    min_rate: 1,
+                    window: std::time::Duration::from_secs(1),
+                })),
+                408,
+            ),
+            (
+                ApiError::body(axum::Error::new(io::Error::other("reset"))),
+                400,
+            ),
             (ApiError::MissingNar("x".into()), 409),
             (
                 ApiError::Import(StoreError::MissingReferences {

@@ -44,13 +44,20 @@
 //! waiting for their narinfo), `serve/nar-cache/` and `serve/aliases/` (the NAR names
 //! clients uploaded under, which they may ask for later; see module `alias`). Files there are
 //! replaced with temp + rename only; stale staged uploads and temp files are swept after
-//! an hour. Nothing bounds the size of `nar-cache/` (use `--no-nar-cache` to turn it off).
+//! an hour. `nar-cache/` and `aliases/` each have a size budget with least-recently-used
+//! eviction (module `budget`; `--no-nar-cache` turns the NAR cache off).
+//!
+//! Connections are accepted and supervised by module `conn`: a connection limit, header,
+//! keep-alive and send timeouts, and a minimum pace for request bodies (module `pace`).
 
 mod alias;
 pub mod auth;
+pub mod budget;
+pub mod conn;
 pub mod error;
 mod lookup;
 pub mod names;
+pub mod pace;
 mod routes;
 mod stream;
 mod upload;
@@ -60,13 +67,15 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::format::keys::{SecretKey, TrustedKeys};
+use crate::store::layout::Layout;
 use crate::store::LocalStore;
 pub use auth::{Token, TokenError};
+pub use budget::{Usage, DEFAULT_ALIAS_CACHE_SIZE, DEFAULT_NAR_CACHE_SIZE};
+pub use conn::Limits;
 pub use error::ApiError;
 pub use names::NarEncoding;
 
@@ -93,6 +102,12 @@ pub struct ServerConfig {
     pub read_token: Option<Token>,
     /// Keep zstd NARs compressed on disk after the first complete download.
     pub nar_cache: bool,
+    /// Budget of `serve/nar-cache/` in bytes (least recently used files go first).
+    pub nar_cache_size: u64,
+    /// Budget of `serve/aliases/` in bytes.
+    pub alias_cache_size: u64,
+    /// Connection limits and timeouts.
+    pub limits: Limits,
 }
 
 impl ServerConfig {
@@ -107,6 +122,45 @@ impl ServerConfig {
             upload: None,
             read_token: None,
             nar_cache: true,
+            nar_cache_size: DEFAULT_NAR_CACHE_SIZE,
+            alias_cache_size: DEFAULT_ALIAS_CACHE_SIZE,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// What the server keeps under the state dir, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub nar_cache: Usage,
+    pub aliases: Usage,
+}
+
+impl DiskUsage {
+    /// Reads it now (blocking: lists both directories).
+    pub fn of(layout: &Layout) -> DiskUsage {
+        let dirs = ServeDirs::new(layout);
+        DiskUsage {
+            nar_cache: budget::usage(&dirs.nar_cache),
+            aliases: budget::usage(&dirs.aliases),
+        }
+    }
+}
+
+/// The server's directories under the state dir.
+struct ServeDirs {
+    staging: PathBuf,
+    nar_cache: PathBuf,
+    aliases: PathBuf,
+}
+
+impl ServeDirs {
+    fn new(layout: &Layout) -> Self {
+        let base = layout.state_dir().join("serve");
+        ServeDirs {
+            staging: base.join("staging"),
+            nar_cache: base.join("nar-cache"),
+            aliases: base.join("aliases"),
         }
     }
 }
@@ -150,8 +204,10 @@ pub(crate) struct State {
     pub renderer: lookup::Renderer,
     pub infos: Arc<lookup::InfoCache>,
     pub staging_dir: PathBuf,
-    pub nar_cache_dir: PathBuf,
-    pub alias_dir: PathBuf,
+    /// `serve/nar-cache/` and its budget.
+    pub nar_cache: Arc<budget::Budget>,
+    /// `serve/aliases/` and its budget.
+    pub aliases: budget::Budget,
 }
 
 /// What a request wants to do.
@@ -195,7 +251,7 @@ impl State {
     }
 }
 
-/// Serves until the listener fails. See [`serve_with_shutdown`].
+/// Serves for good. See [`serve_with_shutdown`].
 pub async fn serve(listener: TcpListener, config: ServerConfig) -> io::Result<()> {
     serve_with_shutdown(listener, config, std::future::pending()).await
 }
@@ -215,11 +271,8 @@ pub async fn serve_with_shutdown(
     {
         return Err(ServeError::NoTrustedKeys.into());
     }
-    let state_dir = config.store.layout().state_dir().join("serve");
-    let staging_dir = state_dir.join("staging");
-    let nar_cache_dir = state_dir.join("nar-cache");
-    let alias_dir = state_dir.join("aliases");
-    for dir in [&staging_dir, &nar_cache_dir, &alias_dir] {
+    let dirs = ServeDirs::new(config.store.layout());
+    for dir in [&dirs.staging, &dirs.nar_cache, &dirs.aliases] {
         std::fs::create_dir_all(dir).map_err(|source| ServeError::Dir {
             path: dir.clone(),
             source,
@@ -235,27 +288,29 @@ pub async fn serve_with_shutdown(
             sign_with: config.sign_with.clone(),
         },
         infos: Arc::default(),
-        staging_dir,
-        nar_cache_dir,
-        alias_dir,
+        staging_dir: dirs.staging,
+        nar_cache: Arc::new(budget::Budget::open(dirs.nar_cache, config.nar_cache_size)),
+        aliases: budget::Budget::open(dirs.aliases, config.alias_cache_size),
         config,
     });
+    let mut limits = state.config.limits.clone();
+    let cap = conn::connection_cap();
+    if limits.max_connections > cap {
+        tracing::warn!(
+            "serving at most {cap} connections instead of {}: the descriptor limit allows no more",
+            limits.max_connections
+        );
+        limits.max_connections = cap;
+    }
     let background = [
         tokio::spawn(lookup::watch(Arc::clone(&state.infos), probe)),
         tokio::spawn(upload::sweep_periodically(Arc::clone(&state))),
     ];
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    conn::run(listener, router(state), limits, shutdown).await;
     for task in background {
         task.abort();
     }
-    result
+    Ok(())
 }
 
 fn router(state: Arc<State>) -> Router {

@@ -12,11 +12,11 @@ use axum::http::{header, HeaderValue, Method};
 use axum::response::Response;
 use bytes::Bytes;
 
-use super::alias;
 use super::error::ApiError;
 use super::lookup::Entry;
 use super::names::{is_upload_name, nar_url, parse_nar_name, parse_narinfo_name, NarEncoding};
 use super::stream::{self, body_channel, CacheTarget};
+use super::{alias, budget};
 use super::{Access, ServerConfig, State};
 use crate::cache::compression::Compression;
 use crate::format::cache_info::CacheInfo;
@@ -163,7 +163,7 @@ pub(crate) async fn get_nar(
         }
         None if is_upload_name(&file) => {
             // A small read on the request thread: cheaper than a blocking-pool hop.
-            let a = alias::read(&state.alias_dir, &file).ok_or(ApiError::NotFound)?;
+            let a = alias::read(state.aliases.dir(), &file).ok_or(ApiError::NotFound)?;
             let c = match a.label.as_deref() {
                 Some("none") => Compression::None,
                 Some("br") => Compression::Br,
@@ -215,9 +215,10 @@ fn nar_response(
     });
     // A small open + fstat on the request thread: cheaper than a blocking-pool hop.
     let cached = cache_name.as_ref().and_then(|name| {
-        File::open(state.nar_cache_dir.join(name))
-            .and_then(|f| f.metadata().map(|m| (f, m.len())))
-            .ok()
+        let f = File::open(state.nar_cache.dir().join(name)).ok()?;
+        let len = f.metadata().ok()?.len();
+        budget::touch(&f);
+        Some((f, len))
     });
     match (cached, head) {
         (Some((_, len)), true) => respond(Body::empty(), NAR_TYPE, IMMUTABLE, Some(len)),
@@ -230,7 +231,7 @@ fn nar_response(
         (None, false) => {
             let (out, body) = body_channel();
             let target = cache_name.map(|file_name| CacheTarget {
-                dir: state.nar_cache_dir.clone(),
+                budget: Arc::clone(&state.nar_cache),
                 file_name,
             });
             let level = match compression {

@@ -12,14 +12,16 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
+use super::budget::{self, Budget};
 use crate::cache::compression::{compress, Compression};
 use crate::format::store_path::StorePath;
 use crate::store::{LocalStore, StoreError};
@@ -203,9 +205,9 @@ pub(crate) fn produce_plain(
 }
 
 /// Where a compressed NAR goes in the on-disk cache: written to a temp file in the cache
-/// dir, renamed to its final name once complete and synced.
+/// dir, renamed to its final name once complete and synced, within the cache's budget.
 pub(crate) struct CacheTarget {
-    pub dir: PathBuf,
+    pub budget: Arc<Budget>,
     pub file_name: String,
 }
 
@@ -228,7 +230,7 @@ pub(crate) fn produce_compressed(
     mut out: ChunkWriter,
 ) {
     let mut temp = cache.and_then(|c| {
-        let tmp = c.dir.join(temp_name());
+        let tmp = c.budget.dir().join(temp_name());
         match File::options().write(true).create_new(true).open(&tmp) {
             Ok(f) => Some((f, tmp, c)),
             Err(e) => {
@@ -251,7 +253,7 @@ pub(crate) fn produce_compressed(
     let keep = result.is_ok() && !tee.copy_failed;
     if let Some((file, tmp, target)) = temp {
         if keep {
-            install_cache_entry(file, &tmp, &target.dir.join(&target.file_name));
+            install_cache_entry(file, &tmp, &target);
         } else {
             drop(file);
             let _ = fs::remove_file(&tmp);
@@ -260,13 +262,34 @@ pub(crate) fn produce_compressed(
     conclude(store, path, out, result);
 }
 
-/// Syncs and renames a complete cache entry into place (best effort: a failure only
-/// means the next request compresses again).
-fn install_cache_entry(file: File, tmp: &Path, dest: &Path) {
-    let result = file.sync_data().and_then(|()| fs::rename(tmp, dest));
-    if let Err(e) = result {
-        tracing::warn!("cannot install the compressed NAR cache entry: {e}");
-        let _ = fs::remove_file(tmp);
+/// Syncs and renames a complete cache entry into place, if its budget admits it (best
+/// effort: a failure only means the next request compresses again).
+fn install_cache_entry(file: File, tmp: &Path, target: &CacheTarget) {
+    let dest = target.budget.dir().join(&target.file_name);
+    let len = match file.metadata() {
+        Ok(m) if target.budget.admits(m.len()) => m.len(),
+        Ok(_) => {
+            tracing::debug!(
+                "not caching '{}': larger than the NAR cache",
+                dest.display()
+            );
+            let _ = fs::remove_file(tmp);
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("cannot install the compressed NAR cache entry: {e}");
+            let _ = fs::remove_file(tmp);
+            return;
+        }
+    };
+    // Used now, with full precision (the order of eviction).
+    budget::touch(&file);
+    match file.sync_data().and_then(|()| fs::rename(tmp, &dest)) {
+        Ok(()) => target.budget.added(len),
+        Err(e) => {
+            tracing::warn!("cannot install the compressed NAR cache entry: {e}");
+            let _ = fs::remove_file(tmp);
+        }
     }
 }
 

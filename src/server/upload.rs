@@ -4,7 +4,8 @@
 //! * A NAR upload is written to a temp file in `serve/staging/` and renamed to its name
 //!   when complete; it is never served and never enters the store by itself. Its size is
 //!   bounded by `UploadConfig::max_nar_size` (checked against `Content-Length` first, then
-//!   while reading).
+//!   while reading); narinfo and nix-cache-info bodies likewise by their format's limit.
+//!   A body that falls behind its minimum pace is refused with 408 (module `pace`).
 //! * A narinfo upload is parsed for this store dir, then checked with
 //!   [`trust::check_narinfo`] against the path its file name asks for (only the hash part
 //!   is in the name, so the name of the path comes from the narinfo). Its `URL` must be
@@ -93,13 +94,7 @@ pub(crate) async fn put_nar(
     if !is_upload_name(&file) {
         return Err(ApiError::BadName(file).into());
     }
-    let announced = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > limit) {
-        return Err(ApiError::TooLarge { limit }.into());
-    }
+    refuse_announced_over(&headers, limit)?;
     let tmp = state.staging_dir.join(temp_name());
     let written = write_body(body, &tmp, limit).await;
     let result = match written {
@@ -112,6 +107,19 @@ pub(crate) async fn put_nar(
         let _ = tokio::fs::remove_file(&tmp).await;
     }
     Ok(result.map(|()| STORED)?)
+}
+
+/// Refuses at once a body whose `Content-Length` says it is over `limit` bytes, before
+/// reading any of it.
+fn refuse_announced_over(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(n) if n > limit => Err(ApiError::TooLarge { limit }),
+        _ => Ok(()),
+    }
 }
 
 /// Writes a request body to a new file, refusing more than `limit` bytes.
@@ -127,7 +135,7 @@ async fn write_body(body: Body, dest: &Path, limit: u64) -> Result<(), ApiError>
     let mut data = body.into_data_stream();
     let mut total: u64 = 0;
     while let Some(chunk) = data.next().await {
-        let chunk = chunk.map_err(ApiError::Body)?;
+        let chunk = chunk.map_err(ApiError::body)?;
         total += chunk.len() as u64;
         if total > limit {
             return Err(ApiError::TooLarge { limit });
@@ -143,7 +151,7 @@ async fn read_bounded(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let mut data = body.into_data_stream();
     let mut buf = BytesMut::new();
     while let Some(chunk) = data.next().await {
-        let chunk = chunk.map_err(ApiError::Body)?;
+        let chunk = chunk.map_err(ApiError::body)?;
         if buf.len() + chunk.len() > limit {
             return Err(ApiError::TooLarge {
                 limit: limit as u64,
@@ -166,6 +174,7 @@ pub(crate) async fn put_narinfo(
         return Err(ApiError::UploadsDisabled.into());
     };
     let hash = parse_narinfo_name(&file).ok_or(ApiError::NotFound)?;
+    refuse_announced_over(&headers, MAX_NARINFO_SIZE as u64)?;
     let text = read_bounded(body, MAX_NARINFO_SIZE).await?;
     let dir = state.store.store_dir();
     let info = NarInfo::parse_bytes(&text, dir).map_err(ApiError::BadNarInfo)?;
@@ -203,7 +212,7 @@ fn import_upload(
         label,
     };
     let remember = || {
-        if let Err(e) = alias::write(&state.alias_dir, staged_name, &record) {
+        if let Err(e) = alias::write(&state.aliases, staged_name, &record) {
             tracing::warn!("cannot record the upload alias '{staged_name}': {e}");
         }
     };
@@ -223,7 +232,7 @@ fn import_upload(
     let file = match File::open(&staged) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let same = alias::read(&state.alias_dir, staged_name)
+            let same = alias::read(state.aliases.dir(), staged_name)
                 .filter(|a| a.nar_hash_nix32 == record.nar_hash_nix32)
                 .ok_or_else(|| ApiError::MissingNar(staged_name.to_owned()))?;
             alias::import_from_path(store, &same.path, meta).map_err(ApiError::Import)?;
@@ -291,6 +300,7 @@ pub(crate) async fn put_cache_info(
     body: Body,
 ) -> Result<StatusCode, Refused> {
     state.authorize(&headers, Access::Upload)?;
+    refuse_announced_over(&headers, MAX_CACHE_INFO_SIZE as u64)?;
     let text = read_bounded(body, MAX_CACHE_INFO_SIZE).await?;
     let info = CacheInfo::parse(&String::from_utf8_lossy(&text)).map_err(ApiError::BadCacheInfo)?;
     let ours = state.store.store_dir();
@@ -313,7 +323,7 @@ pub(crate) async fn sweep_periodically(state: Arc<State>) {
         let st = Arc::clone(&state);
         let _ = tokio::task::spawn_blocking(move || {
             remove_stale(&st.staging_dir, |_| true);
-            remove_stale(&st.nar_cache_dir, |name| name.starts_with(".tmp-"));
+            remove_stale(st.nar_cache.dir(), |name| name.starts_with(".tmp-"));
         })
         .await;
     }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use thiserror::Error;
 
+use crate::error_chain::Chain;
 use crate::format::ca::ContentAddress;
 use crate::format::hash::{Hash, HashAlgo};
 use crate::format::store_path::{StoreDir, StorePath};
@@ -43,7 +44,7 @@ pub struct PathInfo {
 
 #[derive(Debug, Error)]
 pub enum DbError {
-    #[error("database: {0}")]
+    #[error("database error")]
     Sqlite(#[from] rusqlite::Error),
     #[error("database schema version {found} is newer than this program supports ({supported})")]
     TooNew { found: i64, supported: i64 },
@@ -541,7 +542,7 @@ impl RawRow {
         let ca = match &self.ca {
             Some(c) => Some(
                 c.parse()
-                    .map_err(|e: crate::format::ca::CaError| corrupt(e.to_string()))?,
+                    .map_err(|e: crate::format::ca::CaError| corrupt(Chain(&e).to_string()))?,
             ),
             None => None,
         };

@@ -33,7 +33,7 @@ pub enum GcError {
     Roots(#[from] RootsError),
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

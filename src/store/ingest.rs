@@ -15,6 +15,7 @@ use std::path::Path;
 
 use super::stage::{InstallLock, Stage, Staged};
 use super::{LocalStore, PathInfo, StoreError};
+use crate::error_chain::Chain;
 use crate::format::ca::ContentAddress;
 use crate::format::hash::{Hash, HashAlgo, Hasher};
 use crate::format::narinfo::NarInfo;
@@ -92,11 +93,13 @@ impl LocalStore {
     /// does). The tree is hashed first; if the path is already valid nothing is copied.
     /// Otherwise it is copied (and hashed again, to catch a tree that changes under us).
     pub fn add_tree(&self, src: &Path, name: &StorePathName) -> Result<AddOutcome, StoreError> {
-        let nar_err = |source| StoreError::Nar {
-            context: format!("cannot add '{}'", src.display()),
-            source,
+        // The caller names `src`; these say which step failed.
+        let nar_err = |context: &str| {
+            let context = context.to_owned();
+            move |source| StoreError::Nar { context, source }
         };
-        let (nar_hash, nar_size) = super::hash_tree(src).map_err(nar_err)?;
+        let (nar_hash, nar_size) =
+            super::hash_tree(src).map_err(nar_err("cannot hash the tree"))?;
         let path = self
             .store_dir()
             .make_source_path(&nar_hash, [], false, name);
@@ -113,7 +116,8 @@ impl LocalStore {
             ultimate: false,
         };
         self.install(info, |dest| {
-            let (digest, size) = fsnar::copy_tree_hashing(src, dest).map_err(nar_err)?;
+            let (digest, size) = fsnar::copy_tree_hashing(src, dest)
+                .map_err(nar_err("cannot copy the tree into the store"))?;
             if Hash::sha256(digest) != nar_hash || size != nar_size {
                 return Err(StoreError::SourceChanged(src.display().to_string()));
             }
@@ -339,7 +343,7 @@ fn check_content_address(
             *nar_hash
         } else {
             let mut h = Hasher::new(expected.algo());
-            fsnar::dump(tree, &mut h).map_err(|e| e.to_string())?;
+            fsnar::dump(tree, &mut h).map_err(|e| Chain(&e).to_string())?;
             h.finish()
         }
     } else if let Some(h) = contents.filter(|_| expected.algo() == HashAlgo::Sha256) {

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use thiserror::Error;
 
+use crate::error_chain::Chain;
 use crate::format::hash::{Hash, HashAlgo, HashSink};
 use crate::format::store_path::{StoreDir, StorePath, StorePathError};
 use crate::fsnar;
@@ -39,7 +40,7 @@ pub use stage::{InstallLock, Stage, Staged};
 /// What can go wrong in the local store.
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("cannot create the store at {path}: {source}")]
+    #[error("cannot create the store at {path}")]
     NotWritable {
         path: String,
         #[source]
@@ -318,7 +319,7 @@ impl LocalStore {
                 expected: info.nar_hash,
                 got,
             },
-            Err(e) => Verdict::Unreadable(e.to_string()),
+            Err(e) => Verdict::Unreadable(Chain(&e).to_string()),
         })
     }
 }

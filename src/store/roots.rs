@@ -45,7 +45,7 @@ use crate::format::store_path::StorePath;
 /// What can go wrong with roots and the GC lock.
 #[derive(Debug, Error)]
 pub enum RootsError {
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

@@ -24,6 +24,7 @@ use rustix::fs::RenameFlags;
 use super::lock::TempDir;
 use super::path_lock::PathLock;
 use super::{LocalStore, PathInfo, StoreError};
+use crate::error_chain::Chain;
 use crate::format::derivation::{Derivation, DRV_EXTENSION};
 use crate::format::store_path::StorePath;
 use crate::fsnar;
@@ -247,7 +248,7 @@ impl LocalStore {
         let parsed = match read {
             Ok(bytes) if bytes.len() as u64 <= MAX_DRV_SIZE => {
                 Derivation::parse_store_drv(&bytes, self.store_dir(), path)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| Chain(&e).to_string())
             }
             Ok(_) => Err(format!("larger than {MAX_DRV_SIZE} bytes")),
             Err(e) => Err(e.to_string()),

@@ -5,11 +5,10 @@ use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{
-    one_line, CacheUseError, Candidate, Downloaded, Fetched, LockWaits, Progress, Substituter,
-};
+use super::{CacheUseError, Candidate, Downloaded, Fetched, LockWaits, Progress, Substituter};
 use crate::cache::compression;
 use crate::cache::{blocking_reader, Backend, CacheError};
+use crate::error_chain::Chain;
 use crate::format::nar::NarReadError;
 use crate::fsnar::FsNarError;
 use crate::store::{ImportError, InstallLock, LocalStore, NarImport, Stage, StoreError};
@@ -80,7 +79,7 @@ impl Substituter {
             tracing::warn!(
                 "{name}: fetching '{printed}' failed (attempt {attempt}/{}): {}",
                 self.limits.attempts,
-                one_line(&e.error)
+                Chain(&e.error)
             );
             if !e.retryable || attempt >= self.limits.attempts {
                 return Err(e.error);

@@ -4,7 +4,7 @@
 use thiserror::Error;
 
 use crate::cache::CacheError;
-use crate::error::one_line;
+use crate::error_chain::Chain;
 use crate::store::StoreError;
 
 #[derive(Debug, Error)]
@@ -59,7 +59,7 @@ pub enum CacheUseError {
 
 /// `a: why; b: why`, each failure with its causes.
 fn list(failures: &[CacheFailure]) -> String {
-    let each: Vec<String> = failures.iter().map(|f| one_line(f)).collect();
+    let each: Vec<String> = failures.iter().map(|f| Chain(f).to_string()).collect();
     each.join("; ")
 }
 

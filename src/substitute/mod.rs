@@ -24,7 +24,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinSet;
 
 use crate::cache::{Cache, CacheUrl, ClientOptions};
-use crate::error::one_line;
+use crate::error_chain::Chain;
 use crate::format::keys::TrustedKeys;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::{StoreDir, StorePath};
@@ -188,7 +188,7 @@ impl Substituter {
                         cache: url.to_string(),
                         error,
                     };
-                    tracing::warn!("ignoring substituter {}", one_line(&failure));
+                    tracing::warn!("ignoring substituter {}", Chain(&failure));
                     problems.push(failure);
                 }
             }
@@ -332,7 +332,11 @@ impl Substituter {
                         trusted.insert(path, Candidate { cache, info });
                     }
                     Err(e) => {
-                        reasons.push(format!("{}: untrusted: {e}", self.caches[cache].name));
+                        reasons.push(format!(
+                            "{}: untrusted: {}",
+                            self.caches[cache].name,
+                            Chain(&e)
+                        ));
                         in_flight.push(self.lookup(store, path, cache + 1, reasons));
                     }
                 }
@@ -371,7 +375,7 @@ impl Substituter {
                     reasons.push(format!("{}: {e}", c.name))
                 }
                 Ok(None) => reasons.push(format!("{}: not found", c.name)),
-                Err(e) => reasons.push(format!("{}: {e}", c.name)),
+                Err(e) => reasons.push(format!("{}: {}", c.name, Chain(&e))),
             }
         }
         Found {
@@ -405,7 +409,11 @@ impl Substituter {
                     })
                 }
                 Err(e) => {
-                    reasons.push(format!("{}: untrusted: {e}", self.caches[found.cache].name));
+                    reasons.push(format!(
+                        "{}: untrusted: {}",
+                        self.caches[found.cache].name,
+                        Chain(&e)
+                    ));
                     from = found.cache + 1;
                 }
             }

@@ -59,6 +59,8 @@ pub struct RecordedRequest {
     pub method: Method,
     /// The raw request path, e.g. `/nar/x.nar.xz`.
     pub path: String,
+    /// The raw query after `?`, if any.
+    pub query: Option<String>,
     pub headers: HeaderMap,
 }
 
@@ -219,6 +221,7 @@ async fn handle(
     lock(&shared.log).push(RecordedRequest {
         method: method.clone(),
         path: path.clone(),
+        query: uri.query().map(str::to_owned),
         headers: headers.clone(),
     });
     if let Some(required) = lock(&shared.authorization).clone() {

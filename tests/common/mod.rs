@@ -117,6 +117,7 @@ pub fn bare_cmd(home: &Path) -> Command {
         "STORE_CONFIG",
         "STORE_LOG",
         "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
     ] {
         c.env_remove(var);
     }

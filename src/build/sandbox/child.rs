@@ -406,9 +406,24 @@ fn bring_up_loopback() -> StepResult {
     Ok(())
 }
 
+/// The steps of the module doc, in order; returns only for the probe (`exec == None`) or
+/// on failure.
 fn setup(ctx: &ChildCtx) -> StepResult {
+    own_namespaces(ctx)?;
+    build_root(ctx)?;
+    enter_root(ctx)?;
+    let Some(exec) = &ctx.exec else {
+        return Ok(());
+    };
+    drop_privileges(ctx)?;
+    exec_builder(ctx, exec)
+}
+
+/// Dies with the parent; maps the build user and group to the caller's (setgroups denied
+/// first); sets the host and domain names; brings up `lo` in a new network namespace.
+fn own_namespaces(ctx: &ChildCtx) -> StepResult {
     use step::*;
-    // SAFETY (all blocks): system calls on prepared NUL-terminated strings and valid buffers.
+    // SAFETY (all blocks): system calls on valid buffers.
     check(PDEATHSIG, unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0)
     })?;
@@ -426,6 +441,12 @@ fn setup(ctx: &ChildCtx) -> StepResult {
     if ctx.new_net {
         bring_up_loopback()?;
     }
+    Ok(())
+}
+
+/// Makes every mount private, mounts the root tmpfs and runs the mount plan in it.
+fn build_root(ctx: &ChildCtx) -> StepResult {
+    use step::*;
     mount(
         PRIVATE,
         None,
@@ -445,6 +466,14 @@ fn setup(ctx: &ChildCtx) -> StepResult {
     for (i, op) in ctx.ops.iter().enumerate() {
         run_op(OP_BASE + i as u32, op)?;
     }
+    Ok(())
+}
+
+/// `pivot_root` into the root and detach the old one; remount `/` read-only; `chdir` to
+/// the build dir.
+fn enter_root(ctx: &ChildCtx) -> StepResult {
+    use step::*;
+    // SAFETY: system calls on prepared NUL-terminated strings.
     unsafe {
         check(PIVOT, libc::chdir(ctx.root.as_ptr()))?;
         let dot = c".".as_ptr();
@@ -457,10 +486,14 @@ fn setup(ctx: &ChildCtx) -> StepResult {
     }
     let ro = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
     mount(RO_ROOT, None, c"/", None, ro, None)?;
-    check(CHDIR, unsafe { libc::chdir(ctx.cwd.as_ptr()) })?;
-    let Some(exec) = &ctx.exec else {
-        return Ok(());
-    };
+    // SAFETY: as above.
+    check(CHDIR, unsafe { libc::chdir(ctx.cwd.as_ptr()) })
+}
+
+/// Becomes the build user and group and sets `no_new_privs`.
+fn drop_privileges(ctx: &ChildCtx) -> StepResult {
+    use step::*;
+    // SAFETY: plain system calls.
     unsafe {
         // Raw system calls: glibc's setgid/setuid would try to synchronise the other
         // threads of the parent, which do not exist in the child, and hang.
@@ -475,7 +508,16 @@ fn setup(ctx: &ChildCtx) -> StepResult {
         check(
             NO_NEW_PRIVS,
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
-        )?;
+        )
+    }
+}
+
+/// stdin from `/dev/null`, stdout and stderr to the log pipe, every other fd closed on
+/// exec; then the builder. Returns only if `execve` failed.
+fn exec_builder(ctx: &ChildCtx, exec: &Exec) -> StepResult {
+    use step::*;
+    // SAFETY: system calls on fds we hold and the prepared NUL-terminated pointer arrays.
+    unsafe {
         check(STDIO, libc::dup2(ctx.null_fd, 0))?;
         check(STDIO, libc::dup2(ctx.log_fd, 1))?;
         check(STDIO, libc::dup2(ctx.log_fd, 2))?;

@@ -24,7 +24,8 @@
 //! ```
 //! The root itself is made read-only once everything is mounted.
 
-use std::ffi::CString;
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -82,7 +83,7 @@ pub(super) fn store_name<'a>(
     logical: &'a Path,
     store_dir: &Path,
     what: &str,
-) -> Result<&'a std::ffi::OsStr, SandboxError> {
+) -> Result<&'a OsStr, SandboxError> {
     check_abs(logical, what)?;
     match (logical.parent(), logical.file_name()) {
         (Some(parent), Some(name)) if parent == store_dir => Ok(name),
@@ -178,6 +179,13 @@ impl Planner {
         self.bind(src, inside, readonly)
     }
 
+    /// An empty file at `inside` to bind a file onto.
+    fn touch(&mut self, inside: &Path) -> Result<(), SandboxError> {
+        let path = cstring(&self.at(inside))?;
+        self.ops.push(Op::Touch { path });
+        Ok(())
+    }
+
     fn file(&mut self, inside: &str, contents: &str) -> Result<(), SandboxError> {
         let path = cstring(&self.at(Path::new(inside)))?;
         self.ops.push(Op::File {
@@ -200,7 +208,7 @@ impl Planner {
 /// named `name`; returns whether it must be bind-mounted.
 fn store_mount_point(
     scratch_store: &Path,
-    name: &std::ffi::OsStr,
+    name: &OsStr,
     physical: &Path,
 ) -> Result<bool, SandboxError> {
     let meta = fs::symlink_metadata(physical).map_err(io_err("inspecting", physical))?;
@@ -244,10 +252,7 @@ fn remove_entry(path: &Path) -> Result<(), SandboxError> {
 
 /// Removes from a reused scratch store everything that is not one of `keep` (what an
 /// earlier build left: its inputs' mount points, a failed build's outputs).
-fn prune_scratch_store(
-    scratch_store: &Path,
-    keep: &std::collections::BTreeSet<&std::ffi::OsStr>,
-) -> Result<(), SandboxError> {
+fn prune_scratch_store(scratch_store: &Path, keep: &BTreeSet<&OsStr>) -> Result<(), SandboxError> {
     let entries = fs::read_dir(scratch_store).map_err(io_err("listing", scratch_store))?;
     for entry in entries {
         let entry = entry.map_err(io_err("listing", scratch_store))?;
@@ -291,13 +296,37 @@ impl Scratch {
     }
 }
 
-/// Plans the sandbox for `spec` in `scratch` (see the module doc).
+/// A store path to bind into the store dir: (logical path, physical path, what it is for
+/// messages).
+type StoreEntry<'a> = (&'a Path, &'a Path, &'static str);
+/// A sandbox path outside the store: (path inside, host path).
+type HostPath<'a> = (&'a Path, &'a Path);
+/// A mount to make read-only, with the flags its remount must keep.
+type ReadOnlyMount = (CString, libc::c_ulong);
+
+/// Plans the sandbox for `spec` in `scratch` (see the module doc). The steps run in this
+/// order, which is the order of the mounts.
 pub(super) fn plan(spec: &BuildSpec, scratch: &Scratch) -> Result<Vec<Op>, SandboxError> {
+    let store_dir = spec.store_dir.as_path();
+    check_store_dir(store_dir)?;
     let mut p = Planner {
         root: scratch.root.clone(),
         ops: Vec::new(),
     };
-    let store_dir = spec.store_dir.as_path();
+    p.top_dirs()?;
+    p.etc(spec.network)?;
+    p.dev()?;
+    p.proc_and_tmp()?;
+    p.bind(&spec.build_dir, Path::new(SANDBOX_BUILD_DIR), false)?;
+    let (in_store, host_paths) = split_sandbox_paths(spec)?;
+    let names = p.store(store_dir, scratch, in_store)?;
+    check_outputs(&spec.outputs, store_dir, &names)?;
+    p.host_paths(host_paths)?;
+    Ok(p.ops)
+}
+
+/// The store dir may not be hidden by (or hide) one of the directories the sandbox makes.
+fn check_store_dir(store_dir: &Path) -> Result<(), SandboxError> {
     for top in ["/build", "/dev", "/proc", "/tmp", "/etc"] {
         if store_dir.starts_with(top) {
             return Err(invalid(format!(
@@ -306,112 +335,39 @@ pub(super) fn plan(spec: &BuildSpec, scratch: &Scratch) -> Result<Vec<Op>, Sandb
             )));
         }
     }
-    for dir in ["/etc", "/dev", "/proc", "/tmp", SANDBOX_BUILD_DIR] {
-        p.mkdir(Path::new(dir), 0o755)?;
-    }
-    p.file("/etc/passwd", PASSWD)?;
-    p.file("/etc/group", GROUP)?;
-    if spec.network {
-        for name in ["/etc/hosts", "/etc/resolv.conf", "/etc/services"] {
-            if Path::new(name).exists() {
-                p.ops.push(Op::Touch {
-                    path: cstring(&p.at(Path::new(name)))?,
-                });
-                p.bind(Path::new(name), Path::new(name), true)?;
-            }
-        }
-    } else {
-        p.file("/etc/hosts", HOSTS)?;
-    }
+    Ok(())
+}
 
-    for dev in DEVICES {
-        let host = Path::new("/dev").join(dev);
-        if host.exists() {
-            p.ops.push(Op::Touch {
-                path: cstring(&p.at(&host))?,
-            });
-            p.bind(&host, &host, false)?;
-        }
-    }
-    p.mkdir(Path::new("/dev/shm"), 0o755)?;
-    p.ops.push(Op::Tmpfs {
-        path: cstring(&p.at(Path::new("/dev/shm")))?,
-        data: c"mode=1777".to_owned(),
-    });
-    p.mkdir(Path::new("/dev/pts"), 0o755)?;
-    p.ops.push(Op::Devpts {
-        path: cstring(&p.at(Path::new("/dev/pts")))?,
-    });
-    p.symlink("pts/ptmx", "/dev/ptmx")?;
-    p.symlink("/proc/self/fd", "/dev/fd")?;
-    for (i, name) in ["stdin", "stdout", "stderr"].iter().enumerate() {
-        p.symlink(&format!("/proc/self/fd/{i}"), &format!("/dev/{name}"))?;
-    }
-    p.ops.push(Op::Proc {
-        path: cstring(&p.at(Path::new("/proc")))?,
-    });
-    p.ops.push(Op::Tmpfs {
-        path: cstring(&p.at(Path::new("/tmp")))?,
-        data: c"mode=1777".to_owned(),
-    });
-    p.bind(&spec.build_dir, Path::new(SANDBOX_BUILD_DIR), false)?;
-
-    // The store: the scratch store, with the inputs (and store paths among the sandbox
-    // paths) bind-mounted read-only into it.
-    p.mkdir_parents(store_dir)?;
-    p.mkdir(store_dir, 0o755)?;
-    p.bind(&scratch.store, store_dir, false)?;
-    let mut in_store = Vec::new();
-    for (logical, physical) in &spec.inputs {
-        in_store.push((logical, physical, "input"));
-    }
-    let mut host_paths: Vec<&(PathBuf, PathBuf)> = Vec::new();
-    for entry in &spec.sandbox_paths {
-        check_abs(&entry.0, "sandbox path")?;
-        if entry.0.parent() == Some(store_dir) {
-            in_store.push((&entry.0, &entry.1, "sandbox path"));
+/// The store paths to bind into the store dir (the inputs, then the sandbox paths that are
+/// directly in it), and the other sandbox paths, sorted (parents before children).
+fn split_sandbox_paths(
+    spec: &BuildSpec,
+) -> Result<(Vec<StoreEntry<'_>>, Vec<HostPath<'_>>), SandboxError> {
+    let mut in_store: Vec<StoreEntry<'_>> = spec
+        .inputs
+        .iter()
+        .map(|(logical, physical)| (logical.as_path(), physical.as_path(), "input"))
+        .collect();
+    let mut host_paths = Vec::new();
+    for (inside, outside) in &spec.sandbox_paths {
+        check_abs(inside, "sandbox path")?;
+        if inside.parent() == Some(spec.store_dir.as_path()) {
+            in_store.push((inside, outside, "sandbox path"));
         } else {
-            host_paths.push(entry);
+            host_paths.push((inside.as_path(), outside.as_path()));
         }
     }
-    let mut names = std::collections::BTreeSet::new();
-    let mut read_only = Vec::new();
-    let mut locked_by_dir = std::collections::HashMap::new();
-    for (logical, physical, what) in in_store {
-        let name = store_name(logical, store_dir, what)?;
-        if !names.insert(name.to_owned()) {
-            continue; // the same path twice
-        }
-        if store_mount_point(&scratch.store, name, physical)? {
-            // Made read-only all at once below. The flags a fallback remount must keep are
-            // those of the mount holding the path: one look per directory of inputs.
-            let parent = physical.parent().unwrap_or(physical).to_path_buf();
-            let locked = match locked_by_dir.get(&parent) {
-                Some(l) => *l,
-                None => {
-                    let l = locked_flags(physical)?;
-                    locked_by_dir.insert(parent, l);
-                    l
-                }
-            };
-            p.bind(physical, logical, false)?;
-            read_only.push((cstring(&p.at(logical))?, locked));
-        }
-    }
-    if scratch.reused {
-        let keep: std::collections::BTreeSet<&std::ffi::OsStr> = names
-            .iter()
-            .map(|n: &std::ffi::OsString| n.as_os_str())
-            .collect();
-        prune_scratch_store(&scratch.store, &keep)?;
-    }
-    if !read_only.is_empty() {
-        p.ops.push(Op::ReadOnlyChildren {
-            top: cstring(&p.at(store_dir))?,
-            children: read_only,
-        });
-    }
-    for (logical, _) in &spec.outputs {
+    host_paths.sort();
+    Ok((in_store, host_paths))
+}
+
+/// No output may have the name of a path bound into the store dir (`names`).
+fn check_outputs(
+    outputs: &[(PathBuf, PathBuf)],
+    store_dir: &Path,
+    names: &BTreeSet<OsString>,
+) -> Result<(), SandboxError> {
+    for (logical, _) in outputs {
         let name = store_name(logical, store_dir, "output")?;
         if names.contains(name) {
             return Err(invalid(format!(
@@ -420,9 +376,152 @@ pub(super) fn plan(spec: &BuildSpec, scratch: &Scratch) -> Result<Vec<Op>, Sandb
             )));
         }
     }
-    host_paths.sort();
-    for (inside, outside) in host_paths {
-        p.mirror(outside, inside, true)?;
-    }
-    Ok(p.ops)
+    Ok(())
 }
+
+/// The flags a fallback read-only remount must keep are those of the mount holding the
+/// path: looked up once per directory of store paths.
+#[derive(Default)]
+struct LockedFlagsByDir(HashMap<PathBuf, libc::c_ulong>);
+
+impl LockedFlagsByDir {
+    fn of(&mut self, physical: &Path) -> Result<libc::c_ulong, SandboxError> {
+        let parent = physical.parent().unwrap_or(physical);
+        if let Some(l) = self.0.get(parent) {
+            return Ok(*l);
+        }
+        let l = locked_flags(physical)?;
+        self.0.insert(parent.to_path_buf(), l);
+        Ok(l)
+    }
+}
+
+impl Planner {
+    /// The directories of the root that the other steps fill.
+    fn top_dirs(&mut self) -> Result<(), SandboxError> {
+        for dir in ["/etc", "/dev", "/proc", "/tmp", SANDBOX_BUILD_DIR] {
+            self.mkdir(Path::new(dir), 0o755)?;
+        }
+        Ok(())
+    }
+
+    /// `/etc`: the build users and groups; `hosts` with localhost only, or with network
+    /// access the host's `hosts`, `resolv.conf` and `services` (those that exist).
+    fn etc(&mut self, network: bool) -> Result<(), SandboxError> {
+        self.file("/etc/passwd", PASSWD)?;
+        self.file("/etc/group", GROUP)?;
+        if !network {
+            return self.file("/etc/hosts", HOSTS);
+        }
+        for name in ["/etc/hosts", "/etc/resolv.conf", "/etc/services"] {
+            let name = Path::new(name);
+            if name.exists() {
+                self.touch(name)?;
+                self.bind(name, name, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `/dev`: the host's harmless devices (those that exist), a tmpfs on `/dev/shm`, an own
+    /// devpts on `/dev/pts`, and the usual symlinks into it and `/proc/self/fd`.
+    fn dev(&mut self) -> Result<(), SandboxError> {
+        for dev in DEVICES {
+            let host = Path::new("/dev").join(dev);
+            if host.exists() {
+                self.touch(&host)?;
+                self.bind(&host, &host, false)?;
+            }
+        }
+        self.mkdir(Path::new("/dev/shm"), 0o755)?;
+        self.ops.push(Op::Tmpfs {
+            path: cstring(&self.at(Path::new("/dev/shm")))?,
+            data: c"mode=1777".to_owned(),
+        });
+        self.mkdir(Path::new("/dev/pts"), 0o755)?;
+        self.ops.push(Op::Devpts {
+            path: cstring(&self.at(Path::new("/dev/pts")))?,
+        });
+        self.symlink("pts/ptmx", "/dev/ptmx")?;
+        self.symlink("/proc/self/fd", "/dev/fd")?;
+        for (i, name) in ["stdin", "stdout", "stderr"].iter().enumerate() {
+            self.symlink(&format!("/proc/self/fd/{i}"), &format!("/dev/{name}"))?;
+        }
+        Ok(())
+    }
+
+    /// A fresh `/proc` and a world-writable (sticky) `/tmp`.
+    fn proc_and_tmp(&mut self) -> Result<(), SandboxError> {
+        self.ops.push(Op::Proc {
+            path: cstring(&self.at(Path::new("/proc")))?,
+        });
+        self.ops.push(Op::Tmpfs {
+            path: cstring(&self.at(Path::new("/tmp")))?,
+            data: c"mode=1777".to_owned(),
+        });
+        Ok(())
+    }
+
+    /// The store dir: the scratch store, with the store paths `in_store` bind-mounted into
+    /// it and then made read-only all at once. A reused scratch store loses what an earlier
+    /// build left. Returns the names of the bound paths.
+    fn store(
+        &mut self,
+        store_dir: &Path,
+        scratch: &Scratch,
+        in_store: Vec<StoreEntry<'_>>,
+    ) -> Result<BTreeSet<OsString>, SandboxError> {
+        self.mkdir_parents(store_dir)?;
+        self.mkdir(store_dir, 0o755)?;
+        self.bind(&scratch.store, store_dir, false)?;
+        let (names, read_only) = self.store_paths(store_dir, &scratch.store, in_store)?;
+        if scratch.reused {
+            let keep: BTreeSet<&OsStr> = names.iter().map(OsString::as_os_str).collect();
+            prune_scratch_store(&scratch.store, &keep)?;
+        }
+        if !read_only.is_empty() {
+            self.ops.push(Op::ReadOnlyChildren {
+                top: cstring(&self.at(store_dir))?,
+                children: read_only,
+            });
+        }
+        Ok(names)
+    }
+
+    /// Binds each of `in_store` (the first of a name only) on its mount point in the
+    /// scratch store; symlinks are copied instead. Returns the names, and the mounts to make
+    /// read-only with the flags their remount must keep.
+    fn store_paths(
+        &mut self,
+        store_dir: &Path,
+        scratch_store: &Path,
+        in_store: Vec<StoreEntry<'_>>,
+    ) -> Result<(BTreeSet<OsString>, Vec<ReadOnlyMount>), SandboxError> {
+        let mut names = BTreeSet::new();
+        let mut read_only = Vec::new();
+        let mut locked = LockedFlagsByDir::default();
+        for (logical, physical, what) in in_store {
+            let name = store_name(logical, store_dir, what)?;
+            if !names.insert(name.to_owned()) {
+                continue; // the same path twice
+            }
+            if store_mount_point(scratch_store, name, physical)? {
+                let flags = locked.of(physical)?;
+                self.bind(physical, logical, false)?;
+                read_only.push((cstring(&self.at(logical))?, flags));
+            }
+        }
+        Ok((names, read_only))
+    }
+
+    /// The sandbox paths outside the store, read-only, in the given order.
+    fn host_paths(&mut self, host_paths: Vec<HostPath<'_>>) -> Result<(), SandboxError> {
+        for (inside, outside) in host_paths {
+            self.mirror(outside, inside, true)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

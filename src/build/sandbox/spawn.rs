@@ -112,6 +112,20 @@ fn clone_child(
         cwd: CString::new(cwd).map_err(|_| SandboxError::InvalidSpec("cwd".into()))?,
         exec,
     };
+    let pid = clone_into_namespaces(&ctx, network)?;
+    let mut child = Child::new(pid, false);
+    drop((err_w, log_w, null));
+    if let Some((step_no, errno)) = read_setup_report(err_r)? {
+        child.kill();
+        let _ = child.wait(true);
+        return Err(setup_error(&ctx, step_no, errno));
+    }
+    Ok(Started { child, log: log_r })
+}
+
+/// Clones the child, running [`child::child_main`] on `ctx`, into new user, mount, PID, IPC,
+/// UTS and (without network access) network namespaces; returns its pid.
+fn clone_into_namespaces(ctx: &ChildCtx, network: bool) -> Result<libc::pid_t, SandboxError> {
     let mut flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
@@ -131,7 +145,7 @@ fn clone_child(
             child::child_main,
             top as *mut c_void,
             flags,
-            &ctx as *const ChildCtx as *mut c_void,
+            ctx as *const ChildCtx as *mut c_void,
         )
     };
     if pid == -1 {
@@ -140,35 +154,45 @@ fn clone_child(
             source: io::Error::last_os_error(),
         });
     }
-    let mut child = Child::new(pid, false);
-    drop((err_w, log_w, null, stack));
+    Ok(pid)
+}
+
+/// Waits for the child to close the error pipe: `None` when it did so without a word (it
+/// exec'd the builder, or the probe's child exited), else the step that failed and its
+/// errno.
+fn read_setup_report(err_r: OwnedFd) -> Result<Option<(u32, i32)>, SandboxError> {
     let mut report = Vec::new();
     File::from(err_r)
         .read_to_end(&mut report)
         .map_err(spawn_err("reading the sandbox setup status"))?;
-    if let (Some(s), Some(e)) = (report.get(..4), report.get(4..8)) {
-        let step_no = u32::from_le_bytes(s.try_into().unwrap_or_default());
-        let errno = i32::from_le_bytes(e.try_into().unwrap_or_default());
-        let source = io::Error::from_raw_os_error(errno);
-        child.kill();
-        let _ = child.wait(true);
-        if step_no == step::EXEC {
-            let builder = ctx
-                .exec
-                .as_ref()
-                .map(|e| e.builder.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            return Err(SandboxError::Exec {
-                builder: builder.into(),
-                source,
-            });
-        }
-        return Err(SandboxError::Setup {
-            step: step::describe(step_no, &ctx.ops),
+    Ok(match (report.get(..4), report.get(4..8)) {
+        (Some(s), Some(e)) => Some((
+            u32::from_le_bytes(s.try_into().unwrap_or_default()),
+            i32::from_le_bytes(e.try_into().unwrap_or_default()),
+        )),
+        _ => None,
+    })
+}
+
+/// The error for a child that failed at step `step_no` with `errno`: the builder could not
+/// be executed, or a setup step failed.
+fn setup_error(ctx: &ChildCtx, step_no: u32, errno: i32) -> SandboxError {
+    let source = io::Error::from_raw_os_error(errno);
+    if step_no == step::EXEC {
+        let builder = ctx
+            .exec
+            .as_ref()
+            .map(|e| e.builder.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return SandboxError::Exec {
+            builder: builder.into(),
             source,
-        });
+        };
     }
-    Ok(Started { child, log: log_r })
+    SandboxError::Setup {
+        step: step::describe(step_no, &ctx.ops),
+        source,
+    }
 }
 
 /// Starts `spec`'s builder in the sandbox planned by `ops` under `root`.

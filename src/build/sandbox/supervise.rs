@@ -20,6 +20,9 @@ use super::{BuildStatus, SandboxError};
 /// How long to keep reading the log after the builder exited, for processes that still
 /// hold the pipe (without the sandbox, after the process group was killed).
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// The longest one wait for output or exit lasts: bounds how late an exit is noticed where
+/// no pidfd is available (and how often an idle build wakes up). Limits never wait for it:
+/// a wait is cut short when the timeout or the silence limit is due sooner.
 const TICK: Duration = Duration::from_millis(50);
 
 /// A started builder that must be reaped.

@@ -1,7 +1,7 @@
 //! Derivations (`.drv` files), as Nix 2.8 writes and hashes them: the [`Derivation`] type,
 //! its strict ATerm parser and byte-exact printer, `hashDerivationModulo` and output paths
 //! ([`hash`]), the `nix show-derivation` JSON ([`json`]) and `DRV^out,dev` arguments
-//! ([`derived_path`]). See store-format.md, "Derivations", and nix-formats.md §7.
+//! ([`derived_path`]). See store-format.md §8.
 //!
 //! ```text
 //! drv       = "Derive(" "[" outputs "]," "[" inputDrvs "]," "[" inputSrcs "],"

@@ -1,7 +1,7 @@
 //! NAR (Nix ARchive): the canonical serialisation of a file tree, byte-compatible with Nix 2.8.
 //!
 //! This module is pure: it only sees `io::Read`/`io::Write`, never the file system (that is
-//! `crate::fsnar`). See `store-format.md` and `nix-formats.md` §3.
+//! `crate::fsnar`). See store-format.md §3.
 //!
 //! # Wire format
 //!
@@ -32,7 +32,7 @@
 //! * every field appears exactly once, in the order above, and nothing follows the root node.
 //!
 //! Nix 2.8 itself is laxer when reading (it accepts unsorted entries, `executable` after
-//! `contents`, missing fields and trailing bytes; see `nix-formats.md` §3.4). A NAR hash over
+//! `contents`, missing fields and trailing bytes; see store-format.md §3.3). A NAR hash over
 //! such non-canonical bytes could never be reproduced by dumping the unpacked tree again, so we
 //! refuse them.
 //!
