@@ -13,6 +13,7 @@ pub mod gc;
 pub mod ingest;
 pub mod layout;
 pub mod lock;
+pub mod logs;
 pub mod path_lock;
 pub mod roots;
 pub mod stage;

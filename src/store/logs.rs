@@ -3,6 +3,9 @@
 //! `log/nix/drvs/…/….bz2`). A log is written to a temp file next to its final name and
 //! renamed when the build ends, so a log file is always complete. The last lines are kept in
 //! memory for error messages.
+//!
+//! Logs live in the store layer so that both the builder (which writes them) and push and
+//! the command line (which read them) can use them.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
