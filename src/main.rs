@@ -22,8 +22,8 @@ fn main() -> ExitCode {
             // Build failures exit like Nix's (100 + 1 timeout, 2 hash mismatch, 4 check).
             match e
                 .chain()
-                .find_map(|c| c.downcast_ref::<store::build::worker::RealiseError>())
-                .and_then(store::build::worker::RealiseError::exit_status)
+                .find_map(|c| c.downcast_ref::<store::realise::RealiseError>())
+                .and_then(store::realise::RealiseError::exit_status)
             {
                 Some(code) => ExitCode::from(code),
                 None => ExitCode::FAILURE,

@@ -22,10 +22,11 @@ use crate::cache::compression::{self, Compression};
 use crate::cache::{Backend, Cache, CacheError, PutBody};
 use crate::format::hash::{Hash, HashAlgo, Hasher};
 use crate::format::keys::SecretKey;
-use crate::format::narinfo::NarInfo;
+use crate::format::narinfo::{NarInfo, NarInfoError};
 use crate::format::store_path::StorePath;
-use crate::store::temp_file::TempFile;
+use crate::schedule::ReadyQueue;
 use crate::store::{LocalStore, StoreError};
+use crate::temp_file::TempFile;
 
 /// Uploads in flight at the same time.
 pub const DEFAULT_PUSH_JOBS: usize = 8;
@@ -40,14 +41,28 @@ pub enum PushError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot prepare the NAR of '{path}': {source}")]
+    #[error("cannot prepare the NAR of '{path}'")]
     Prepare {
         path: String,
         #[source]
         source: io::Error,
     },
-    #[error("internal task failed: {0}")]
-    Task(String),
+    #[error("cannot write the narinfo of '{path}'")]
+    Narinfo {
+        path: String,
+        #[source]
+        source: NarInfoError,
+    },
+    #[error("cannot read the build log of '{drv}'")]
+    Log {
+        drv: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the references of these paths form a cycle: {}", paths.join(", "))]
+    Cycle { paths: Vec<String> },
+    #[error("an internal task failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// How to push.
@@ -103,52 +118,45 @@ pub async fn push(
         .collect();
 
     // Reference order: a narinfo goes up only after its references' narinfos.
-    let mut waiting_on: HashMap<StorePath, usize> = HashMap::new();
-    let mut dependents: HashMap<StorePath, Vec<StorePath>> = HashMap::new();
-    for p in &todo {
+    let index: HashMap<&StorePath, usize> = todo.iter().enumerate().map(|(i, p)| (p, i)).collect();
+    let mut waits_for = Vec::new();
+    for (i, p) in todo.iter().enumerate() {
         let info = store.query_valid(p)?;
-        let deps: Vec<StorePath> = info
-            .references
-            .into_iter()
-            .filter(|r| r != p && !present.contains(r))
-            .collect();
-        waiting_on.insert(p.clone(), deps.len());
-        for d in deps {
-            dependents.entry(d).or_default().push(p.clone());
-        }
+        waits_for.extend(
+            info.references
+                .iter()
+                .filter_map(|r| Some((i, *index.get(r)?))),
+        );
     }
-    let mut ready: Vec<StorePath> = waiting_on
-        .iter()
-        .filter(|(_, n)| **n == 0)
-        .map(|(p, _)| p.clone())
-        .collect();
-    let mut tasks: JoinSet<(StorePath, Result<u64, PushError>)> = JoinSet::new();
+    let mut queue = ReadyQueue::new(todo.len(), waits_for).map_err(|cycle| PushError::Cycle {
+        paths: cycle
+            .members
+            .iter()
+            .map(|&i| store.print_path(&todo[i]))
+            .collect(),
+    })?;
+    let mut tasks: JoinSet<(usize, Result<u64, PushError>)> = JoinSet::new();
     let mut first_error = None;
     loop {
         while first_error.is_none() && tasks.len() < opts.jobs.max(1) {
-            let Some(p) = ready.pop() else { break };
-            let (store, cache) = (store.clone(), cache.clone());
+            let Some(i) = queue.pop() else { break };
+            let (store, cache, p) = (store.clone(), cache.clone(), todo[i].clone());
             let (compression, key) = (opts.compression, opts.key.clone());
             tasks.spawn(async move {
-                let r = push_one(&store, &cache, &p, compression, key.as_deref()).await;
-                (p, r)
+                (
+                    i,
+                    push_one(&store, &cache, &p, compression, key.as_deref()).await,
+                )
             });
         }
         let Some(joined) = tasks.join_next().await else {
             break;
         };
-        let (path, result) = joined.map_err(|e| PushError::Task(e.to_string()))?;
+        let (i, result) = joined.map_err(PushError::Task)?;
         match result {
             Ok(size) => {
-                for d in dependents.remove(&path).unwrap_or_default() {
-                    if let Some(n) = waiting_on.get_mut(&d) {
-                        *n -= 1;
-                        if *n == 0 {
-                            ready.push(d);
-                        }
-                    }
-                }
-                report.uploaded.push((path, size));
+                queue.complete(i);
+                report.uploaded.push((todo[i].clone(), size));
             }
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -174,7 +182,7 @@ async fn push_one(
     let printed = store.print_path(path);
     let prepared = tokio::task::spawn_blocking(move || prepare_nar(&store2, &path2, compression))
         .await
-        .map_err(|e| PushError::Task(e.to_string()))?
+        .map_err(PushError::Task)?
         .map_err(|source| match source {
             PrepareError::Store(e) => PushError::Store(e),
             PrepareError::Io(source) => PushError::Prepare {
@@ -196,19 +204,13 @@ async fn push_one(
             )
             .await?;
     }
-    let mut narinfo =
-        NarInfo::new(path.clone(), &url, info.nar_hash, info.nar_size).map_err(|e| {
-            PushError::Prepare {
-                path: printed.clone(),
-                source: io::Error::other(e),
-            }
-        })?;
-    let set = |r: Result<(), crate::format::narinfo::NarInfoError>| {
-        r.map_err(|e| PushError::Prepare {
-            path: printed.clone(),
-            source: io::Error::other(e),
-        })
+    let narinfo_err = |source| PushError::Narinfo {
+        path: printed.clone(),
+        source,
     };
+    let set = |r: Result<(), NarInfoError>| r.map_err(narinfo_err);
+    let mut narinfo =
+        NarInfo::new(path.clone(), &url, info.nar_hash, info.nar_size).map_err(narinfo_err)?;
     set(narinfo.set_compression(Some(compression.label())))?;
     set(narinfo.set_file_hash(Some(prepared.file_hash)))?;
     narinfo.set_file_size(Some(prepared.file_size));
@@ -245,7 +247,7 @@ enum PrepareError {
 
 /// Dumps and compresses a path's NAR into a temp file in the store's state dir, hashing
 /// the compressed bytes on the way. The file is locked while this process lives, so the
-/// next command to open the store reclaims it after a crash (see `store::temp_file`).
+/// next command to open the store reclaims it after a crash (see `crate::temp_file`).
 fn prepare_nar(
     store: &LocalStore,
     path: &StorePath,
@@ -313,9 +315,9 @@ pub async fn push_logs(
     }
     let mut uploaded = 0;
     for drv in drvs {
-        let log = crate::build::logs::read_log(store.layout(), &drv).map_err(|source| {
-            PushError::Prepare {
-                path: store.print_path(&drv),
+        let log = crate::store::logs::read_log(store.layout(), &drv).map_err(|source| {
+            PushError::Log {
+                drv: store.print_path(&drv),
                 source,
             }
         })?;

@@ -274,3 +274,65 @@ fn a_bad_signature_deep_in_a_chain_falls_through_to_the_next_cache() {
         assert!(from.contains(expect), "{e}");
     }
 }
+
+#[test]
+fn a_reference_cycle_in_the_cache_is_refused_and_nothing_is_installed() {
+    // Two signed narinfos that name each other: no order installs one after its
+    // references, so realise must fail naming them, not report success without them.
+    use store::format::keys::SecretKey;
+    use store::format::narinfo::NarInfo;
+    let s = TestStore::with_store_dir("/nix/store");
+    let dir = StoreDir::new("/nix/store").unwrap();
+    let cache = s.scratch().join("cycle");
+    fs::create_dir_all(cache.join("nar")).unwrap();
+    fs::write(
+        cache.join("nix-cache-info"),
+        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n",
+    )
+    .unwrap();
+    let key = SecretKey::generate("cycle-test-1").unwrap();
+    let mut members = Vec::new();
+    for name in ["one", "two"] {
+        let file = s.scratch().join(name);
+        fs::write(&file, name).unwrap();
+        let mut nar = Vec::new();
+        store::fsnar::dump(&file, &mut nar).unwrap();
+        let hash = Hash::of(HashAlgo::Sha256, &nar);
+        let path = dir
+            .make_text_path(
+                &hash,
+                std::iter::empty(),
+                &StorePathName::new(name).unwrap(),
+            )
+            .unwrap();
+        fs::write(cache.join(format!("nar/{}.nar", hash.to_nix32())), &nar).unwrap();
+        members.push((path, hash, nar.len() as u64));
+    }
+    for (i, (path, hash, size)) in members.iter().enumerate() {
+        let other = members[1 - i].0.clone();
+        let mut info =
+            NarInfo::uncompressed(path.clone(), *hash, *size, [path.clone(), other]).unwrap();
+        info.sign(&key, &dir);
+        fs::write(
+            cache.join(format!("{}.narinfo", path.hash_str())),
+            info.to_text(&dir),
+        )
+        .unwrap();
+    }
+    let first = dir.display_path(&members[0].0);
+    let err = s.fails(&[
+        "realise",
+        "--substituters",
+        &file_url(&cache),
+        "--trusted-public-keys",
+        &key.to_public().to_string(),
+        &first,
+    ]);
+    assert!(err.contains("cycle"), "{err}");
+    for (path, _, _) in &members {
+        let shown = dir.display_path(path);
+        assert!(err.contains(&shown), "{err}");
+        let out = s.cmd().args(["path-info", &shown]).output().unwrap();
+        assert!(!out.status.success(), "{shown} was installed");
+    }
+}

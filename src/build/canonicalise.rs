@@ -23,18 +23,14 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::error::PathIoError;
 use crate::fsnar::{self, FsNarError};
 
 /// Errors of output canonicalisation; each names the file concerned.
 #[derive(Debug, Error)]
 pub enum CanonError {
-    #[error("{op} '{path}'")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("output file '{path}' is a {kind}; outputs may only hold regular files, directories and symlinks")]
     UnsupportedType { path: PathBuf, kind: &'static str },
     #[error("output file '{path}' belongs to uid {uid}, not to us; cannot canonicalise it")]
@@ -44,8 +40,7 @@ pub enum CanonError {
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CanonError {
-    let path = path.to_path_buf();
-    move |source| CanonError::Io { op, path, source }
+    PathIoError::on(op, path)
 }
 
 fn kind_name(ft: fs::FileType) -> &'static str {

@@ -8,7 +8,7 @@
 //!    filesystem, the input closure, the environment (the derivation's plus Nix's standard
 //!    variables, `passAsFile` applied) and the spec for the sandbox;
 //! 3. `Job::run_builder` (in `prepare`): run the builder ([`super::sandbox`]), its output
-//!    going to the build log ([`super::logs`]); a failed builder ends the build here;
+//!    going to the build log ([`crate::store::logs`]); a failed builder ends the build here;
 //! 4. `Job::collect_outputs` (in `outputs`), for each output: it must exist; canonicalise
 //!    it; one pass over its NAR computes the NAR hash and finds references (hash parts of
 //!    the input closure and of the outputs); a fixed output's hash must be the declared one

@@ -11,8 +11,6 @@
 
 pub mod canonicalise;
 pub mod local;
-pub mod logs;
 pub mod recipe;
 pub mod refscan;
 pub mod sandbox;
-pub mod worker;

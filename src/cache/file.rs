@@ -2,7 +2,7 @@
 //!
 //! Reads stream the file; a missing file (or a directory, or a path through a
 //! non-directory) is absent. Writes are atomic and durable: a locked temp file
-//! (`.tmp-<boot>-<pid>-…`, see [`crate::store::temp_file`]) in the destination directory
+//! (`.tmp-<boot>-<pid>-…`, see [`crate::temp_file`]) in the destination directory
 //! (parents created and made durable), written, fsynced, chmod 0644, renamed over the key,
 //! then the directory fsynced. Concurrent writers of one key each rename a complete file,
 //! so readers see the old or a new object whole, never a part; a crash leaves at most a
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use tokio_util::io::ReaderStream;
 
 use super::{blocking, Backend, ByteStream, CacheError, CacheUrl, ObjectKey, PutBody};
-use crate::store::temp_file::{self, TempFile};
+use crate::temp_file::{self, TempFile};
 
 /// Read chunk size.
 const CHUNK: usize = 64 * 1024;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use store::build::logs::read_log;
+use store::store::logs::read_log;
 
 use super::GlobalArgs;
 

@@ -16,7 +16,6 @@ use serde::Serialize;
 use store::build::local::{BuildConfig, Built};
 use store::build::recipe::Instantiator;
 use store::build::sandbox::SandboxMode;
-use store::build::worker::{self, RealiseOptions, Realised};
 use store::cache::compression::Compression;
 use store::cache::{Cache, CacheUrl, ClientOptions};
 use store::error_chain::Chain;
@@ -24,6 +23,7 @@ use store::format::derivation::derived_path::{DerivedPath, OutputsSpec};
 use store::format::keys::{PublicKey, TrustedKeys};
 use store::format::store_path::StorePath;
 use store::push::{push, push_logs, PushOptions, DEFAULT_PUSH_JOBS};
+use store::realise::{self, RealiseOptions, Realised};
 use store::store::LocalStore;
 use store::substitute::{Fetched, Progress, Substituter, DEFAULT_JOBS};
 
@@ -302,7 +302,7 @@ fn build(
         let progress = Arc::new(Progress::default());
         let show = !g.quiet && !g.json && std::io::stderr().is_terminal();
         let ticker = show.then(|| tokio::spawn(display(progress.clone())));
-        let result = worker::realise(store, sub, targets, opts, progress).await;
+        let result = realise::realise(store, sub, targets, opts, progress).await;
         if let Some(t) = ticker {
             t.abort();
             eprint!("\r\x1b[K");

@@ -140,7 +140,7 @@ fn canonicalise_dir(path: &Path, c_path: &CStr) -> Result<(), FsNarError> {
 /// path concerned.
 pub fn make_writable_and_remove(path: impl AsRef<Path>) -> std::io::Result<()> {
     remove_tree(path.as_ref()).map_err(|e| match &e {
-        FsNarError::Io { source, .. } => std::io::Error::new(source.kind(), e),
+        FsNarError::Io(io) => std::io::Error::new(io.source.kind(), e),
         _ => std::io::Error::other(e),
     })
 }

@@ -27,11 +27,12 @@ mod restore_pool;
 mod sys;
 mod walk;
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::error::PathIoError;
 use crate::format::nar::{NarReadError, NarWriteError, NarWriter, MAX_DEPTH};
 
 pub use canon::{canonicalise, make_writable_and_remove, rename_tree};
@@ -44,13 +45,8 @@ pub use FsNarError as Error;
 /// Errors of the file-system NAR layer. File-system errors name the path concerned.
 #[derive(Debug, Error)]
 pub enum FsNarError {
-    #[error("{op} '{path}'")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("file '{path}' has an unsupported type ({kind}); a NAR holds only regular files, directories and symlinks")]
     UnsupportedType { path: PathBuf, kind: &'static str },
     #[error("file '{path}' changed while it was being read")]

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Timespec, Timestamps, UTIME_OMIT};
 
 use super::FsNarError;
+use crate::error::PathIoError;
 
 /// The canonical mtime of everything in the store: 1 (1970-01-01T00:00:01Z). The access time
 /// is left alone, like Nix does.
@@ -61,19 +62,17 @@ pub(crate) fn umask_strips(mode: u32) -> bool {
 
 /// A path as a C string (paths with NUL bytes are refused).
 pub(crate) fn c_path(path: &Path) -> Result<CString, FsNarError> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| FsNarError::Io {
-        op: "using path",
-        path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains NUL"),
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        let nul = std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains NUL");
+        FsNarError::Io(PathIoError::new("using path", path, nul))
     })
 }
 
 /// An entry name as a C string.
 pub(crate) fn c_name(name: &[u8], parent: &Path) -> Result<CString, FsNarError> {
-    CString::new(name).map_err(|_| FsNarError::Io {
-        op: "using name",
-        path: join(parent, name),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "name contains NUL"),
+    CString::new(name).map_err(|_| {
+        let nul = std::io::Error::new(std::io::ErrorKind::InvalidInput, "name contains NUL");
+        FsNarError::Io(PathIoError::new("using name", join(parent, name), nul))
     })
 }
 
@@ -91,11 +90,7 @@ pub(crate) fn io_err<E: Into<std::io::Error>>(
     op: &'static str,
     path: impl FnOnce() -> PathBuf,
 ) -> impl FnOnce(E) -> FsNarError {
-    move |e| FsNarError::Io {
-        op,
-        path: path(),
-        source: e.into(),
-    }
+    move |e| FsNarError::Io(PathIoError::new(op, path(), e.into()))
 }
 
 /// Opens a directory without following a symlink in the last component.

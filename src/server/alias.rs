@@ -24,6 +24,7 @@ use std::sync::mpsc;
 
 use super::budget::{self, Budget};
 use super::stream::temp_name;
+use crate::error_chain::Chain;
 use crate::format::store_path::StorePath;
 use crate::store::{AddOutcome, LocalStore, NarImport, StoreError};
 
@@ -119,8 +120,9 @@ pub(crate) fn import_from_path(
         match dumper.join() {
             Ok(Err(e)) if imported.is_err() => {
                 tracing::error!(
-                    "cannot dump '{}' for an aliased upload: {e}",
-                    store.print_path(source)
+                    "cannot dump '{}' for an aliased upload: {}",
+                    store.print_path(source),
+                    Chain(&e)
                 )
             }
             Err(_) => tracing::error!("the NAR dump thread panicked"),

@@ -163,7 +163,7 @@ fn import_status(e: &StoreError) -> StatusCode {
 fn nar_status(e: &FsNarError) -> StatusCode {
     match e {
         FsNarError::InvalidNar(_) | FsNarError::TooDeep { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        FsNarError::Io { .. }
+        FsNarError::Io(_)
         | FsNarError::UnsupportedType { .. }
         | FsNarError::Changed { .. }
         | FsNarError::TargetExists { .. }

@@ -22,6 +22,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::error::ApiError;
 use super::names::{nar_url, NarEncoding};
+use crate::error_chain::Chain;
 use crate::format::keys::SecretKey;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::{StorePath, StorePathHash};
@@ -169,7 +170,7 @@ impl ChangeProbe {
                 true
             }
             Err(e) => {
-                tracing::warn!("cannot poll the store database for changes: {e}");
+                tracing::warn!("cannot poll the store database for changes: {}", Chain(&e));
                 true
             }
         }

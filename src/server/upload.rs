@@ -45,6 +45,7 @@ use super::routes::FileName;
 use super::stream::temp_name;
 use super::{Access, State};
 use crate::cache::compression::{decompress, CompressionError};
+use crate::error_chain::Chain;
 use crate::format::cache_info::{CacheInfo, MAX_CACHE_INFO_SIZE};
 use crate::format::narinfo::{NarInfo, MAX_NARINFO_SIZE};
 use crate::format::store_path::{StorePath, StorePathName};
@@ -213,7 +214,10 @@ fn import_upload(
     };
     let remember = || {
         if let Err(e) = alias::write(&state.aliases, staged_name, &record) {
-            tracing::warn!("cannot record the upload alias '{staged_name}': {e}");
+            tracing::warn!(
+                "cannot record the upload alias '{staged_name}': {}",
+                Chain(&e)
+            );
         }
     };
     if let Some(existing) = store.query(&meta.path).map_err(ApiError::Store)? {

@@ -78,7 +78,7 @@ impl Layout {
     }
 
     /// Temp files of commands (e.g. compressed NARs being pushed), each locked by its
-    /// owner: see [`super::temp_file`].
+    /// owner: see [`crate::temp_file`].
     pub fn temp_files_dir(&self) -> PathBuf {
         self.state_dir.join("tmp")
     }

@@ -13,10 +13,10 @@ pub mod gc;
 pub mod ingest;
 pub mod layout;
 pub mod lock;
+pub mod logs;
 pub mod path_lock;
 pub mod roots;
 pub mod stage;
-pub mod temp_file;
 mod text;
 mod trash;
 
@@ -139,7 +139,10 @@ impl LocalStore {
         if removed > 0 {
             tracing::info!("removed {removed} temp dirs left by interrupted runs");
         }
-        let swept = temp_file::sweep(&layout.temp_files_dir(), temp_file::FOREIGN_STALE_AFTER);
+        let swept = crate::temp_file::sweep(
+            &layout.temp_files_dir(),
+            crate::temp_file::FOREIGN_STALE_AFTER,
+        );
         if swept.files > 0 {
             tracing::info!(
                 "removed {} temp files ({} bytes) left by interrupted runs",

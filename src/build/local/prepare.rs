@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{BuildError, Job};
-use crate::build::logs::LogSink;
 use crate::build::sandbox::{self, BuildSpec, EnvParams};
 use crate::format::derivation::Derivation;
 use crate::format::store_path::StorePath;
 use crate::store::lock::TempDir;
+use crate::store::logs::LogSink;
 
 /// What a build runs in: its temp dir (removed on drop unless kept), the input closure and
 /// the spec for the sandbox.

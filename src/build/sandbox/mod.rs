@@ -44,6 +44,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::error::PathIoError;
+
 pub use env::{apply_pass_as_file, pass_as_file_name, standard_env, EnvParams, SANDBOX_BUILD_DIR};
 
 /// What to run and with which inputs; see the module doc.
@@ -185,13 +187,8 @@ impl fmt::Display for BuildStatus {
 pub enum SandboxError {
     #[error("invalid build: {0}")]
     InvalidSpec(String),
-    #[error("{op} '{path}'")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("cannot start the builder: {op}")]
     Spawn {
         op: &'static str,

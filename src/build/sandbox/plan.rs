@@ -52,8 +52,7 @@ fn invalid(msg: String) -> SandboxError {
 }
 
 pub(super) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError {
-    let path = path.to_path_buf();
-    move |source| SandboxError::Io { op, path, source }
+    crate::error::PathIoError::on(op, path)
 }
 
 pub(super) fn cstring(path: &Path) -> Result<CString, SandboxError> {

@@ -1,9 +1,12 @@
 //! Build logs: each build's stdout and stderr, kept zstd-compressed in the state dir at
 //! `log/drvs/<first 2 chars of the .drv base name>/<rest>.zst` (Nix keeps
 //! `log/nix/drvs/…/….bz2`). A log is written to a locked temp file in `<state>/tmp` (swept
-//! once its owner is gone, see `store::temp_file`) and renamed to its final name when the
+//! once its owner is gone, see `crate::temp_file`) and renamed to its final name when the
 //! build ends, so a log file is always complete. The last lines are kept in
 //! memory for error messages.
+//!
+//! Logs live in the store layer so that both the builder (which writes them) and push and
+//! the command line (which read them) can use them.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
@@ -11,8 +14,8 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 use crate::format::store_path::StorePath;
-use crate::store::temp_file::TempFile;
 use crate::store::Layout;
+use crate::temp_file::TempFile;
 
 /// Bytes of the end of the log kept for error messages.
 const TAIL_BYTES: usize = 16 * 1024;

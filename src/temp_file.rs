@@ -28,8 +28,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{flock, FlockOperation};
 
-use super::layout::annotate;
-
 /// How long a temp file that this kernel cannot vouch for must have been left unmodified
 /// before a sweep removes it. Long enough for clock skew between NFS clients and any
 /// pause of a live writer we care about; short enough that leftovers stay bounded.
@@ -156,6 +154,11 @@ impl Drop for TempFile {
             drop(file);
         }
     }
+}
+
+/// Adds the path to an I/O error's message, keeping its kind.
+fn annotate(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// Whether `path` still names the open `file`.

@@ -17,24 +17,28 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use thiserror::Error;
 use tokio::task::JoinSet;
 
-use crate::cache::compression;
-use crate::cache::{blocking_reader, Backend, Cache, CacheError, CacheUrl, ClientOptions};
+use crate::cache::{Cache, CacheUrl, ClientOptions};
+use crate::error_chain::Chain;
 use crate::format::keys::TrustedKeys;
-use crate::format::nar::NarReadError;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::{StoreDir, StorePath};
-use crate::fsnar::FsNarError;
+use crate::schedule::{Cycle, ReadyQueue};
 use crate::store::stage::references_first;
-use crate::store::{ImportError, InstallLock, LocalStore, NarImport, Stage, Staged, StoreError};
+use crate::store::{LocalStore, Staged, StoreError};
 use crate::trust::{check_narinfo, TrustError};
+use download::{FetchContext, Limits};
+pub use error::{CacheFailure, CacheUseError, SubstituteError};
+use select::select_closures;
+
+mod download;
+mod error;
+mod select;
 
 /// Default number of NARs downloaded at the same time.
 pub const DEFAULT_JOBS: usize = 16;
@@ -42,20 +46,12 @@ pub const DEFAULT_JOBS: usize = 16;
 const NARINFO_CONCURRENCY: usize = 64;
 /// Staged paths that make a commit worth its sync.
 const COMMIT_BATCH: usize = 128;
-/// Tries per cache for one NAR (the first and the retries).
-const NAR_ATTEMPTS: u32 = 3;
 /// How long the walk keeps polling for the next narinfo before it lets its thread sleep.
 /// A closure whose narinfos name each other one at a time (a chain) is a sequence of round
 /// trips; on a near cache a round trip is shorter than the time it takes a sleeping thread
 /// (on an idle, perhaps virtual, CPU) to be woken, which doubled each step on the machine
 /// we measure on. Polling costs at most this much CPU per round trip on a far cache.
 const WALK_SPIN: std::time::Duration = std::time::Duration::from_micros(300);
-/// NARs of at most this many bytes are unpacked on the runtime's thread, between its network
-/// events, instead of on the blocking pool. Unpacking one takes a few file system calls, less
-/// than handing it to another thread and back: for a chain of 1,000 paths of a few hundred
-/// bytes this saved a fifth of the CPU time of the whole realise. The bound keeps the
-/// runtime from stalling long: a NAR this small holds at most a couple of hundred entries.
-const INLINE_STAGE_MAX: u64 = 16 << 10;
 /// Narinfos whose signatures the walk hands to the blocking pool at a time. A check takes
 /// tens of microseconds, about as long as a narinfo round trip to a near cache; handing each
 /// one over on its own cost a thread wake-up per narinfo and, on two cores, took the core
@@ -66,27 +62,12 @@ const CHECK_BATCH: usize = 64;
 /// Batch size for the checks left when the walk has nothing else to wait for.
 const CHECK_TAIL: usize = 16;
 
-#[derive(Debug, Error)]
-pub enum SubstituteError {
-    #[error("no usable substituters: {0}")]
-    NoCaches(String),
-    #[error("cannot substitute {count} path(s); nothing was downloaded:\n{details}")]
-    Incomplete { count: usize, details: String },
-    #[error("cannot substitute '{path}': {reason}")]
-    Fetch { path: String, reason: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("internal task failed: {0}")]
-    Task(String),
-}
-
 /// One cache, opened and checked, with its effective priority.
 pub struct Substituter {
     caches: Vec<OpenCache>,
     keys: TrustedKeys,
     jobs: usize,
-    /// NARs whose NarSize is at most this are fetched whole before they are unpacked.
-    whole_nar_max: u64,
+    limits: Limits,
 }
 
 struct OpenCache {
@@ -202,25 +183,29 @@ impl Substituter {
         for url in urls {
             match open_one(url, options, store).await {
                 Ok(c) => caches.push(c),
-                Err(why) => {
-                    tracing::warn!("ignoring substituter {url}: {why}");
-                    problems.push(format!("{url}: {why}"));
+                Err(error) => {
+                    let failure = CacheFailure {
+                        cache: url.to_string(),
+                        error,
+                    };
+                    tracing::warn!("ignoring substituter {}", Chain(&failure));
+                    problems.push(failure);
                 }
             }
         }
         if caches.is_empty() {
-            return Err(SubstituteError::NoCaches(if problems.is_empty() {
-                "none configured (set substituters)".to_owned()
+            return Err(if problems.is_empty() {
+                SubstituteError::NoneConfigured
             } else {
-                problems.join("; ")
-            }));
+                SubstituteError::NoneUsable { problems }
+            });
         }
         caches.sort_by_key(|c| c.priority);
         Ok(Substituter {
             caches,
             keys,
             jobs: jobs.max(1),
-            whole_nar_max: options.whole_nar_max,
+            limits: Limits::new(options.whole_nar_max),
         })
     }
 
@@ -329,7 +314,7 @@ impl Substituter {
                 }
                 Some(checked) = checking.next(), if !checking.is_empty() => {
                     let (batch, verdict) =
-                        checked.map_err(|e| SubstituteError::Task(e.to_string()))?;
+                        checked.map_err(SubstituteError::Task)?;
                     verdicts.extend(batch.into_iter().zip(verdict));
                 }
                 // Lets the runtime poll its sockets without sleeping (see `WALK_SPIN`).
@@ -350,42 +335,15 @@ impl Substituter {
                         reasons.push(format!(
                             "{}: untrusted: {}",
                             self.caches[cache].name,
-                            error_chain(&e)
+                            Chain(&e)
                         ));
                         in_flight.push(self.lookup(store, path, cache + 1, reasons));
                     }
                 }
             }
         }
-        // What the trusted narinfos make the closure: everything else was speculation. A
-        // requested path whose closure misses something is dropped with all it alone needed.
-        let mut wanted: BTreeMap<StorePath, Candidate> = BTreeMap::new();
-        let mut missing: BTreeMap<StorePath, Vec<String>> = BTreeMap::new();
-        for root in paths {
-            let mut members: Vec<StorePath> = Vec::new();
-            let mut stack: Vec<&StorePath> = vec![root];
-            let mut visited: BTreeSet<&StorePath> = BTreeSet::new();
-            let mut complete = true;
-            while let Some(p) = stack.pop() {
-                if !visited.insert(p) || wanted.contains_key(p) {
-                    continue;
-                }
-                if let Some(c) = trusted.get(p) {
-                    stack.extend(c.info.references().iter());
-                    members.push(p.clone());
-                } else if let Some(reasons) = failed.get(p) {
-                    missing.insert(p.clone(), reasons.clone());
-                    complete = false;
-                }
-                // Otherwise it was valid.
-            }
-            if complete {
-                for m in members {
-                    let c = trusted[&m].clone();
-                    wanted.insert(m, c);
-                }
-            }
-        }
+        // What the trusted narinfos make the closure: everything else was speculation.
+        let (wanted, missing) = select_closures(paths, &trusted, |c| c.info.references(), &failed);
         Ok((Plan { wanted }, missing))
     }
 
@@ -417,7 +375,7 @@ impl Substituter {
                     reasons.push(format!("{}: {e}", c.name))
                 }
                 Ok(None) => reasons.push(format!("{}: not found", c.name)),
-                Err(e) => reasons.push(format!("{}: {}", c.name, error_chain(&e))),
+                Err(e) => reasons.push(format!("{}: {}", c.name, Chain(&e))),
             }
         }
         Found {
@@ -454,7 +412,7 @@ impl Substituter {
                     reasons.push(format!(
                         "{}: untrusted: {}",
                         self.caches[found.cache].name,
-                        error_chain(&e)
+                        Chain(&e)
                     ));
                     from = found.cache + 1;
                 }
@@ -492,41 +450,45 @@ impl Substituter {
         let rooting = store.clone();
         tokio::task::spawn_blocking(move || rooting.add_temp_roots(&roots))
             .await
-            .map_err(|e| SubstituteError::Task(e.to_string()))??;
+            .map_err(SubstituteError::Task)??;
         let order = reference_order(&wanted);
-        let rank: HashMap<&StorePath, usize> =
-            order.iter().enumerate().map(|(i, p)| (p, i)).collect();
+        // Which staged paths can be committed: each once its references among the wanted
+        // ones are valid (or committed in the same batch, before it).
+        let mut gate = commit_gate(&order, &wanted).map_err(|cycle| SubstituteError::Cycle {
+            paths: cycle
+                .members
+                .iter()
+                .map(|&i| store.print_path(&order[i]))
+                .collect(),
+        })?;
         // Started but not yet committed: bounds the open locks and staged trees.
         let window = self.jobs * 4 + 256;
         let mut next = 0;
         let mut outstanding = 0usize;
-        let mut downloads: JoinSet<(StorePath, Result<Downloaded, SubstituteError>)> =
-            JoinSet::new();
+        let mut downloads: JoinSet<(usize, Result<Downloaded, SubstituteError>)> = JoinSet::new();
         let mut staged: BTreeMap<usize, (Staged, Fetched)> = BTreeMap::new();
-        let mut valid: BTreeSet<StorePath> = BTreeSet::new();
         let mut committing: Option<tokio::task::JoinHandle<CommitResult>> = None;
         let mut done = Vec::new();
         let mut first_error = None;
         let this = Arc::new(self.clone_handles());
-        let waits = Arc::new(LockWaits::default());
+        let ctx = Arc::new(FetchContext {
+            store: store.clone(),
+            progress: progress.clone(),
+            waits: LockWaits::default(),
+        });
+        let waits = &ctx.waits;
         loop {
             while first_error.is_none()
                 && downloads.len() < self.jobs
                 && outstanding < window
                 && next < order.len()
             {
-                let p = order[next].clone();
+                let (rank, p) = (next, order[next].clone());
                 next += 1;
                 outstanding += 1;
                 let candidate = wanted[&p].clone();
-                let (store, this, progress) = (store.clone(), this.clone(), progress.clone());
-                let waits = waits.clone();
-                downloads.spawn(async move {
-                    let r = this
-                        .fetch_one(&store, &p, candidate, &progress, &waits)
-                        .await;
-                    (p, r)
-                });
+                let (this, ctx) = (this.clone(), ctx.clone());
+                downloads.spawn(async move { (rank, this.fetch_one(&ctx, &p, candidate).await) });
             }
             // Commit in large batches (each costs a sync): when enough is staged, when the
             // window is full, or when nothing is downloading any more (or every download
@@ -534,7 +496,7 @@ impl Substituter {
             let stuck = waits.blocked.load(Ordering::SeqCst) >= downloads.len();
             let due = staged.len() >= COMMIT_BATCH || outstanding >= window || stuck;
             if committing.is_none() && due {
-                let batch = committable(&mut staged, &valid, &wanted);
+                let batch = committable(&mut staged, &mut gate);
                 if !batch.is_empty() {
                     let store = store.clone();
                     committing = Some(tokio::task::spawn_blocking(move || {
@@ -549,18 +511,18 @@ impl Substituter {
             }
             tokio::select! {
                 Some(joined) = downloads.join_next(), if !downloads.is_empty() => {
-                    let (path, result) =
-                        joined.map_err(|e| SubstituteError::Task(e.to_string()))?;
+                    let (rank, result) =
+                        joined.map_err(SubstituteError::Task)?;
                     match result {
                         Ok(Downloaded::Valid(f)) => {
                             outstanding -= 1;
                             progress.paths_done.fetch_add(1, Ordering::Relaxed);
                             progress.changed.notify_one();
-                            valid.insert(path);
+                            gate.complete(rank);
                             done.push(f);
                         }
                         Ok(Downloaded::Staged(s, f)) => {
-                            staged.insert(rank[&path], (*s, f));
+                            staged.insert(rank, (*s, f));
                         }
                         Err(e) => {
                             // Let running downloads finish (they are independent and
@@ -574,17 +536,14 @@ impl Substituter {
                 joined = async { committing.as_mut().expect("checked").await },
                     if committing.is_some() => {
                     committing = None;
-                    let result = joined.map_err(|e| SubstituteError::Task(e.to_string()))?;
+                    let result = joined.map_err(SubstituteError::Task)?;
                     match result {
                         Ok(fetched) => {
                             outstanding -= fetched.len();
                             progress
                                 .paths_done
                                 .fetch_add(fetched.len() as u64, Ordering::Relaxed);
-                            for f in fetched {
-                                valid.insert(f.path.clone());
-                                done.push(f);
-                            }
+                            done.extend(fetched);
                             progress.changed.notify_one();
                         }
                         Err(e) => {
@@ -615,7 +574,7 @@ impl Substituter {
                 .collect(),
             keys: self.keys.clone(),
             jobs: self.jobs,
-            whole_nar_max: self.whole_nar_max,
+            limits: self.limits,
         }
     }
 
@@ -623,176 +582,39 @@ impl Substituter {
     /// that have a trusted narinfo for it.
     async fn fetch_one(
         &self,
-        store: &Arc<LocalStore>,
+        ctx: &Arc<FetchContext>,
         path: &StorePath,
         first: Candidate,
-        progress: &Arc<Progress>,
-        waits: &Arc<LockWaits>,
     ) -> Result<Downloaded, SubstituteError> {
+        let store = &ctx.store;
         let printed = store.print_path(path);
         let mut candidate = first;
-        let mut reasons = Vec::new();
+        let mut earlier = Vec::new();
         loop {
-            let c = &self.caches[candidate.cache];
-            for attempt in 1..=NAR_ATTEMPTS {
-                match self.download(store, &candidate, progress, waits).await {
-                    Ok(f) => return Ok(f),
-                    Err(e) => {
-                        let retry = e.retryable && attempt < NAR_ATTEMPTS;
-                        tracing::warn!(
-                            "{}: fetching '{printed}' failed (attempt {attempt}/{NAR_ATTEMPTS}): {}",
-                            c.name,
-                            e.message
-                        );
-                        if !retry {
-                            reasons.push(format!("{}: {}", c.name, e.message));
-                            break;
-                        }
-                        tokio::time::sleep(std::time::Duration::from_millis(250 << (attempt - 1)))
-                            .await;
-                    }
-                }
-            }
+            let error = match self.try_cache(ctx, &candidate, &printed).await {
+                Ok(f) => return Ok(f),
+                Err(error) => error,
+            };
+            let failure = CacheFailure {
+                cache: self.caches[candidate.cache].name.clone(),
+                error,
+            };
             match self
                 .lookup_trusted(store, path.clone(), candidate.cache + 1)
                 .await
             {
-                Ok(next) => candidate = next,
+                Ok(next) => {
+                    earlier.push(failure);
+                    candidate = next;
+                }
                 Err(_) => {
                     return Err(SubstituteError::Fetch {
                         path: printed,
-                        reason: reasons.join("; "),
+                        last: Box::new(failure),
+                        earlier,
                     })
                 }
             }
-        }
-    }
-
-    /// One download attempt from one cache: the NAR unpacked and checked into the staging
-    /// dir, or the path found valid.
-    async fn download(
-        &self,
-        store: &Arc<LocalStore>,
-        candidate: &Candidate,
-        progress: &Arc<Progress>,
-        waits: &Arc<LockWaits>,
-    ) -> Result<Downloaded, Attempt> {
-        if candidate.info.nar_size() <= self.whole_nar_max {
-            let path = candidate.info.store_path();
-            // Uncontended (the usual case): the lock is one `fcntl`, taken right here.
-            let lock = store.try_lock_for_install(path);
-            if let Some(lock) = lock.map_err(|e| Attempt::fatal(&e))? {
-                return self.download_small(store, candidate, lock, progress).await;
-            }
-        }
-        self.download_streaming(store, candidate, progress, waits)
-            .await
-    }
-
-    /// [`Substituter::download`] of a small NAR (see [`ClientOptions::whole_nar_max`]) whose
-    /// install lock is held: the compressed file is fetched whole by the runtime, then
-    /// unpacked from memory on the blocking pool, or right here if it is tiny (see
-    /// [`INLINE_STAGE_MAX`]). A NAR streamed through a blocking thread costs a thread
-    /// hand-off for every response event, which is most of the work for a NAR of a few
-    /// hundred bytes. The validity query runs on the runtime: it is short, but waits while a
-    /// commit of this process holds the database.
-    async fn download_small(
-        &self,
-        store: &Arc<LocalStore>,
-        candidate: &Candidate,
-        lock: InstallLock,
-        progress: &Arc<Progress>,
-    ) -> Result<Downloaded, Attempt> {
-        let c = &self.caches[candidate.cache];
-        let info = candidate.info.clone();
-        // Another process may have installed it since the walk looked.
-        let valid = store.query(info.store_path());
-        if let Some(valid) = valid.map_err(|e| Attempt::fatal(&e))? {
-            return Ok(Downloaded::Valid(Fetched::new(&valid, &c.name, 0, false)));
-        }
-        // Compressed data cannot sensibly exceed the NAR by much (see the streaming case).
-        let limit = info.nar_size() + info.nar_size() / 8 + (64 << 10);
-        let body = c
-            .cache
-            .get_bytes(info.url(), limit as usize)
-            .await
-            // The HTTP layer has already retried transient failures.
-            .map_err(|e| Attempt::fatal(&e))?
-            .ok_or_else(|| Attempt::fatal(&CacheError::NotFound(info.url().to_owned())))?;
-        let received = body.len() as u64;
-        progress.bytes_done.fetch_add(received, Ordering::Relaxed);
-        let store2 = store.clone();
-        let inline = info.nar_size() <= INLINE_STAGE_MAX;
-        let stage = move || {
-            let nar = compression::decompress(info.compression(), io::Cursor::new(body))
-                .map_err(|e| StoreError::io(format!("cannot decompress {}", info.url()), e))?;
-            store2.stage_nar_locked(lock, NarImport::from(&info), nar)
-        };
-        let staged = if inline {
-            stage()
-        } else {
-            tokio::task::spawn_blocking(stage)
-                .await
-                .map_err(|e| Attempt::fatal(&e))?
-        }
-        .map_err(|e| Attempt::fatal(&e))?;
-        let f = Fetched::new(staged.info(), &c.name, received, true);
-        Ok(Downloaded::Staged(Box::new(staged), f))
-    }
-
-    /// [`Substituter::download`] streaming the NAR through a blocking thread: it waits for
-    /// the install lock there, and the NAR is unpacked as it arrives.
-    async fn download_streaming(
-        &self,
-        store: &Arc<LocalStore>,
-        candidate: &Candidate,
-        progress: &Arc<Progress>,
-        waits: &Arc<LockWaits>,
-    ) -> Result<Downloaded, Attempt> {
-        let c = &self.caches[candidate.cache];
-        let info = candidate.info.clone();
-        let meta = NarImport::from(&info);
-        let (cache, store2) = (c.cache.clone(), store.clone());
-        let received = Arc::new(AtomicU64::new(0));
-        let counter = received.clone();
-        let progress = progress.clone();
-        let handle = tokio::runtime::Handle::current();
-        let waits = waits.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            store2.stage_nar_noting_waits(meta, &|w| waits.note(w), || {
-                let stream = handle
-                    .block_on(cache.get(info.url()))?
-                    .ok_or_else(|| CacheError::NotFound(info.url().to_owned()))?;
-                // Compressed input cannot sensibly exceed the NAR by much; bound it so an
-                // endless stream that decompresses to nothing cannot run forever.
-                let input_limit = info.nar_size() + info.nar_size() / 8 + (1 << 20);
-                let counted = Counted {
-                    inner: blocking_reader(stream).take(input_limit),
-                    counter,
-                    progress: progress.clone(),
-                };
-                compression::decompress(info.compression(), counted)
-                    .map_err(|e| CacheError::Decompress(info.url().to_owned(), e))
-            })
-        })
-        .await
-        .map_err(|e| Attempt::fatal(&e))?;
-        let received = received.load(Ordering::Relaxed);
-        let fetched = |info, installed| Fetched::new(info, &c.name, received, installed);
-        match outcome {
-            Ok(Stage::Valid(info)) => Ok(Downloaded::Valid(fetched(&info, false))),
-            Ok(Stage::Staged(s)) => {
-                let f = fetched(s.info(), true);
-                Ok(Downloaded::Staged(Box::new(s), f))
-            }
-            // The request itself: the HTTP layer has already retried transient failures.
-            Err(ImportError::Open(e)) => Err(Attempt::fatal(&e)),
-            Err(ImportError::Store(e)) => Err(Attempt {
-                // A stream that broke off mid-body (connection drop, stall) is worth another
-                // try; a NAR that arrived but is malformed or does not match is not.
-                retryable: broke_off(&e),
-                message: error_chain(&e),
-            }),
         }
     }
 }
@@ -837,45 +659,46 @@ fn reference_order(wanted: &BTreeMap<StorePath, Candidate>) -> Vec<StorePath> {
         .collect()
 }
 
-/// Takes out of `staged` (keyed by rank in reference order) every path whose references
-/// among the wanted ones are valid or taken before it.
+/// The queue that releases the paths of `order` (all of `wanted`, in reference order) for
+/// commit: each waits for its references among them.
+fn commit_gate(
+    order: &[StorePath],
+    wanted: &BTreeMap<StorePath, Candidate>,
+) -> Result<ReadyQueue, Cycle> {
+    let rank: HashMap<&StorePath, usize> = order.iter().enumerate().map(|(i, p)| (p, i)).collect();
+    let waits_for = order.iter().enumerate().flat_map(|(i, p)| {
+        let rank = &rank;
+        wanted[p]
+            .info
+            .references()
+            .iter()
+            .filter_map(move |r| Some((i, *rank.get(r)?)))
+    });
+    ReadyQueue::new(order.len(), waits_for)
+}
+
+/// Takes out of `staged` (keyed by rank in reference order) every path the gate releases:
+/// its references among the wanted ones are valid or taken before it. A taken path counts
+/// as complete at once, so a chain staged whole is committed in one batch.
 fn committable(
     staged: &mut BTreeMap<usize, (Staged, Fetched)>,
-    valid: &BTreeSet<StorePath>,
-    wanted: &BTreeMap<StorePath, Candidate>,
+    gate: &mut ReadyQueue,
 ) -> Vec<(Staged, Fetched)> {
-    let mut taken: BTreeSet<StorePath> = BTreeSet::new();
-    let mut ranks = Vec::new();
-    for (rank, (s, _)) in staged.iter() {
-        let path = &s.info().path;
-        let ready = s.info().references.iter().all(|r| {
-            r == path || !wanted.contains_key(r) || valid.contains(r) || taken.contains(r)
-        });
-        if ready {
-            taken.insert(path.clone());
-            ranks.push(*rank);
-        }
-    }
+    let ranks: Vec<usize> = staged
+        .keys()
+        .copied()
+        .filter(|&rank| {
+            let ready = gate.take(rank);
+            if ready {
+                gate.complete(rank);
+            }
+            ready
+        })
+        .collect();
     ranks
         .into_iter()
         .filter_map(|r| staged.remove(&r))
         .collect()
-}
-
-/// The outcome of a failed download attempt.
-struct Attempt {
-    message: String,
-    retryable: bool,
-}
-
-impl Attempt {
-    /// A failure that another try from the same cache would not fix.
-    fn fatal(e: &dyn std::error::Error) -> Attempt {
-        Attempt {
-            message: error_chain(e),
-            retryable: false,
-        }
-    }
 }
 
 impl Fetched {
@@ -895,75 +718,22 @@ impl Fetched {
     }
 }
 
-/// Whether an import failed because reading the NAR stream failed (as opposed to the NAR
-/// being wrong or the store failing).
-fn broke_off(e: &StoreError) -> bool {
-    match e {
-        StoreError::Nar {
-            source: FsNarError::InvalidNar(NarReadError::Io(io)),
-            ..
-        } => is_network(io),
-        _ => false,
-    }
-}
-
-/// Whether an I/O error came from the cache connection (wrapped by the stream bridge).
-fn is_network(e: &io::Error) -> bool {
-    e.get_ref()
-        .and_then(|inner| inner.downcast_ref::<CacheError>())
-        .is_some_and(CacheError::is_transient)
-}
-
-/// An error and its causes on one line, skipping causes whose text the message already
-/// contains.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            let _ = write!(s, ": {text}");
-        }
-        cur = c.source();
-    }
-    s
-}
-
 async fn open_one(
     url: &CacheUrl,
     options: &ClientOptions,
     store: &LocalStore,
-) -> Result<OpenCache, String> {
-    let cache = Cache::open(url, options).map_err(|e| error_chain(&e))?;
-    let info = cache.cache_info().await.map_err(|e| error_chain(&e))?;
+) -> Result<OpenCache, CacheUseError> {
+    let cache = Cache::open(url, options)?;
+    let info = cache.cache_info().await?;
     if info.store_dir != *store.store_dir() {
-        return Err(format!(
-            "it is for store dir '{}', not '{}'",
-            info.store_dir,
-            store.store_dir()
-        ));
+        return Err(CacheUseError::StoreDir {
+            theirs: info.store_dir.to_string(),
+            ours: store.store_dir().to_string(),
+        });
     }
     Ok(OpenCache {
         cache: Arc::new(cache),
         name: url.to_string(),
         priority: url.priority().or(info.priority).unwrap_or(50),
     })
-}
-
-/// Counts bytes as they are read, for the report and the progress display.
-struct Counted<R> {
-    inner: R,
-    counter: Arc<AtomicU64>,
-    progress: Arc<Progress>,
-}
-
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.counter.fetch_add(n as u64, Ordering::Relaxed);
-        self.progress
-            .bytes_done
-            .fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
 }

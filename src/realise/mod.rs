@@ -11,7 +11,7 @@
 //!    wanted in turn. With `check`, the requested derivations are rebuilt regardless.
 //! 3. Execution: one fetch of everything to substitute runs alongside the builds. A build
 //!    starts as soon as all the paths it uses are valid (substituted or built), at most
-//!    `max_jobs` at a time, each on the blocking pool ([`super::local`]). A failed build
+//!    `max_jobs` at a time, each on the blocking pool ([`crate::build::local`]). A failed build
 //!    stops new builds from starting (running ones finish), unless `keep_going`, where only
 //!    the builds that depend on it are given up.
 
@@ -21,12 +21,14 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::task::JoinSet;
 
-use super::local::{build_derivation, BuildConfig, BuildError, Built};
-use super::sandbox::ScratchPool;
+use crate::build::local::{build_derivation, BuildConfig, BuildError, Built};
+use crate::build::sandbox::ScratchPool;
+use crate::error_chain::Chain;
 use crate::format::derivation::derived_path::{DerivedPath, OutputsSpec};
-use crate::format::derivation::hash::derivation_closure;
+use crate::format::derivation::hash::{derivation_closure, DrvGraphError};
 use crate::format::derivation::Derivation;
 use crate::format::store_path::StorePath;
+use crate::schedule::ReadyQueue;
 use crate::store::lock::TempDir;
 use crate::store::{LocalStore, StoreError};
 use crate::substitute::{Fetched, Plan, Progress, SubstituteError, Substituter};
@@ -49,22 +51,30 @@ pub enum RealiseError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Build(#[from] BuildError),
-    /// Reading the derivation graph failed (the message names the derivation and why).
-    #[error("{0}")]
-    Derivations(String),
-    #[error("cannot build '{path}': {reason}")]
-    GaveUp { path: String, reason: String },
+    #[error("{} not valid and no substituters are configured", paths.join(", "))]
+    NoSubstituters { paths: Vec<String> },
+    #[error("cannot read the derivation graph")]
+    Derivations(#[source] Box<DrvGraphError<StoreError>>),
+    #[error("cannot build '{path}': dependency '{dependency}' failed")]
+    DependencyFailed { path: String, dependency: String },
+    #[error("cannot build '{path}': its inputs are not valid: {}", missing.join(", "))]
+    InputsNotValid { path: String, missing: Vec<String> },
     #[error("derivation '{drv}' has no output named {outputs}")]
     NoSuchOutput { drv: String, outputs: String },
-    #[error("{count} derivation(s) could not be built:\n{details}")]
-    BuildsFailed {
-        count: usize,
-        details: String,
-        /// The combined [`RealiseError::exit_status`] of the failures.
-        status: Option<u8>,
-    },
-    #[error("internal task failed: {0}")]
-    Task(String),
+    /// Several failures (a fetch and builds, or builds with `keep_going`); the message lists
+    /// each one with its causes, as they are independent.
+    #[error("{} derivation(s) could not be built:\n{}", failures.len(), list_failures(failures))]
+    BuildsFailed { failures: Vec<RealiseError> },
+    #[error("the input derivations of these derivations form a cycle: {}", drvs.join(", "))]
+    Cycle { drvs: Vec<String> },
+    #[error("an internal task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// One failure per line, each with its causes.
+fn list_failures(failures: &[RealiseError]) -> String {
+    let lines: Vec<String> = failures.iter().map(|e| format!("  {}", Chain(e))).collect();
+    lines.join("\n")
 }
 
 impl RealiseError {
@@ -72,7 +82,7 @@ impl RealiseError {
     /// silent too long), 2 for a fixed-output hash mismatch, 4 for a non-deterministic
     /// build found by `--check`; `None` for errors that are not build failures.
     pub fn exit_status(&self) -> Option<u8> {
-        use super::sandbox::BuildStatus;
+        use crate::build::sandbox::BuildStatus;
         match self {
             RealiseError::Build(e) => Some(match e {
                 BuildError::Failed {
@@ -83,9 +93,17 @@ impl RealiseError {
                 BuildError::NotDeterministic { .. } => 104,
                 _ => 100,
             }),
-            RealiseError::BuildsFailed { status, .. } => Some(status.unwrap_or(100)),
-            // A build given up because a dependency failed.
-            RealiseError::GaveUp { .. } => Some(100),
+            RealiseError::BuildsFailed { failures } => Some(
+                failures
+                    .iter()
+                    .filter_map(RealiseError::exit_status)
+                    .reduce(|a, b| a | b)
+                    .unwrap_or(100),
+            ),
+            // A build given up because a dependency failed or its inputs never came.
+            RealiseError::DependencyFailed { .. } | RealiseError::InputsNotValid { .. } => {
+                Some(100)
+            }
             _ => None,
         }
     }
@@ -109,30 +127,57 @@ pub async fn realise(
     opts: &RealiseOptions,
     progress: Arc<Progress>,
 ) -> Result<Realised, RealiseError> {
-    let mut realised = Realised::default();
     // 1. Paths that can only be substituted.
+    let mut realised = Realised {
+        substituted: substitute_paths(store, sub.as_deref(), targets, &progress).await?,
+        ..Realised::default()
+    };
+    // 2. Plan.
+    let wanted = wanted_outputs(targets);
+    if wanted.is_empty() {
+        return Ok(realised);
+    }
+    let graph = load_graph(store, wanted.keys())?;
+    let needed = needed_outputs(store, &graph, &wanted, &mut realised.outputs)?;
+    let checking: BTreeSet<StorePath> = if opts.build.check {
+        wanted.keys().cloned().collect()
+    } else {
+        BTreeSet::new()
+    };
+    let decision = decide(store, sub.as_deref(), &graph, needed, &checking).await?;
+    // 3. Execute.
+    execute(store, sub, graph, decision, opts, progress, &mut realised).await?;
+    Ok(realised)
+}
+
+/// Step 1: substitutes the targets that are not valid (paths, and `.drv` files not valid
+/// yet); there is no other way to get them.
+async fn substitute_paths(
+    store: &Arc<LocalStore>,
+    sub: Option<&Substituter>,
+    targets: &[DerivedPath],
+    progress: &Arc<Progress>,
+) -> Result<Vec<Fetched>, RealiseError> {
     let mut first: Vec<StorePath> = Vec::new();
     for t in targets {
         if !store.is_valid(t.path())? {
             first.push(t.path().clone());
         }
     }
-    if !first.is_empty() {
-        let Some(sub) = &sub else {
-            let listed: Vec<String> = first.iter().map(|p| store.print_path(p)).collect();
-            return Err(SubstituteError::NoCaches(format!(
-                "{} not valid and no substituters are configured",
-                listed.join(", ")
-            ))
-            .into());
-        };
-        let plan = sub.plan(store, &first).await?;
-        realised
-            .substituted
-            .extend(sub.fetch(store, plan, progress.clone()).await?);
+    if first.is_empty() {
+        return Ok(Vec::new());
     }
+    let Some(sub) = sub else {
+        return Err(RealiseError::NoSubstituters {
+            paths: first.iter().map(|p| store.print_path(p)).collect(),
+        });
+    };
+    let plan = sub.plan(store, &first).await?;
+    Ok(sub.fetch(store, plan, progress.clone()).await?)
+}
 
-    // 2. Plan.
+/// The requested derivations, each with the union of the outputs asked for it.
+fn wanted_outputs(targets: &[DerivedPath]) -> BTreeMap<StorePath, OutputsSpec> {
     let mut wanted: BTreeMap<StorePath, OutputsSpec> = BTreeMap::new();
     for t in targets {
         if let DerivedPath::Built { drv, outputs } = t {
@@ -147,12 +192,19 @@ pub async fn realise(
             wanted.insert(drv.clone(), merged);
         }
     }
-    if wanted.is_empty() {
-        return Ok(realised);
-    }
-    let graph = load_graph(store, wanted.keys())?;
+    wanted
+}
+
+/// The output names needed of each requested derivation (an unknown name is an error),
+/// recording each one's output paths in `outputs` for the report.
+fn needed_outputs(
+    store: &LocalStore,
+    graph: &BTreeMap<StorePath, Derivation>,
+    wanted: &BTreeMap<StorePath, OutputsSpec>,
+    outputs: &mut Vec<(StorePath, BTreeMap<String, StorePath>)>,
+) -> Result<BTreeMap<StorePath, BTreeSet<String>>, RealiseError> {
     let mut needed: BTreeMap<StorePath, BTreeSet<String>> = BTreeMap::new();
-    for (drv_path, spec) in &wanted {
+    for (drv_path, spec) in wanted {
         let drv = &graph[drv_path];
         let (known, unknown) = spec.select(drv);
         if !unknown.is_empty() {
@@ -165,7 +217,7 @@ pub async fn realise(
             drv_path.clone(),
             known.iter().map(|o| (*o).to_owned()).collect(),
         );
-        realised.outputs.push((
+        outputs.push((
             drv_path.clone(),
             known
                 .iter()
@@ -173,17 +225,23 @@ pub async fn realise(
                 .collect(),
         ));
     }
-    let checking: BTreeSet<StorePath> = if opts.build.check {
-        wanted.keys().cloned().collect()
-    } else {
-        BTreeSet::new()
-    };
-    let (to_build, plan) = decide(store, sub.as_deref(), &graph, needed, &checking).await?;
+    Ok(needed)
+}
 
-    // 3. Execute.
-    let mut fetch = match (&sub, plan.is_empty()) {
+/// Step 3: runs the fetch of `plan` alongside the builds of `to_build`, each build starting
+/// once its inputs are valid, at most `max_jobs` at a time; see the module doc.
+async fn execute(
+    store: &Arc<LocalStore>,
+    sub: Option<Arc<Substituter>>,
+    graph: BTreeMap<StorePath, Derivation>,
+    Decision { to_build, plan }: Decision,
+    opts: &RealiseOptions,
+    progress: Arc<Progress>,
+    realised: &mut Realised,
+) -> Result<(), RealiseError> {
+    let mut fetch = match (sub, plan.is_empty()) {
         (Some(sub), false) => {
-            let (sub, store, progress) = (sub.clone(), store.clone(), progress.clone());
+            let (store, progress) = (store.clone(), progress.clone());
             Some(tokio::spawn(async move {
                 sub.fetch(&store, plan, progress).await
             }))
@@ -198,96 +256,125 @@ pub async fn realise(
     let mut build_config = opts.build.clone();
     build_config.scratch_pool = Some(Arc::new(ScratchPool::new(scratch_dir.path().to_owned())));
     let config = Arc::new(build_config);
-    let mut sched = Schedule::new(&graph, to_build);
-    let mut running: JoinSet<(StorePath, Result<Built, BuildError>)> = JoinSet::new();
-    let mut failures: BTreeMap<StorePath, RealiseError> = BTreeMap::new();
-    let mut fetch_failure: Option<RealiseError> = None;
-    let mut stopping = false;
+    let mut sched = Schedule::new(&graph, to_build).map_err(|drvs| RealiseError::Cycle {
+        drvs: drvs.iter().map(|d| store.print_path(d)).collect(),
+    })?;
+    let mut running: JoinSet<(usize, Result<Built, BuildError>)> = JoinSet::new();
+    let mut state = Execution::new(opts.keep_going);
     let max_jobs = opts.max_jobs.max(1);
     loop {
-        if !stopping {
-            while running.len() < max_jobs {
-                let Some((drv, inputs)) = sched.next_startable(store)? else {
-                    break;
-                };
-                let (store, graph, config) = (store.clone(), graph.clone(), config.clone());
-                running.spawn_blocking(move || {
-                    let result = build_derivation(&store, &drv, &graph[&drv], &inputs, &config);
-                    (drv, result)
-                });
-            }
+        while !state.stopping && running.len() < max_jobs {
+            let Some((build, inputs)) = sched.next_startable(store)? else {
+                break;
+            };
+            let drv = sched.builds[build].clone();
+            let (store, graph, config) = (store.clone(), graph.clone(), config.clone());
+            running.spawn_blocking(move || {
+                let result = build_derivation(&store, &drv, &graph[&drv], &inputs, &config);
+                (build, result)
+            });
         }
         if running.is_empty() && fetch.is_none() {
             break;
         }
         tokio::select! {
             Some(joined) = running.join_next(), if !running.is_empty() => {
-                let (drv, result) = joined.map_err(|e| RealiseError::Task(e.to_string()))?;
+                let (build, result) = joined.map_err(RealiseError::Task)?;
                 match result {
                     Ok(built) => {
-                        sched.built(&drv, built.outputs.values().map(|i| i.path.clone()));
+                        sched.built(build, built.outputs.values().map(|i| i.path.clone()));
                         realised.built.push(built);
                     }
-                    Err(e) => {
-                        for dependent in sched.failed(&drv) {
-                            failures.insert(
-                                dependent.clone(),
-                                RealiseError::GaveUp {
-                                    path: store.print_path(&dependent),
-                                    reason: format!("dependency '{}' failed", store.print_path(&drv)),
-                                },
-                            );
-                        }
-                        failures.insert(drv, e.into());
-                        stopping |= !opts.keep_going;
-                    }
+                    Err(e) => state.on_build_failed(store, &mut sched, build, e),
                 }
             }
             joined = async { fetch.as_mut().expect("checked").await }, if fetch.is_some() => {
                 fetch = None;
-                match joined.map_err(|e| RealiseError::Task(e.to_string()))? {
+                match joined.map_err(RealiseError::Task)? {
                     Ok(fetched) => realised.substituted.extend(fetched),
-                    Err(e) => {
-                        fetch_failure = Some(RealiseError::from(e));
-                        stopping |= !opts.keep_going;
-                    }
+                    Err(e) => state.on_fetch_failed(e),
                 }
             }
             _ = progress.changed.notified(), if fetch.is_some() => {}
         }
     }
-    // Whatever could not start: its inputs never became valid.
-    for drv in sched.take_pending() {
-        if failures.is_empty() && fetch_failure.is_none() {
-            let missing = missing_inputs(store, &graph, &drv)?;
-            failures.insert(
-                drv.clone(),
-                RealiseError::GaveUp {
-                    path: store.print_path(&drv),
-                    reason: format!("its inputs are not valid: {}", missing.join(", ")),
-                },
-            );
+    state.finish(store, &graph, &sched)
+}
+
+/// The failures of [`execute`] so far, and whether new builds may start.
+struct Execution {
+    keep_going: bool,
+    /// No new build starts (a failure without `keep_going`).
+    stopping: bool,
+    fetch_failure: Option<RealiseError>,
+    /// Failed builds and the builds given up because of them.
+    failures: BTreeMap<StorePath, RealiseError>,
+}
+
+impl Execution {
+    fn new(keep_going: bool) -> Self {
+        Execution {
+            keep_going,
+            stopping: false,
+            fetch_failure: None,
+            failures: BTreeMap::new(),
         }
     }
-    let mut failures: Vec<RealiseError> = fetch_failure
-        .into_iter()
-        .chain(failures.into_values())
-        .collect();
-    match failures.len() {
-        0 => Ok(realised),
-        1 => Err(failures.remove(0)),
-        n => Err(RealiseError::BuildsFailed {
-            count: n,
-            status: failures
-                .iter()
-                .filter_map(RealiseError::exit_status)
-                .reduce(|a, b| a | b),
-            details: failures
-                .iter()
-                .map(|e| format!("  {}", crate::substitute::error_chain(e)))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        }),
+
+    /// A build failed: it and every build that depends on it are given up.
+    fn on_build_failed(
+        &mut self,
+        store: &LocalStore,
+        sched: &mut Schedule<'_>,
+        build: usize,
+        e: BuildError,
+    ) {
+        let drv = sched.builds[build].clone();
+        for dependent in sched.failed(build) {
+            let failure = RealiseError::DependencyFailed {
+                path: store.print_path(&dependent),
+                dependency: store.print_path(&drv),
+            };
+            self.failures.insert(dependent, failure);
+        }
+        self.failures.insert(drv, e.into());
+        self.stopping |= !self.keep_going;
+    }
+
+    fn on_fetch_failed(&mut self, e: SubstituteError) {
+        self.fetch_failure = Some(e.into());
+        self.stopping |= !self.keep_going;
+    }
+
+    /// The outcome once nothing runs. If nothing failed but some build never started (its
+    /// inputs never became valid), the first such build is reported. One failure is
+    /// returned as it is, several together.
+    fn finish(
+        mut self,
+        store: &LocalStore,
+        graph: &BTreeMap<StorePath, Derivation>,
+        sched: &Schedule<'_>,
+    ) -> Result<(), RealiseError> {
+        if self.failures.is_empty() && self.fetch_failure.is_none() {
+            if let Some(drv) = sched.pending().into_iter().next() {
+                let missing = missing_inputs(store, graph, &drv)?;
+                let failure = RealiseError::InputsNotValid {
+                    path: store.print_path(&drv),
+                    missing,
+                };
+                self.failures.insert(drv, failure);
+            }
+        }
+        let mut failures: Vec<RealiseError> = self
+            .fetch_failure
+            .into_iter()
+            .chain(self.failures.into_values())
+            .collect();
+        match failures.len() {
+            0 => Ok(()),
+            1 => Err(failures.remove(0)),
+            _ => Err(RealiseError::BuildsFailed { failures }),
+        }
     }
 }
 
@@ -298,7 +385,7 @@ fn load_graph<'a>(
 ) -> Result<BTreeMap<StorePath, Derivation>, RealiseError> {
     let mut lookup = |p: &StorePath| store.read_derivation(p);
     derivation_closure(store.store_dir(), roots, &mut lookup)
-        .map_err(|e| RealiseError::Derivations(crate::substitute::error_chain(&e)))
+        .map_err(|e| RealiseError::Derivations(Box::new(e)))
 }
 
 /// Decides what to build and what to substitute; see the module doc.
@@ -308,7 +395,7 @@ async fn decide(
     graph: &BTreeMap<StorePath, Derivation>,
     mut needed: BTreeMap<StorePath, BTreeSet<String>>,
     checking: &BTreeSet<StorePath>,
-) -> Result<(BTreeSet<StorePath>, Plan), RealiseError> {
+) -> Result<Decision, RealiseError> {
     let mut to_build: BTreeSet<StorePath> = BTreeSet::new();
     let mut plan = Plan::empty();
     let mut frontier: Vec<StorePath> = needed.keys().cloned().collect();
@@ -360,7 +447,13 @@ async fn decide(
         }
         frontier = next;
     }
-    Ok((to_build, plan))
+    Ok(Decision { to_build, plan })
+}
+
+/// What planning decided: the derivations to build, and the paths to substitute.
+struct Decision {
+    to_build: BTreeSet<StorePath>,
+    plan: Plan,
 }
 
 fn checking_all(frontier: &[StorePath], checking: &BTreeSet<StorePath>) -> bool {
@@ -388,57 +481,55 @@ fn missing_inputs(
     Ok(missing)
 }
 
-/// Which builds can start: dependency counts among the builds (in memory), then, for those
-/// whose input builds are done, the validity of every input (some come from the fetch that
-/// runs alongside). Paths seen valid are remembered.
+/// Which builds can start: dependency counts among the builds (a [`ReadyQueue`] over
+/// `builds`), then, for those whose input builds are done, the validity of every input
+/// (some come from the fetch that runs alongside). Paths seen valid are remembered.
 struct Schedule<'g> {
     graph: &'g BTreeMap<StorePath, Derivation>,
-    /// Builds not started, with the input builds each still waits for.
-    waiting: BTreeMap<StorePath, BTreeSet<StorePath>>,
-    /// Build → the builds that use it.
-    dependents: BTreeMap<StorePath, Vec<StorePath>>,
-    /// Builds whose input builds are all done.
-    ready: BTreeSet<StorePath>,
+    /// The builds, in path order; the queue's items are indices into it.
+    builds: Vec<StorePath>,
+    queue: ReadyQueue,
     known_valid: std::collections::HashSet<StorePath>,
 }
 
 impl<'g> Schedule<'g> {
-    fn new(graph: &'g BTreeMap<StorePath, Derivation>, to_build: BTreeSet<StorePath>) -> Self {
-        let mut waiting = BTreeMap::new();
-        let mut dependents: BTreeMap<StorePath, Vec<StorePath>> = BTreeMap::new();
-        let mut ready = BTreeSet::new();
-        for d in &to_build {
-            let deps: BTreeSet<StorePath> = graph[d]
+    fn new(
+        graph: &'g BTreeMap<StorePath, Derivation>,
+        to_build: BTreeSet<StorePath>,
+    ) -> Result<Self, Vec<StorePath>> {
+        let builds: Vec<StorePath> = to_build.into_iter().collect();
+        let index: BTreeMap<&StorePath, usize> =
+            builds.iter().enumerate().map(|(i, d)| (d, i)).collect();
+        let index = &index;
+        let waits_for = builds.iter().enumerate().flat_map(|(i, d)| {
+            graph[d]
                 .input_drvs
                 .keys()
-                .filter(|i| to_build.contains(*i))
-                .cloned()
-                .collect();
-            for i in &deps {
-                dependents.entry(i.clone()).or_default().push(d.clone());
-            }
-            if deps.is_empty() {
-                ready.insert(d.clone());
-            }
-            waiting.insert(d.clone(), deps);
-        }
-        Schedule {
+                .filter_map(move |input| Some((i, *index.get(input)?)))
+        });
+        let queue = ReadyQueue::new(builds.len(), waits_for).map_err(|cycle| {
+            cycle
+                .members
+                .iter()
+                .map(|&i| builds[i].clone())
+                .collect::<Vec<_>>()
+        })?;
+        Ok(Schedule {
             graph,
-            waiting,
-            dependents,
-            ready,
+            builds,
+            queue,
             known_valid: Default::default(),
-        }
+        })
     }
 
     /// A build whose inputs are all valid, taken out of the schedule, with its inputs.
     fn next_startable(
         &mut self,
         store: &LocalStore,
-    ) -> Result<Option<(StorePath, BTreeSet<StorePath>)>, StoreError> {
-        let candidates: Vec<StorePath> = self.ready.iter().cloned().collect();
-        for drv in candidates {
-            let inputs = inputs_of(self.graph, &drv);
+    ) -> Result<Option<(usize, BTreeSet<StorePath>)>, StoreError> {
+        let candidates: Vec<usize> = self.queue.ready().collect();
+        for i in candidates {
+            let inputs = inputs_of(self.graph, &self.builds[i]);
             let mut all = true;
             for p in &inputs {
                 if self.known_valid.contains(p) {
@@ -452,47 +543,34 @@ impl<'g> Schedule<'g> {
                 }
             }
             if all {
-                self.ready.remove(&drv);
-                self.waiting.remove(&drv);
-                return Ok(Some((drv, inputs)));
+                self.queue.take(i);
+                return Ok(Some((i, inputs)));
             }
         }
         Ok(None)
     }
 
     /// Records a finished build and its (valid) outputs.
-    fn built(&mut self, drv: &StorePath, outputs: impl IntoIterator<Item = StorePath>) {
+    fn built(&mut self, build: usize, outputs: impl IntoIterator<Item = StorePath>) {
         self.known_valid.extend(outputs);
-        for d in self.dependents.remove(drv).unwrap_or_default() {
-            if let Some(w) = self.waiting.get_mut(&d) {
-                w.remove(drv);
-                if w.is_empty() {
-                    self.ready.insert(d);
-                }
-            }
-        }
+        self.queue.complete(build);
     }
 
     /// Records a failed build; returns the builds given up because they depend on it
     /// (directly or not).
-    fn failed(&mut self, drv: &StorePath) -> Vec<StorePath> {
-        let mut given_up = Vec::new();
-        let mut stack = vec![drv.clone()];
-        while let Some(d) = stack.pop() {
-            for dep in self.dependents.remove(&d).unwrap_or_default() {
-                if self.waiting.remove(&dep).is_some() {
-                    self.ready.remove(&dep);
-                    stack.push(dep.clone());
-                    given_up.push(dep);
-                }
-            }
-        }
-        given_up
+    fn failed(&mut self, build: usize) -> Vec<StorePath> {
+        let dropped = self.queue.fail(build);
+        dropped
+            .into_iter()
+            .map(|i| self.builds[i].clone())
+            .collect()
     }
 
     /// The builds never started.
-    fn take_pending(&mut self) -> Vec<StorePath> {
-        self.ready.clear();
-        std::mem::take(&mut self.waiting).into_keys().collect()
+    fn pending(&self) -> Vec<StorePath> {
+        self.queue
+            .pending()
+            .map(|i| self.builds[i].clone())
+            .collect()
     }
 }

@@ -1,0 +1,263 @@
+//! One NAR download from one cache, under one set of [`Limits`]: fetched whole and then
+//! unpacked when it is small and its lock is free, otherwise unpacked as it streams in.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::{CacheUseError, Candidate, Downloaded, Fetched, LockWaits, Progress, Substituter};
+use crate::cache::compression;
+use crate::cache::{blocking_reader, Backend, CacheError};
+use crate::error_chain::Chain;
+use crate::format::nar::NarReadError;
+use crate::fsnar::FsNarError;
+use crate::store::{ImportError, InstallLock, LocalStore, NarImport, Stage, StoreError};
+
+/// The bounds of one NAR download: one set for both ways a NAR is fetched (whole, then
+/// unpacked; or unpacked as it streams in).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// Tries per cache for one NAR (the first and the retries). Default 3.
+    attempts: u32,
+    /// NARs whose signed NarSize is at most this are fetched whole into memory before they
+    /// are unpacked ([`crate::cache::ClientOptions::whole_nar_max`]); larger ones stream.
+    whole_nar_max: u64,
+    /// NARs of at most this many bytes are unpacked on the runtime's thread, between its
+    /// network events, instead of on the blocking pool (a few file system calls, cheaper than
+    /// a thread hand-off; see bench/CACHE.md). Default 16 KiB: a NAR this small holds at most
+    /// a couple of hundred entries, so the runtime never stalls long.
+    inline_stage_max: u64,
+    /// Compressed bytes allowed beyond the NarSize plus an eighth (see
+    /// [`Limits::compressed_max`]). Default 1 MiB.
+    compressed_slack: u64,
+}
+
+impl Limits {
+    pub(super) fn new(whole_nar_max: u64) -> Limits {
+        Limits {
+            attempts: 3,
+            whole_nar_max,
+            inline_stage_max: 16 << 10,
+            compressed_slack: 1 << 20,
+        }
+    }
+
+    /// The most compressed bytes accepted for a NAR of `nar_size` bytes. Compression never
+    /// makes real data much larger (the formats we read grow incompressible input by well
+    /// under an eighth), so this bounds the memory of a whole fetch and ends an endless
+    /// stream that decompresses to nothing.
+    fn compressed_max(&self, nar_size: u64) -> u64 {
+        nar_size
+            .saturating_add(nar_size / 8)
+            .saturating_add(self.compressed_slack)
+    }
+}
+
+/// What every download of one [`Substituter::fetch`] shares.
+pub(super) struct FetchContext {
+    pub(super) store: Arc<LocalStore>,
+    pub(super) progress: Arc<Progress>,
+    pub(super) waits: LockWaits,
+}
+
+impl Substituter {
+    /// Downloads from the candidate's cache, retrying what is worth another try; the last
+    /// failure once the tries are used up or one is not worth repeating.
+    pub(super) async fn try_cache(
+        &self,
+        ctx: &Arc<FetchContext>,
+        candidate: &Candidate,
+        printed: &str,
+    ) -> Result<Downloaded, CacheUseError> {
+        let name = &self.caches[candidate.cache].name;
+        let mut attempt = 1;
+        loop {
+            let e = match self.download(ctx, candidate).await {
+                Ok(f) => return Ok(f),
+                Err(e) => e,
+            };
+            tracing::warn!(
+                "{name}: fetching '{printed}' failed (attempt {attempt}/{}): {}",
+                self.limits.attempts,
+                Chain(&e.error)
+            );
+            if !e.retryable || attempt >= self.limits.attempts {
+                return Err(e.error);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250 << (attempt - 1))).await;
+            attempt += 1;
+        }
+    }
+
+    /// One download attempt from one cache: the NAR unpacked and checked into the staging
+    /// dir, or the path found valid.
+    async fn download(
+        &self,
+        ctx: &Arc<FetchContext>,
+        candidate: &Candidate,
+    ) -> Result<Downloaded, Attempt> {
+        if candidate.info.nar_size() <= self.limits.whole_nar_max {
+            let path = candidate.info.store_path();
+            // Uncontended (the usual case): the lock is one `fcntl`, taken right here.
+            let lock = ctx.store.try_lock_for_install(path);
+            if let Some(lock) = lock.map_err(Attempt::fatal)? {
+                return self.download_small(ctx, candidate, lock).await;
+            }
+        }
+        self.download_streaming(ctx, candidate).await
+    }
+
+    /// [`Substituter::download`] of a small NAR (see [`crate::cache::ClientOptions::whole_nar_max`]) whose
+    /// install lock is held: the compressed file is fetched whole by the runtime, then
+    /// unpacked from memory on the blocking pool, or right here if it is tiny (see
+    /// [`Limits::inline_stage_max`]). A NAR streamed through a blocking thread costs a thread
+    /// hand-off for every response event, which is most of the work for a NAR of a few
+    /// hundred bytes. The validity query runs on the runtime: it is short, but waits while a
+    /// commit of this process holds the database.
+    async fn download_small(
+        &self,
+        ctx: &Arc<FetchContext>,
+        candidate: &Candidate,
+        lock: InstallLock,
+    ) -> Result<Downloaded, Attempt> {
+        let (store, progress) = (&ctx.store, &ctx.progress);
+        let c = &self.caches[candidate.cache];
+        let info = candidate.info.clone();
+        // Another process may have installed it since the walk looked.
+        let valid = store.query(info.store_path());
+        if let Some(valid) = valid.map_err(Attempt::fatal)? {
+            return Ok(Downloaded::Valid(Fetched::new(&valid, &c.name, 0, false)));
+        }
+        let limit = self.limits.compressed_max(info.nar_size());
+        let body = c
+            .cache
+            .get_bytes(info.url(), usize::try_from(limit).unwrap_or(usize::MAX))
+            .await
+            // The HTTP layer has already retried transient failures.
+            .map_err(Attempt::fatal)?
+            .ok_or_else(|| Attempt::fatal(CacheError::NotFound(info.url().to_owned())))?;
+        let received = body.len() as u64;
+        progress.bytes_done.fetch_add(received, Ordering::Relaxed);
+        let store2 = store.clone();
+        let inline = info.nar_size() <= self.limits.inline_stage_max;
+        let stage = move || {
+            let nar = compression::decompress(info.compression(), io::Cursor::new(body))
+                .map_err(|e| StoreError::io(format!("cannot decompress {}", info.url()), e))?;
+            store2.stage_nar_locked(lock, NarImport::from(&info), nar)
+        };
+        let staged = if inline {
+            stage()
+        } else {
+            tokio::task::spawn_blocking(stage)
+                .await
+                .map_err(Attempt::fatal)?
+        }
+        .map_err(Attempt::fatal)?;
+        let f = Fetched::new(staged.info(), &c.name, received, true);
+        Ok(Downloaded::Staged(Box::new(staged), f))
+    }
+
+    /// [`Substituter::download`] streaming the NAR through a blocking thread: it waits for
+    /// the install lock there, and the NAR is unpacked as it arrives.
+    async fn download_streaming(
+        &self,
+        ctx: &Arc<FetchContext>,
+        candidate: &Candidate,
+    ) -> Result<Downloaded, Attempt> {
+        let c = &self.caches[candidate.cache];
+        let info = candidate.info.clone();
+        let meta = NarImport::from(&info);
+        let (cache, ctx) = (c.cache.clone(), ctx.clone());
+        let received = Arc::new(AtomicU64::new(0));
+        let counter = received.clone();
+        let input_limit = self.limits.compressed_max(info.nar_size());
+        let handle = tokio::runtime::Handle::current();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let (store, waits) = (&ctx.store, &ctx.waits);
+            store.stage_nar_noting_waits(meta, &|w| waits.note(w), || {
+                let stream = handle
+                    .block_on(cache.get(info.url()))?
+                    .ok_or_else(|| CacheError::NotFound(info.url().to_owned()))?;
+                let counted = Counted {
+                    inner: blocking_reader(stream).take(input_limit),
+                    counter,
+                    progress: ctx.progress.clone(),
+                };
+                compression::decompress(info.compression(), counted)
+                    .map_err(|e| CacheError::Decompress(info.url().to_owned(), e))
+            })
+        })
+        .await
+        .map_err(Attempt::fatal)?;
+        let received = received.load(Ordering::Relaxed);
+        let fetched = |info, installed| Fetched::new(info, &c.name, received, installed);
+        match outcome {
+            Ok(Stage::Valid(info)) => Ok(Downloaded::Valid(fetched(&info, false))),
+            Ok(Stage::Staged(s)) => {
+                let f = fetched(s.info(), true);
+                Ok(Downloaded::Staged(Box::new(s), f))
+            }
+            // The request itself: the HTTP layer has already retried transient failures.
+            Err(ImportError::Open(e)) => Err(Attempt::fatal(e)),
+            Err(ImportError::Store(e)) => Err(Attempt {
+                // A stream that broke off mid-body (connection drop, stall) is worth another
+                // try; a NAR that arrived but is malformed or does not match is not.
+                retryable: broke_off(&e),
+                error: e.into(),
+            }),
+        }
+    }
+}
+
+/// The outcome of a failed download attempt.
+pub(super) struct Attempt {
+    pub(super) error: CacheUseError,
+    pub(super) retryable: bool,
+}
+
+impl Attempt {
+    /// A failure that another try from the same cache would not fix.
+    fn fatal(e: impl Into<CacheUseError>) -> Attempt {
+        Attempt {
+            error: e.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// Whether an import failed because reading the NAR stream failed (as opposed to the NAR
+/// being wrong or the store failing).
+fn broke_off(e: &StoreError) -> bool {
+    match e {
+        StoreError::Nar {
+            source: FsNarError::InvalidNar(NarReadError::Io(io)),
+            ..
+        } => is_network(io),
+        _ => false,
+    }
+}
+
+/// Whether an I/O error came from the cache connection (wrapped by the stream bridge).
+fn is_network(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<CacheError>())
+        .is_some_and(CacheError::is_transient)
+}
+
+/// Counts bytes as they are read, for the report and the progress display.
+struct Counted<R> {
+    inner: R,
+    counter: Arc<AtomicU64>,
+    progress: Arc<Progress>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        self.progress
+            .bytes_done
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
