@@ -226,10 +226,12 @@ async fn push_one(
             )
             .await?;
     }
-    let narinfo = narinfo_for(store, path, &info, &url, &prepared, compression, key)
-        .map_err(|source| PushError::Narinfo {
-            path: printed,
-            source,
+    let narinfo =
+        narinfo_for(store, path, &info, &url, &prepared, compression, key).map_err(|source| {
+            PushError::Narinfo {
+                path: printed,
+                source,
+            }
         })?;
     let text = narinfo.to_text(store.store_dir());
     cache
