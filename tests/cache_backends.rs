@@ -6,10 +6,10 @@
 
 #[path = "cache_backends/contract.rs"]
 mod contract;
-#[path = "common/http_server.rs"]
-mod http_server;
 #[path = "cache_backends/http_failures.rs"]
 mod http_failures;
+#[path = "common/http_server.rs"]
+mod http_server;
 #[path = "cache_backends/vectors.rs"]
 mod vectors;
 
