@@ -92,9 +92,7 @@ fn copy_from(
     from: &str,
     paths: &[StorePath],
 ) -> Result<ExitCode> {
-    let url: CacheUrl = from
-        .parse()
-        .with_context(|| format!("invalid cache URL '{from}'"))?;
+    let url = cache_url(from)?;
     let jobs = args.jobs.unwrap_or(store::substitute::DEFAULT_JOBS);
     let fetched = substitute(g, settings, store, &[url], paths, jobs)?;
     if !g.quiet {
@@ -113,9 +111,7 @@ fn copy_to(
     to: &str,
     paths: &[StorePath],
 ) -> Result<ExitCode> {
-    let url: CacheUrl = to
-        .parse()
-        .with_context(|| format!("invalid cache URL '{to}'"))?;
+    let url = cache_url(to)?;
     let opts = push_options(args)?;
     let rt = runtime()?;
     let (report, logs) = rt
@@ -132,6 +128,11 @@ fn copy_to(
         .with_context(|| format!("cannot copy to {url}"))?;
     print_push_report(g, store, args, &url, &report, logs)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn cache_url(s: &str) -> Result<CacheUrl> {
+    s.parse()
+        .with_context(|| format!("invalid cache URL '{s}'"))
 }
 
 /// Compression, signing key and parallelism from the flags.
