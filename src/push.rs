@@ -25,7 +25,7 @@ use crate::format::keys::SecretKey;
 use crate::format::narinfo::{NarInfo, NarInfoError};
 use crate::format::store_path::StorePath;
 use crate::schedule::ReadyQueue;
-use crate::store::{LocalStore, StoreError};
+use crate::store::{LocalStore, PathInfo, StoreError};
 use crate::temp_file::TempFile;
 
 /// Uploads in flight at the same time.
@@ -88,6 +88,23 @@ pub async fn push(
     roots: &[StorePath],
     opts: &PushOptions,
 ) -> Result<PushReport, PushError> {
+    check_store_dir(store, cache).await?;
+    let closure: Vec<StorePath> = store.closure(roots)?.into_iter().collect();
+    let present = find_present(cache, &closure).await?;
+    let todo: Vec<StorePath> = closure
+        .into_iter()
+        .filter(|p| !present.contains(p))
+        .collect();
+    let queue = reference_order(store, &todo)?;
+    let uploaded = upload_in_order(store, cache, &todo, queue, opts).await?;
+    Ok(PushReport {
+        present: present.into_iter().collect(),
+        uploaded,
+    })
+}
+
+/// Refuses a cache made for another store dir (creating `nix-cache-info` if it is new).
+async fn check_store_dir(store: &LocalStore, cache: &Cache) -> Result<(), PushError> {
     let info = cache.init_for_writing(store.store_dir()).await?;
     if info.store_dir != *store.store_dir() {
         return Err(PushError::StoreDirMismatch {
@@ -95,8 +112,15 @@ pub async fn push(
             ours: store.store_dir().to_string(),
         });
     }
-    let closure: Vec<StorePath> = store.closure(roots)?.into_iter().collect();
-    let present: BTreeSet<StorePath> = stream::iter(closure.iter().cloned())
+    Ok(())
+}
+
+/// The paths of `closure` whose narinfo the cache has already (many HEADs in flight).
+async fn find_present(
+    cache: &Arc<Cache>,
+    closure: &[StorePath],
+) -> Result<BTreeSet<StorePath>, PushError> {
+    let present = stream::iter(closure.iter().cloned())
         .map(|p| {
             let cache = cache.clone();
             async move {
@@ -108,16 +132,12 @@ pub async fn push(
         .try_filter_map(|(p, has)| async move { Ok(has.then_some(p)) })
         .try_collect()
         .await?;
-    let mut report = PushReport {
-        present: present.iter().cloned().collect(),
-        uploaded: Vec::new(),
-    };
-    let todo: Vec<StorePath> = closure
-        .into_iter()
-        .filter(|p| !present.contains(p))
-        .collect();
+    Ok(present)
+}
 
-    // Reference order: a narinfo goes up only after its references' narinfos.
+/// Reference order over `todo`: a narinfo goes up only after its references' narinfos.
+/// References outside `todo` are in the cache already.
+fn reference_order(store: &LocalStore, todo: &[StorePath]) -> Result<ReadyQueue, PushError> {
     let index: HashMap<&StorePath, usize> = todo.iter().enumerate().map(|(i, p)| (p, i)).collect();
     let mut waits_for = Vec::new();
     for (i, p) in todo.iter().enumerate() {
@@ -128,13 +148,25 @@ pub async fn push(
                 .filter_map(|r| Some((i, *index.get(r)?))),
         );
     }
-    let mut queue = ReadyQueue::new(todo.len(), waits_for).map_err(|cycle| PushError::Cycle {
+    ReadyQueue::new(todo.len(), waits_for).map_err(|cycle| PushError::Cycle {
         paths: cycle
             .members
             .iter()
             .map(|&i| store.print_path(&todo[i]))
             .collect(),
-    })?;
+    })
+}
+
+/// Runs `push_one` for the paths of `todo` as `queue` releases them, `opts.jobs` at a
+/// time. After the first error nothing new starts; the uploads in flight finish.
+async fn upload_in_order(
+    store: &Arc<LocalStore>,
+    cache: &Arc<Cache>,
+    todo: &[StorePath],
+    mut queue: ReadyQueue,
+    opts: &PushOptions,
+) -> Result<Vec<(StorePath, u64)>, PushError> {
+    let mut uploaded = Vec::new();
     let mut tasks: JoinSet<(usize, Result<u64, PushError>)> = JoinSet::new();
     let mut first_error = None;
     loop {
@@ -156,7 +188,7 @@ pub async fn push(
         match result {
             Ok(size) => {
                 queue.complete(i);
-                report.uploaded.push((todo[i].clone(), size));
+                uploaded.push((todo[i].clone(), size));
             }
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -165,7 +197,7 @@ pub async fn push(
     }
     match first_error {
         Some(e) => Err(e),
-        None => Ok(report),
+        None => Ok(uploaded),
     }
 }
 
@@ -178,18 +210,8 @@ async fn push_one(
     key: Option<&SecretKey>,
 ) -> Result<u64, PushError> {
     let info = store.query_valid(path)?;
-    let (store2, path2) = (store.clone(), path.clone());
     let printed = store.print_path(path);
-    let prepared = tokio::task::spawn_blocking(move || prepare_nar(&store2, &path2, compression))
-        .await
-        .map_err(PushError::Task)?
-        .map_err(|source| match source {
-            PrepareError::Store(e) => PushError::Store(e),
-            PrepareError::Io(source) => PushError::Prepare {
-                path: printed.clone(),
-                source,
-            },
-        })?;
+    let prepared = prepare(store, path, &printed, compression).await?;
     let url = format!(
         "nar/{}{}",
         prepared.file_hash.to_nix32(),
@@ -204,25 +226,13 @@ async fn push_one(
             )
             .await?;
     }
-    let narinfo_err = |source| PushError::Narinfo {
-        path: printed.clone(),
-        source,
-    };
-    let set = |r: Result<(), NarInfoError>| r.map_err(narinfo_err);
-    let mut narinfo =
-        NarInfo::new(path.clone(), &url, info.nar_hash, info.nar_size).map_err(narinfo_err)?;
-    set(narinfo.set_compression(Some(compression.label())))?;
-    set(narinfo.set_file_hash(Some(prepared.file_hash)))?;
-    narinfo.set_file_size(Some(prepared.file_size));
-    narinfo.set_references(info.references.iter().cloned());
-    narinfo.set_deriver(info.deriver.clone());
-    narinfo.set_ca(info.ca);
-    for sig in &info.sigs {
-        set(narinfo.add_sig(sig))?;
-    }
-    if let Some(key) = key {
-        narinfo.sign(key, store.store_dir());
-    }
+    let narinfo =
+        narinfo_for(store, path, &info, &url, &prepared, compression, key).map_err(|source| {
+            PushError::Narinfo {
+                path: printed,
+                source,
+            }
+        })?;
     let text = narinfo.to_text(store.store_dir());
     cache
         .put(
@@ -232,6 +242,53 @@ async fn push_one(
         )
         .await?;
     Ok(prepared.file_size)
+}
+
+/// `prepare_nar` on a blocking thread.
+async fn prepare(
+    store: &Arc<LocalStore>,
+    path: &StorePath,
+    printed: &str,
+    compression: Compression,
+) -> Result<Prepared, PushError> {
+    let (store, path) = (store.clone(), path.clone());
+    tokio::task::spawn_blocking(move || prepare_nar(&store, &path, compression))
+        .await
+        .map_err(PushError::Task)?
+        .map_err(|source| match source {
+            PrepareError::Store(e) => PushError::Store(e),
+            PrepareError::Io(source) => PushError::Prepare {
+                path: printed.to_owned(),
+                source,
+            },
+        })
+}
+
+/// The narinfo of an uploaded NAR: the path's metadata, its existing signatures, and one
+/// more by `key` if given.
+fn narinfo_for(
+    store: &LocalStore,
+    path: &StorePath,
+    info: &PathInfo,
+    url: &str,
+    prepared: &Prepared,
+    compression: Compression,
+    key: Option<&SecretKey>,
+) -> Result<NarInfo, NarInfoError> {
+    let mut narinfo = NarInfo::new(path.clone(), url, info.nar_hash, info.nar_size)?;
+    narinfo.set_compression(Some(compression.label()))?;
+    narinfo.set_file_hash(Some(prepared.file_hash))?;
+    narinfo.set_file_size(Some(prepared.file_size));
+    narinfo.set_references(info.references.iter().cloned());
+    narinfo.set_deriver(info.deriver.clone());
+    narinfo.set_ca(info.ca);
+    for sig in &info.sigs {
+        narinfo.add_sig(sig)?;
+    }
+    if let Some(key) = key {
+        narinfo.sign(key, store.store_dir());
+    }
+    Ok(narinfo)
 }
 
 struct Prepared {

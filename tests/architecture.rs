@@ -1,7 +1,8 @@
 //! The layer map, enforced. [`LAYERS`] is the single source of truth; the table in
 //! `src/lib.rs`'s crate doc mirrors it (checked here too). A module imports (`crate::…`)
 //! only modules of lower layers; `src/format/` never mentions tokio, `std::fs` or the
-//! store; only the command line (`src/cli/`, `src/main.rs`) uses `anyhow`.
+//! store; only the command line (`src/cli/`, `src/main.rs`) uses `anyhow`; no file's
+//! non-test code exceeds [`MAX_FILE_LINES`].
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -17,6 +18,9 @@ const LAYERS: &[(u8, &[&str])] = &[
     (5, &["server"]),
     (6, &["cli"]),
 ];
+
+/// The most lines a source file's non-test code may have (style.md: about 800 per file).
+const MAX_FILE_LINES: usize = 800;
 
 fn layer_of() -> BTreeMap<&'static str, u8> {
     LAYERS
@@ -258,4 +262,44 @@ fn the_import_scanner_sees_every_form() {
          let x = crate::cache::Cache::open(); /* crate::push */ my_crate::realise();\n",
     );
     assert_eq!(crate_imports(&code), ["format", "store", "trust", "cache"]);
+}
+
+/// The lines of a file that are not test code: a file named `tests.rs` is all test code
+/// (a `#[cfg(test)] mod tests;`); elsewhere, everything from the inline
+/// `#[cfg(test)] mod tests {` on is.
+fn non_test_lines(file: &Path, text: &str) -> usize {
+    if file.file_name().is_some_and(|n| n == "tests.rs") {
+        return 0;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let test_module = lines.windows(2).position(|w| {
+        w[0].trim() == "#[cfg(test)]" && w[1].trim_start().starts_with("mod tests {")
+    });
+    test_module.unwrap_or(lines.len())
+}
+
+#[test]
+fn no_source_file_is_too_long() {
+    let mut long = Vec::new();
+    for (file, text) in all_files() {
+        let n = non_test_lines(&file, &text);
+        if n > MAX_FILE_LINES {
+            long.push(format!("{} ({n} lines)", file.display()));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "over {MAX_FILE_LINES} lines of non-test code; split where a reader would: {long:?}"
+    );
+}
+
+#[test]
+fn the_line_counter_skips_test_code() {
+    let text = "fn a() {}\n\n#[cfg(test)]\nmod tests {\n    #[test]\n    fn t() {}\n}\n";
+    assert_eq!(non_test_lines(Path::new("src/a.rs"), text), 2);
+    assert_eq!(non_test_lines(Path::new("src/a/tests.rs"), text), 0);
+    assert_eq!(
+        non_test_lines(Path::new("src/b.rs"), "fn a() {}\nfn b() {}\n"),
+        2
+    );
 }

@@ -9,8 +9,11 @@ use clap::Args;
 use serde::Serialize;
 use store::cache::compression::Compression;
 use store::cache::{Cache, CacheUrl};
-use store::push::{push, push_logs, PushOptions, DEFAULT_PUSH_JOBS};
+use store::format::store_path::StorePath;
+use store::push::{push, push_logs, PushOptions, PushReport, DEFAULT_PUSH_JOBS};
+use store::store::LocalStore;
 
+use super::config::Settings;
 use super::realise::{client_options, runtime, substitute};
 use super::{GlobalArgs, TrustArgs};
 
@@ -73,24 +76,67 @@ pub fn run(g: &GlobalArgs, args: CopyArgs) -> Result<ExitCode> {
     for a in &args.paths {
         paths.push(store.parse_user_path(a)?);
     }
-    if let Some(from) = &args.from {
-        let url: CacheUrl = from
-            .parse()
-            .with_context(|| format!("invalid cache URL '{from}'"))?;
-        let jobs = args.jobs.unwrap_or(store::substitute::DEFAULT_JOBS);
-        let fetched = substitute(g, &settings, store.clone(), &[url], &paths, jobs)?;
-        if !g.quiet {
-            let n = fetched.iter().filter(|f| f.installed).count();
-            eprintln!("copied {n} paths from {from}");
-        }
-        return Ok(ExitCode::SUCCESS);
+    match (&args.from, &args.to) {
+        (Some(from), _) => copy_from(g, &settings, store, &args, from, &paths),
+        (None, Some(to)) => copy_to(g, &settings, &store, &args, to, &paths),
+        (None, None) => bail!("give --to URL or --from URL"),
     }
-    let Some(to) = &args.to else {
-        bail!("give --to URL or --from URL");
-    };
-    let url: CacheUrl = to
-        .parse()
-        .with_context(|| format!("invalid cache URL '{to}'"))?;
+}
+
+/// `--from`: substitute the closures from that one cache.
+fn copy_from(
+    g: &GlobalArgs,
+    settings: &Settings,
+    store: Arc<LocalStore>,
+    args: &CopyArgs,
+    from: &str,
+    paths: &[StorePath],
+) -> Result<ExitCode> {
+    let url = cache_url(from)?;
+    let jobs = args.jobs.unwrap_or(store::substitute::DEFAULT_JOBS);
+    let fetched = substitute(g, settings, store, &[url], paths, jobs)?;
+    if !g.quiet {
+        let n = fetched.iter().filter(|f| f.installed).count();
+        eprintln!("copied {n} paths from {from}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--to`: push the closures (and with `--logs` their build logs), then report.
+fn copy_to(
+    g: &GlobalArgs,
+    settings: &Settings,
+    store: &Arc<LocalStore>,
+    args: &CopyArgs,
+    to: &str,
+    paths: &[StorePath],
+) -> Result<ExitCode> {
+    let url = cache_url(to)?;
+    let opts = push_options(args)?;
+    let rt = runtime()?;
+    let (report, logs) = rt
+        .block_on(async {
+            let cache = Arc::new(Cache::open(&url, &client_options(settings))?);
+            let report = push(store, &cache, paths, &opts).await?;
+            let logs = if args.logs {
+                push_logs(store, &cache, paths).await?
+            } else {
+                0
+            };
+            Ok::<_, anyhow::Error>((report, logs))
+        })
+        .with_context(|| format!("cannot copy to {url}"))?;
+    print_push_report(g, store, args, &url, &report, logs)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cache_url(s: &str) -> Result<CacheUrl> {
+    s.parse()
+        .with_context(|| format!("invalid cache URL '{s}'"))
+}
+
+/// Compression, signing key and parallelism from the flags.
+fn push_options(args: &CopyArgs) -> Result<PushOptions> {
     let compression: Compression = args
         .compression
         .parse()
@@ -99,24 +145,22 @@ pub fn run(g: &GlobalArgs, args: CopyArgs) -> Result<ExitCode> {
         Some(f) => Some(Arc::new(super::key::read_secret_key(f)?)),
         None => None,
     };
-    let opts = PushOptions {
+    Ok(PushOptions {
         compression,
         key,
         jobs: args.jobs.unwrap_or(DEFAULT_PUSH_JOBS),
-    };
-    let rt = runtime()?;
-    let (report, logs) = rt
-        .block_on(async {
-            let cache = Arc::new(Cache::open(&url, &client_options(&settings))?);
-            let report = push(&store, &cache, &paths, &opts).await?;
-            let logs = if args.logs {
-                push_logs(&store, &cache, &paths).await?
-            } else {
-                0
-            };
-            Ok::<_, anyhow::Error>((report, logs))
-        })
-        .with_context(|| format!("cannot copy to {url}"))?;
+    })
+}
+
+/// JSON with `--json`, else one line on stderr unless `--quiet`.
+fn print_push_report(
+    g: &GlobalArgs,
+    store: &LocalStore,
+    args: &CopyArgs,
+    url: &CacheUrl,
+    report: &PushReport,
+    logs: usize,
+) -> Result<()> {
     if g.json {
         super::print_json(&PushJson {
             already_present: report.present.iter().map(|p| store.print_path(p)).collect(),
@@ -141,5 +185,5 @@ pub fn run(g: &GlobalArgs, args: CopyArgs) -> Result<ExitCode> {
             }
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

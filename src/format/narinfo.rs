@@ -556,87 +556,61 @@ struct Parsed {
 }
 
 impl Parsed {
+    /// One `Key: value` line: split it, refuse a repeated field, check the value's
+    /// characters, then store the value in its field.
     fn line(&mut self, line: usize, text: &str, store_dir: &StoreDir) -> Result<(), NarInfoError> {
-        if let Some(ch) = text.chars().find(|c| c.is_control()) {
-            return Err(NarInfoError::ControlChar { line, ch });
-        }
-        let (key, rest) = text.split_once(':').ok_or(NarInfoError::BadLine { line })?;
-        if key.is_empty() {
-            return Err(NarInfoError::BadLine { line });
-        }
-        let value = rest
-            .strip_prefix(' ')
-            .ok_or(NarInfoError::NoSpaceAfterColon { line })?;
+        let (key, value) = split_line(line, text)?;
         let Some(field) = Field::from_key(key) else {
             return Ok(()); // unknown keys are ignored, as in Nix
         };
+        self.note_seen(line, field)?;
+        if field != Field::References {
+            if let Some(reason) = value_problem(field, value) {
+                return Err(NarInfoError::BadValue {
+                    line,
+                    field,
+                    reason,
+                });
+            }
+        }
+        self.store(FieldLine { line, field }, value, store_dir)
+    }
+
+    /// Every field but `Sig` appears at most once.
+    fn note_seen(&mut self, line: usize, field: Field) -> Result<(), NarInfoError> {
         if field != Field::Sig {
             if self.seen.contains(&field) {
                 return Err(NarInfoError::Duplicate { line, field });
             }
             self.seen.push(field);
         }
-        let bad = |reason| NarInfoError::BadValue {
-            line,
-            field,
-            reason,
-        };
-        if field != Field::References {
-            if let Some(reason) = value_problem(field, value) {
-                return Err(bad(reason));
-            }
-        }
-        let store_path_err = |source| NarInfoError::StorePath {
-            line,
-            field,
-            source,
-        };
-        let hash = |value: &str| -> Result<Hash, NarInfoError> {
-            let h = Hash::parse_prefixed(value).map_err(|source| NarInfoError::Hash {
-                line,
-                field,
-                source,
-            })?;
-            if h.algo() != HashAlgo::Sha256 {
-                return Err(NarInfoError::NotSha256 {
-                    line,
-                    field,
-                    algo: h.algo(),
-                });
-            }
-            Ok(h)
-        };
-        let number =
-            |value: &str| parse_decimal(value).ok_or_else(|| bad("not a canonical decimal"));
-        match field {
+        Ok(())
+    }
+
+    /// Parses `value` as `at.field` wants and stores it.
+    fn store(
+        &mut self,
+        at: FieldLine,
+        value: &str,
+        store_dir: &StoreDir,
+    ) -> Result<(), NarInfoError> {
+        match at.field {
             Field::StorePath => {
-                self.store_path = Some(store_dir.parse_path(value).map_err(store_path_err)?)
+                self.store_path = Some(store_dir.parse_path(value).map_err(|s| at.store_path(s))?)
             }
             Field::Url => self.url = Some(value.to_owned()),
             Field::Compression => self.compression = Some(value.to_owned()),
-            Field::FileHash => self.file_hash = Some(hash(value)?),
-            Field::FileSize => self.file_size = Some(number(value)?),
-            Field::NarHash => self.nar_hash = Some(hash(value)?),
-            Field::NarSize => match number(value)? {
-                0 => return Err(bad("must not be 0")),
+            Field::FileHash => self.file_hash = Some(at.sha256(value)?),
+            Field::FileSize => self.file_size = Some(at.number(value)?),
+            Field::NarHash => self.nar_hash = Some(at.sha256(value)?),
+            Field::NarSize => match at.number(value)? {
+                0 => return Err(at.bad("must not be 0")),
                 n => self.nar_size = Some(n),
             },
-            Field::References => {
-                if !value.is_empty() {
-                    for word in value.split(' ') {
-                        let r: StorePath = word.parse().map_err(store_path_err)?;
-                        if !self.references.insert(r) {
-                            return Err(NarInfoError::DuplicateReference {
-                                line,
-                                reference: word.to_owned(),
-                            });
-                        }
-                    }
-                }
-            }
+            Field::References => self.references(at, value)?,
             Field::Deriver => {
                 if value != UNKNOWN_DERIVER {
-                    self.deriver = Some(value.parse().map_err(store_path_err)?);
+                    self.deriver = Some(value.parse().map_err(|s| at.store_path(s))?);
                 }
             }
             Field::System => self.system = Some(value.to_owned()),
@@ -644,11 +618,27 @@ impl Parsed {
                 self.sigs.insert(value.to_owned());
             }
             Field::Ca => {
-                self.ca = Some(
-                    value
-                        .parse()
-                        .map_err(|source| NarInfoError::Ca { line, source })?,
-                )
+                self.ca = Some(value.parse().map_err(|source| NarInfoError::Ca {
+                    line: at.line,
+                    source,
+                })?)
+            }
+        }
+        Ok(())
+    }
+
+    /// `References:` is a space-separated list of base names, each at most once.
+    fn references(&mut self, at: FieldLine, value: &str) -> Result<(), NarInfoError> {
+        if value.is_empty() {
+            return Ok(());
+        }
+        for word in value.split(' ') {
+            let r: StorePath = word.parse().map_err(|s| at.store_path(s))?;
+            if !self.references.insert(r) {
+                return Err(NarInfoError::DuplicateReference {
+                    line: at.line,
+                    reference: word.to_owned(),
+                });
             }
         }
         Ok(())
@@ -670,6 +660,64 @@ impl Parsed {
             sigs: self.sigs,
             ca: self.ca,
         })
+    }
+}
+
+/// Splits a line into key and value: no control characters, a non-empty key, `: `.
+fn split_line(line: usize, text: &str) -> Result<(&str, &str), NarInfoError> {
+    if let Some(ch) = text.chars().find(|c| c.is_control()) {
+        return Err(NarInfoError::ControlChar { line, ch });
+    }
+    let (key, rest) = text.split_once(':').ok_or(NarInfoError::BadLine { line })?;
+    if key.is_empty() {
+        return Err(NarInfoError::BadLine { line });
+    }
+    let value = rest
+        .strip_prefix(' ')
+        .ok_or(NarInfoError::NoSpaceAfterColon { line })?;
+    Ok((key, value))
+}
+
+/// Where a value was read, so that each value parser's error names its line and field.
+#[derive(Clone, Copy)]
+struct FieldLine {
+    line: usize,
+    field: Field,
+}
+
+impl FieldLine {
+    fn bad(self, reason: &'static str) -> NarInfoError {
+        NarInfoError::BadValue {
+            line: self.line,
+            field: self.field,
+            reason,
+        }
+    }
+    fn store_path(self, source: StorePathError) -> NarInfoError {
+        NarInfoError::StorePath {
+            line: self.line,
+            field: self.field,
+            source,
+        }
+    }
+    fn number(self, value: &str) -> Result<u64, NarInfoError> {
+        parse_decimal(value).ok_or_else(|| self.bad("not a canonical decimal"))
+    }
+    /// A prefixed hash that must be SHA-256.
+    fn sha256(self, value: &str) -> Result<Hash, NarInfoError> {
+        let h = Hash::parse_prefixed(value).map_err(|source| NarInfoError::Hash {
+            line: self.line,
+            field: self.field,
+            source,
+        })?;
+        if h.algo() != HashAlgo::Sha256 {
+            return Err(NarInfoError::NotSha256 {
+                line: self.line,
+                field: self.field,
+                algo: h.algo(),
+            });
+        }
+        Ok(h)
     }
 }
 

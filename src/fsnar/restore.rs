@@ -164,70 +164,108 @@ fn unpack<'scope, 'env, R: Read>(
                 executable,
                 size,
             } => {
-                if size <= POOL_MAX_FILE && !builder.stack.is_empty() {
-                    if pool.is_none() && stats.regular_files >= POOL_AFTER_FILES {
-                        *pool = Some(FilePool::start(scope));
-                        builder.deferred = Some(Vec::new());
-                    }
-                    if let Some(pool) = pool.as_mut() {
-                        // `size` is at most POOL_MAX_FILE.
-                        let mut data = vec![0u8; size as usize];
-                        let got = fill(nar, &mut data)?;
-                        data.truncate(got);
-                        let (dir, c_name) = builder.place_shared(&name)?;
-                        let job = FileJob {
-                            dir,
-                            name: c_name,
-                            executable,
-                            canonical: builder.canonical,
-                            data,
-                            path: builder.path_of(&name),
-                        };
-                        if !pool.submit(job) {
-                            return Err(FsNarError::WorkerFailed);
-                        }
-                        stats.regular_files += 1;
-                        stats.contents_size += size;
-                        continue;
-                    }
+                let file = RegularFile {
+                    name: &name,
+                    executable,
+                    size,
+                };
+                if !pooled(nar, builder, stats, scope, pool, &file)? {
+                    write_file(nar, builder, stats, &mut buf, &file)?;
                 }
-                let (fd, path) = builder.create_file(&name, executable)?;
-                let mut file = std::fs::File::from(fd);
-                if size >= sys::DIRECT_MIN_SIZE {
-                    let direct = sys::set_direct(&file, true);
-                    write_large(nar, &mut file, direct, &path)?;
-                } else if builder.stack.is_empty() && size <= SMALL_BUF_SIZE as u64 {
-                    // The NAR is this one small file: hash its contents on the way.
-                    let mut data = vec![0u8; size as usize];
-                    let got = fill(nar, &mut data)?;
-                    file.write_all(&data[..got])
-                        .map_err(io_err("writing", || path.clone()))?;
-                    stats.root_file_sha256 = Some(Sha256::digest(&data[..got]).into());
-                } else if size > 0 {
-                    // Grown to what the files need, so a NAR of small files never
-                    // zeroes a large buffer.
-                    let want =
-                        usize::try_from(size).map_or(SMALL_BUF_SIZE, |s| s.min(SMALL_BUF_SIZE));
-                    let buf = buf.get_or_insert_with(Vec::new);
-                    if buf.len() < want {
-                        buf.resize(want, 0);
-                    }
-                    loop {
-                        let len = fill(nar, &mut buf[..want])?;
-                        if len == 0 {
-                            break;
-                        }
-                        file.write_all(&buf[..len])
-                            .map_err(io_err("writing", || path.clone()))?;
-                    }
-                }
-                builder.finish_file(&file, executable, &path)?;
                 stats.regular_files += 1;
                 stats.contents_size += size;
             }
         }
     }
     Ok(())
+}
+
+/// A regular file's header, as the NAR gives it before its contents.
+struct RegularFile<'a> {
+    name: &'a [u8],
+    executable: bool,
+    size: u64,
+}
+
+/// Hands a small file inside a directory to the writer pool (started once enough files
+/// were seen). Returns false when the file is for the caller to write.
+fn pooled<'scope, 'env, R: Read>(
+    nar: &mut NarReader<R>,
+    builder: &mut Builder,
+    stats: &RestoreStats,
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    pool: &mut Option<FilePool<'scope>>,
+    file: &RegularFile<'_>,
+) -> Result<bool, FsNarError> {
+    if file.size > POOL_MAX_FILE || builder.stack.is_empty() {
+        return Ok(false);
+    }
+    if pool.is_none() && stats.regular_files >= POOL_AFTER_FILES {
+        *pool = Some(FilePool::start(scope));
+        builder.deferred = Some(Vec::new());
+    }
+    let Some(pool) = pool.as_mut() else {
+        return Ok(false);
+    };
+    // `size` is at most POOL_MAX_FILE.
+    let mut data = vec![0u8; file.size as usize];
+    let got = fill(nar, &mut data)?;
+    data.truncate(got);
+    let (dir, c_name) = builder.place_shared(file.name)?;
+    let job = FileJob {
+        dir,
+        name: c_name,
+        executable: file.executable,
+        canonical: builder.canonical,
+        data,
+        path: builder.path_of(file.name),
+    };
+    if !pool.submit(job) {
+        return Err(FsNarError::WorkerFailed);
+    }
+    Ok(true)
+}
+
+/// Creates and writes a file on this thread: large ones with direct I/O, a NAR that is a
+/// single small file hashed on the way, the rest through the shared buffer `buf`.
+fn write_file<R: Read>(
+    nar: &mut NarReader<R>,
+    builder: &mut Builder,
+    stats: &mut RestoreStats,
+    buf: &mut Option<Vec<u8>>,
+    regular: &RegularFile<'_>,
+) -> Result<(), FsNarError> {
+    let size = regular.size;
+    let (fd, path) = builder.create_file(regular.name, regular.executable)?;
+    let mut file = std::fs::File::from(fd);
+    if size >= sys::DIRECT_MIN_SIZE {
+        let direct = sys::set_direct(&file, true);
+        write_large(nar, &mut file, direct, &path)?;
+    } else if builder.stack.is_empty() && size <= SMALL_BUF_SIZE as u64 {
+        // The NAR is this one small file: hash its contents on the way.
+        let mut data = vec![0u8; size as usize];
+        let got = fill(nar, &mut data)?;
+        file.write_all(&data[..got])
+            .map_err(io_err("writing", || path.clone()))?;
+        stats.root_file_sha256 = Some(Sha256::digest(&data[..got]).into());
+    } else if size > 0 {
+        // Grown to what the files need, so a NAR of small files never
+        // zeroes a large buffer.
+        let want = usize::try_from(size).map_or(SMALL_BUF_SIZE, |s| s.min(SMALL_BUF_SIZE));
+        let buf = buf.get_or_insert_with(Vec::new);
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        loop {
+            let len = fill(nar, &mut buf[..want])?;
+            if len == 0 {
+                break;
+            }
+            file.write_all(&buf[..len])
+                .map_err(io_err("writing", || path.clone()))?;
+        }
+    }
+    builder.finish_file(&file, regular.executable, &path)
 }
 
 /// Fills `buf` as far as the current file's contents allow; returns how much was filled.

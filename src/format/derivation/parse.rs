@@ -52,11 +52,66 @@ fn check_sorted<T, K: Ord + ?Sized>(
     Ok(())
 }
 
+/// One output tuple: all three fields empty (deferred), a path only (input-addressed), or
+/// path, algorithm and hash (fixed).
+fn output(
+    dir: &StoreDir,
+    name: &str,
+    path: &str,
+    algo: &str,
+    hash: &str,
+) -> Result<DerivationOutput, DerivationError> {
+    if !valid_output_name(name) {
+        return Err(DerivationError::OutputName(name.to_owned()));
+    }
+    Ok(match (path.is_empty(), algo.is_empty(), hash.is_empty()) {
+        (true, true, true) => DerivationOutput::Deferred,
+        (false, true, true) => DerivationOutput::InputAddressed(parse_path(dir, "outputs", path)?),
+        (false, false, false) => DerivationOutput::Fixed {
+            path: parse_path(dir, "outputs", path)?,
+            hash: FixedOutputHash::parse_drv(name, algo, hash)?,
+        },
+        (true, false, _) => return Err(DerivationError::UnsupportedOutput(name.to_owned())),
+        _ => return Err(DerivationError::BadOutputTuple(name.to_owned())),
+    })
+}
+
 impl<'a> Cursor<'a> {
+    /// `Derive(outputs, inputDrvs, inputSrcs, system, builder, args, env)`.
     fn derivation(&mut self, dir: &StoreDir, name: &str) -> Result<Derivation, DerivationError> {
         StorePathName::new(name).map_err(|e| DerivationError::Name(name.to_owned(), e))?;
         self.expect("Derive(")?;
+        let outputs = self.outputs(dir)?;
+        self.expect(",")?;
+        let input_drvs = self.input_drvs(dir)?;
+        self.expect(",")?;
+        let input_srcs = self.input_srcs(dir)?;
+        self.expect(",")?;
+        let system = self.string()?;
+        self.expect(",")?;
+        let builder = self.string()?;
+        self.expect(",")?;
+        let args = self.list(Cursor::string)?;
+        self.expect(",")?;
+        let env = self.env()?;
+        self.expect(")")?;
+        Ok(Derivation {
+            name: name.to_owned(),
+            outputs,
+            input_drvs,
+            input_srcs,
+            system,
+            builder,
+            args,
+            env,
+        })
+    }
 
+    /// `[("name","path","algo","hash"),…]`, sorted by name; each tuple is one kind of output.
+    fn outputs(
+        &mut self,
+        dir: &StoreDir,
+    ) -> Result<BTreeMap<String, DerivationOutput>, DerivationError> {
         let outputs = self.list(|c| {
             c.expect("(")?;
             let o = c.string()?;
@@ -72,25 +127,17 @@ impl<'a> Cursor<'a> {
         check_sorted("outputs", &outputs, |o| &o.0, |o| o.0.clone())?;
         let mut out_map = BTreeMap::new();
         for (o, path, algo, hash) in outputs {
-            if !valid_output_name(&o) {
-                return Err(DerivationError::OutputName(o));
-            }
-            let output = match (path.is_empty(), algo.is_empty(), hash.is_empty()) {
-                (true, true, true) => DerivationOutput::Deferred,
-                (false, true, true) => {
-                    DerivationOutput::InputAddressed(parse_path(dir, "outputs", &path)?)
-                }
-                (false, false, false) => DerivationOutput::Fixed {
-                    path: parse_path(dir, "outputs", &path)?,
-                    hash: FixedOutputHash::parse_drv(&o, &algo, &hash)?,
-                },
-                (true, false, _) => return Err(DerivationError::UnsupportedOutput(o)),
-                _ => return Err(DerivationError::BadOutputTuple(o)),
-            };
+            let output = output(dir, &o, &path, &algo, &hash)?;
             out_map.insert(o, output);
         }
-        self.expect(",")?;
+        Ok(out_map)
+    }
 
+    /// `[("drv path",["out",…]),…]`, both levels sorted.
+    fn input_drvs(
+        &mut self,
+        dir: &StoreDir,
+    ) -> Result<BTreeMap<StorePath, BTreeSet<String>>, DerivationError> {
         let input_drvs = self.list(|c| {
             c.expect("(")?;
             let p = c.string()?;
@@ -102,26 +149,24 @@ impl<'a> Cursor<'a> {
             Ok((path, outs))
         })?;
         check_sorted("inputDrvs", &input_drvs, |d| &d.0, |d| d.0.to_string())?;
-        let input_drvs: BTreeMap<StorePath, BTreeSet<String>> = input_drvs
+        Ok(input_drvs
             .into_iter()
             .map(|(p, outs)| (p, outs.into_iter().collect()))
-            .collect();
-        self.expect(",")?;
+            .collect())
+    }
 
+    /// `["path",…]`, sorted.
+    fn input_srcs(&mut self, dir: &StoreDir) -> Result<BTreeSet<StorePath>, DerivationError> {
         let input_srcs = self.list(|c| {
             let p = c.string()?;
             parse_path(dir, "inputSrcs", &p)
         })?;
         check_sorted("inputSrcs", &input_srcs, |p| p, StorePath::to_string)?;
-        self.expect(",")?;
+        Ok(input_srcs.into_iter().collect())
+    }
 
-        let system = self.string()?;
-        self.expect(",")?;
-        let builder = self.string()?;
-        self.expect(",")?;
-        let args = self.list(Cursor::string)?;
-        self.expect(",")?;
-
+    /// `[("key","value"),…]`, sorted by key.
+    fn env(&mut self) -> Result<BTreeMap<String, String>, DerivationError> {
         let env = self.list(|c| {
             c.expect("(")?;
             let k = c.string()?;
@@ -131,18 +176,7 @@ impl<'a> Cursor<'a> {
             Ok((k, v))
         })?;
         check_sorted("env", &env, |e| e.0.as_str(), |e| e.0.clone())?;
-        self.expect(")")?;
-
-        Ok(Derivation {
-            name: name.to_owned(),
-            outputs: out_map,
-            input_drvs,
-            input_srcs: input_srcs.into_iter().collect(),
-            system,
-            builder,
-            args,
-            env: env.into_iter().collect(),
-        })
+        Ok(env.into_iter().collect())
     }
 
     fn rest(&self) -> &'a [u8] {

@@ -24,30 +24,62 @@ impl Derivation {
     ) -> String {
         let mut s = String::with_capacity(1024);
         s.push_str("Derive([");
+        self.push_outputs(&mut s, dir, mask);
+        s.push_str("],[");
+        self.push_input_drvs(&mut s, dir, inputs);
+        s.push_str("],[");
+        let srcs: Vec<String> = self
+            .input_srcs
+            .iter()
+            .map(|p| dir.display_path(p))
+            .collect();
+        push_strings(&mut s, srcs.iter().map(String::as_str));
+        s.push_str("],");
+        push_string(&mut s, &self.system);
+        s.push(',');
+        push_string(&mut s, &self.builder);
+        s.push_str(",[");
+        push_strings(&mut s, self.args.iter().map(String::as_str));
+        s.push_str("],[");
+        self.push_env(&mut s, mask);
+        s.push_str("])");
+        s
+    }
+
+    /// `("name","path","algo","hash")` per output; with `mask`, paths are empty.
+    fn push_outputs(&self, s: &mut String, dir: &StoreDir, mask: bool) {
         for (i, (name, out)) in self.outputs.iter().enumerate() {
             if i > 0 {
                 s.push(',');
             }
             s.push('(');
-            push_string(&mut s, name);
+            push_string(s, name);
             s.push(',');
             let path = match (mask, out.path()) {
                 (false, Some(p)) => dir.display_path(p),
                 _ => String::new(),
             };
-            push_string(&mut s, &path);
+            push_string(s, &path);
             s.push(',');
             match out {
                 DerivationOutput::Fixed { hash, .. } => {
-                    push_string(&mut s, &hash.method_algo());
+                    push_string(s, &hash.method_algo());
                     s.push(',');
-                    push_string(&mut s, &hash.hash.to_hex());
+                    push_string(s, &hash.hash.to_hex());
                 }
                 _ => s.push_str("\"\",\"\""),
             }
             s.push(')');
         }
-        s.push_str("],[");
+    }
+
+    /// `("drv path",["out",…])` per input derivation, or per entry of `inputs` if given.
+    fn push_input_drvs(
+        &self,
+        s: &mut String,
+        dir: &StoreDir,
+        inputs: Option<&BTreeMap<String, BTreeSet<String>>>,
+    ) {
         let mut first = true;
         let mut input = |s: &mut String, key: &str, outs: &BTreeSet<String>| {
             if !first {
@@ -63,42 +95,30 @@ impl Derivation {
         match inputs {
             Some(inputs) => {
                 for (key, outs) in inputs {
-                    input(&mut s, key, outs);
+                    input(s, key, outs);
                 }
             }
             None => {
                 for (path, outs) in &self.input_drvs {
-                    input(&mut s, &dir.display_path(path), outs);
+                    input(s, &dir.display_path(path), outs);
                 }
             }
         }
-        s.push_str("],[");
-        let srcs: Vec<String> = self
-            .input_srcs
-            .iter()
-            .map(|p| dir.display_path(p))
-            .collect();
-        push_strings(&mut s, srcs.iter().map(String::as_str));
-        s.push_str("],");
-        push_string(&mut s, &self.system);
-        s.push(',');
-        push_string(&mut s, &self.builder);
-        s.push_str(",[");
-        push_strings(&mut s, self.args.iter().map(String::as_str));
-        s.push_str("],[");
+    }
+
+    /// `("key","value")` per env entry; with `mask`, entries named after outputs are empty.
+    fn push_env(&self, s: &mut String, mask: bool) {
         for (i, (k, v)) in self.env.iter().enumerate() {
             if i > 0 {
                 s.push(',');
             }
             s.push('(');
-            push_string(&mut s, k);
+            push_string(s, k);
             s.push(',');
             let masked = mask && self.outputs.contains_key(k);
-            push_string(&mut s, if masked { "" } else { v });
+            push_string(s, if masked { "" } else { v });
             s.push(')');
         }
-        s.push_str("])");
-        s
     }
 }
 
