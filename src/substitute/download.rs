@@ -68,13 +68,14 @@ impl Substituter {
         ctx: &Arc<FetchContext>,
         candidate: &Candidate,
         printed: &str,
-    ) -> Result<Downloaded, CacheUseError> {
+    ) -> Result<Downloaded, Failure> {
         let name = &self.caches[candidate.cache].name;
         let mut attempt = 1;
         loop {
             let e = match self.download(ctx, candidate).await {
                 Ok(f) => return Ok(f),
-                Err(e) => e,
+                Err(Attempt::Local(e)) => return Err(Failure::Local(e)),
+                Err(Attempt::Cache(e)) => e,
             };
             tracing::warn!(
                 "{name}: fetching '{printed}' failed (attempt {attempt}/{}): {}",
@@ -82,7 +83,7 @@ impl Substituter {
                 Chain(&e.error)
             );
             if !e.retryable || attempt >= self.limits.attempts {
-                return Err(e.error);
+                return Err(Failure::Cache(e.error));
             }
             tokio::time::sleep(std::time::Duration::from_millis(250 << (attempt - 1))).await;
             attempt += 1;
@@ -100,7 +101,7 @@ impl Substituter {
             let path = candidate.info.store_path();
             // Uncontended (the usual case): the lock is one `fcntl`, taken right here.
             let lock = ctx.store.try_lock_for_install(path);
-            if let Some(lock) = lock.map_err(Attempt::fatal)? {
+            if let Some(lock) = lock.map_err(Attempt::store)? {
                 return self.download_small(ctx, candidate, lock).await;
             }
         }
@@ -125,7 +126,7 @@ impl Substituter {
         let info = candidate.info.clone();
         // Another process may have installed it since the walk looked.
         let valid = store.query(info.store_path());
-        if let Some(valid) = valid.map_err(Attempt::fatal)? {
+        if let Some(valid) = valid.map_err(Attempt::store)? {
             return Ok(Downloaded::Valid(Fetched::new(&valid, &c.name, 0, false)));
         }
         let limit = self.limits.compressed_max(info.nar_size());
@@ -142,8 +143,10 @@ impl Substituter {
         let inline = info.nar_size() <= self.limits.inline_stage_max;
         let stage = move || {
             let nar = compression::decompress(info.compression(), io::Cursor::new(body))
-                .map_err(|e| StoreError::io(format!("cannot decompress {}", info.url()), e))?;
-            store2.stage_nar_locked(lock, NarImport::from(&info), nar)
+                .map_err(|e| Attempt::fatal(CacheError::Decompress(info.url().to_owned(), e)))?;
+            store2
+                .stage_nar_locked(lock, NarImport::from(&info), nar)
+                .map_err(Attempt::store)
         };
         let staged = if inline {
             stage()
@@ -151,8 +154,7 @@ impl Substituter {
             tokio::task::spawn_blocking(stage)
                 .await
                 .map_err(Attempt::fatal)?
-        }
-        .map_err(Attempt::fatal)?;
+        }?;
         let f = Fetched::new(staged.info(), &c.name, received, true);
         Ok(Downloaded::Staged(Box::new(staged), f))
     }
@@ -199,29 +201,68 @@ impl Substituter {
             }
             // The request itself: the HTTP layer has already retried transient failures.
             Err(ImportError::Open(e)) => Err(Attempt::fatal(e)),
-            Err(ImportError::Store(e)) => Err(Attempt {
-                // A stream that broke off mid-body (connection drop, stall) is worth another
-                // try; a NAR that arrived but is malformed or does not match is not.
-                retryable: broke_off(&e),
+            // A stream that broke off mid-body (connection drop, stall) is worth another
+            // try; a NAR that arrived but is malformed or does not match is not.
+            Err(ImportError::Store(e)) if broke_off(&e) => Err(Attempt::Cache(CacheAttempt {
                 error: e.into(),
-            }),
+                retryable: true,
+            })),
+            Err(ImportError::Store(e)) => Err(Attempt::store(e)),
         }
     }
 }
 
+/// Why a NAR could not be had from a cache.
+pub(super) enum Failure {
+    /// The cache failed to deliver it (or delivered a bad NAR): another cache may do.
+    Cache(CacheUseError),
+    /// Our side failed (writing the staging tree or the database: a full disk, a quota,
+    /// a read-only or failing file system): no cache can help, and none is blamed.
+    Local(StoreError),
+}
+
 /// The outcome of a failed download attempt.
-pub(super) struct Attempt {
-    pub(super) error: CacheUseError,
-    pub(super) retryable: bool,
+enum Attempt {
+    Cache(CacheAttempt),
+    Local(StoreError),
+}
+
+/// A failed download attempt that is the cache's.
+struct CacheAttempt {
+    error: CacheUseError,
+    retryable: bool,
 }
 
 impl Attempt {
-    /// A failure that another try from the same cache would not fix.
+    /// A failure of the cache that another try from it would not fix.
     fn fatal(e: impl Into<CacheUseError>) -> Attempt {
-        Attempt {
+        Attempt::Cache(CacheAttempt {
             error: e.into(),
             retryable: false,
+        })
+    }
+
+    /// A store error: ours if [`is_local`], otherwise the NAR's (not worth another try).
+    fn store(e: StoreError) -> Attempt {
+        if is_local(&e) {
+            Attempt::Local(e)
+        } else {
+            Attempt::fatal(e)
         }
+    }
+}
+
+/// Whether a store error while staging a NAR is our side's: the database, the store's
+/// own files, or writing the unpacked tree (as opposed to a NAR that is malformed, does
+/// not match its narinfo, or could not be read from the cache).
+fn is_local(e: &StoreError) -> bool {
+    match e {
+        StoreError::Nar { source, .. } => matches!(source, FsNarError::Io(_)),
+        StoreError::Io { .. }
+        | StoreError::Db(_)
+        | StoreError::NotWritable { .. }
+        | StoreError::Roots(_) => true,
+        _ => false,
     }
 }
 

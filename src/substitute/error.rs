@@ -26,6 +26,14 @@ pub enum SubstituteError {
         last: Box<CacheFailure>,
         earlier: Vec<CacheFailure>,
     },
+    /// Our side failed while installing `path` (say, the disk is full): no cache is
+    /// blamed, retried or tried instead.
+    #[error("cannot substitute '{path}'")]
+    Local {
+        path: String,
+        #[source]
+        source: StoreError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the references of these paths form a cycle: {}", paths.join(", "))]

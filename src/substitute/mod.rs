@@ -32,7 +32,7 @@ use crate::schedule::{Cycle, ReadyQueue};
 use crate::store::stage::references_first;
 use crate::store::{LocalStore, Staged, StoreError};
 use crate::trust::{check_narinfo, TrustError};
-use download::{FetchContext, Limits};
+use download::{Failure, FetchContext, Limits};
 pub use error::{CacheFailure, CacheUseError, SubstituteError};
 use select::select_closures;
 
@@ -593,7 +593,13 @@ impl Substituter {
         loop {
             let error = match self.try_cache(ctx, &candidate, &printed).await {
                 Ok(f) => return Ok(f),
-                Err(error) => error,
+                Err(Failure::Cache(error)) => error,
+                Err(Failure::Local(source)) => {
+                    return Err(SubstituteError::Local {
+                        path: printed,
+                        source,
+                    })
+                }
             };
             let failure = CacheFailure {
                 cache: self.caches[candidate.cache].name.clone(),
