@@ -27,18 +27,8 @@
 //! without touching the file system; every accepted socket gets `TCP_NODELAY`; NARs are
 //! streamed from blocking tasks in 256 KiB chunks (module `stream`); zstd NARs are kept
 //! compressed under `<state>/serve/nar-cache/` after the first complete download, so
-//! later downloads are plain file reads with a known length. Measured on the shared
-//! 2-core machine (release build, loopback, wrk on the same cores, load 2-3), against
-//! nginx 1.22 serving the same files statically (2 workers):
-//!
-//! ```text
-//!                                   store serve     nginx sendfile on / off
-//! narinfo, wrk -c64                 80-93k req/s    59-62k / 67-68k req/s
-//! 300 MiB NAR .zst (cached), -c4    2.4-2.8 GB/s    1.3 / 2.0-2.4 GB/s
-//! 300 MiB NAR plain (from tree)     1.8-2.5 GB/s    1.2-1.4 / 1.9-2.5 GB/s
-//! narinfo 404 (DB lookup each)      26k req/s
-//! zstd on the fly (first download)  ~160 MB/s of NAR per request (level 3, one core)
-//! ```
+//! later downloads are plain file reads with a known length. Figures against nginx:
+//! bench/CACHE.md ("`store serve` against nginx").
 //!
 //! Server directories under the store's state dir: `serve/staging/` (uploaded NARs
 //! waiting for their narinfo), `serve/nar-cache/` and `serve/aliases/` (the NAR names

@@ -1,4 +1,4 @@
-//! One NAR download from one cache, under one set of [`Limits`]: fetched whole and then
+//! One NAR download from one cache, under one set of limits: fetched whole and then
 //! unpacked when it is small and its lock is free, otherwise unpacked as it streams in.
 
 use std::io::{self, Read};
@@ -12,46 +12,6 @@ use crate::error_chain::Chain;
 use crate::format::nar::NarReadError;
 use crate::fsnar::FsNarError;
 use crate::store::{ImportError, InstallLock, LocalStore, NarImport, Stage, StoreError};
-
-/// The bounds of one NAR download: one set for both ways a NAR is fetched (whole, then
-/// unpacked; or unpacked as it streams in).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Limits {
-    /// Tries per cache for one NAR (the first and the retries). Default 3.
-    attempts: u32,
-    /// NARs whose signed NarSize is at most this are fetched whole into memory before they
-    /// are unpacked ([`crate::cache::ClientOptions::whole_nar_max`]); larger ones stream.
-    whole_nar_max: u64,
-    /// NARs of at most this many bytes are unpacked on the runtime's thread, between its
-    /// network events, instead of on the blocking pool (a few file system calls, cheaper than
-    /// a thread hand-off; see bench/CACHE.md). Default 16 KiB: a NAR this small holds at most
-    /// a couple of hundred entries, so the runtime never stalls long.
-    inline_stage_max: u64,
-    /// Compressed bytes allowed beyond the NarSize plus an eighth (see
-    /// [`Limits::compressed_max`]). Default 1 MiB.
-    compressed_slack: u64,
-}
-
-impl Limits {
-    pub(super) fn new(whole_nar_max: u64) -> Limits {
-        Limits {
-            attempts: 3,
-            whole_nar_max,
-            inline_stage_max: 16 << 10,
-            compressed_slack: 1 << 20,
-        }
-    }
-
-    /// The most compressed bytes accepted for a NAR of `nar_size` bytes. Compression never
-    /// makes real data much larger (the formats we read grow incompressible input by well
-    /// under an eighth), so this bounds the memory of a whole fetch and ends an endless
-    /// stream that decompresses to nothing.
-    fn compressed_max(&self, nar_size: u64) -> u64 {
-        nar_size
-            .saturating_add(nar_size / 8)
-            .saturating_add(self.compressed_slack)
-    }
-}
 
 /// What every download of one [`Substituter::fetch`] shares.
 pub(super) struct FetchContext {
@@ -111,7 +71,7 @@ impl Substituter {
     /// [`Substituter::download`] of a small NAR (see [`crate::cache::ClientOptions::whole_nar_max`]) whose
     /// install lock is held: the compressed file is fetched whole by the runtime, then
     /// unpacked from memory on the blocking pool, or right here if it is tiny (see
-    /// [`Limits::inline_stage_max`]). A NAR streamed through a blocking thread costs a thread
+    /// `Limits::inline_stage_max`). A NAR streamed through a blocking thread costs a thread
     /// hand-off for every response event, which is most of the work for a NAR of a few
     /// hundred bytes. The validity query runs on the runtime: it is short, but waits while a
     /// commit of this process holds the database.
@@ -203,10 +163,12 @@ impl Substituter {
             Err(ImportError::Open(e)) => Err(Attempt::fatal(e)),
             // A stream that broke off mid-body (connection drop, stall) is worth another
             // try; a NAR that arrived but is malformed or does not match is not.
-            Err(ImportError::Store(e)) if broke_off(&e) => Err(Attempt::Cache(CacheAttempt {
-                error: e.into(),
-                retryable: true,
-            })),
+            Err(ImportError::Store(e)) if broke_off(&e) => {
+                Err(Attempt::Cache(Box::new(CacheAttempt {
+                    error: e.into(),
+                    retryable: true,
+                })))
+            }
             Err(ImportError::Store(e)) => Err(Attempt::store(e)),
         }
     }
@@ -218,13 +180,13 @@ pub(super) enum Failure {
     Cache(CacheUseError),
     /// Our side failed (writing the staging tree or the database: a full disk, a quota,
     /// a read-only or failing file system): no cache can help, and none is blamed.
-    Local(StoreError),
+    Local(Box<StoreError>),
 }
 
 /// The outcome of a failed download attempt.
 enum Attempt {
-    Cache(CacheAttempt),
-    Local(StoreError),
+    Cache(Box<CacheAttempt>),
+    Local(Box<StoreError>),
 }
 
 /// A failed download attempt that is the cache's.
@@ -236,16 +198,16 @@ struct CacheAttempt {
 impl Attempt {
     /// A failure of the cache that another try from it would not fix.
     fn fatal(e: impl Into<CacheUseError>) -> Attempt {
-        Attempt::Cache(CacheAttempt {
+        Attempt::Cache(Box::new(CacheAttempt {
             error: e.into(),
             retryable: false,
-        })
+        }))
     }
 
     /// A store error: ours if [`is_local`], otherwise the NAR's (not worth another try).
     fn store(e: StoreError) -> Attempt {
         if is_local(&e) {
-            Attempt::Local(e)
+            Attempt::Local(Box::new(e))
         } else {
             Attempt::fatal(e)
         }

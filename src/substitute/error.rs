@@ -32,7 +32,7 @@ pub enum SubstituteError {
     Local {
         path: String,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -32,36 +32,18 @@ use crate::schedule::{Cycle, ReadyQueue};
 use crate::store::stage::references_first;
 use crate::store::{LocalStore, Staged, StoreError};
 use crate::trust::{check_narinfo, TrustError};
-use download::{Failure, FetchContext, Limits};
+use download::{Failure, FetchContext};
 pub use error::{CacheFailure, CacheUseError, SubstituteError};
+use limits::Limits;
 use select::select_closures;
 
 mod download;
 mod error;
+mod limits;
 mod select;
 
 /// Default number of NARs downloaded at the same time.
 pub const DEFAULT_JOBS: usize = 16;
-/// Narinfo requests in flight at the same time while planning.
-const NARINFO_CONCURRENCY: usize = 64;
-/// Staged paths that make a commit worth its sync.
-const COMMIT_BATCH: usize = 128;
-/// How long the walk keeps polling for the next narinfo before it lets its thread sleep.
-/// A closure whose narinfos name each other one at a time (a chain) is a sequence of round
-/// trips; on a near cache a round trip is shorter than the time it takes a sleeping thread
-/// (on an idle, perhaps virtual, CPU) to be woken, which doubled each step on the machine
-/// we measure on. Polling costs at most this much CPU per round trip on a far cache.
-const WALK_SPIN: std::time::Duration = std::time::Duration::from_micros(300);
-/// Narinfos whose signatures the walk hands to the blocking pool at a time. A check takes
-/// tens of microseconds, about as long as a narinfo round trip to a near cache; handing each
-/// one over on its own cost a thread wake-up per narinfo and, on two cores, took the core
-/// the cache server would have answered on: a 1,000-path chain took half again as long to
-/// plan as with no checks at all, and with batches of this size as long as without them.
-/// Whatever is left is checked in smaller batches once no narinfo is in flight.
-const CHECK_BATCH: usize = 64;
-/// Batch size for the checks left when the walk has nothing else to wait for.
-const CHECK_TAIL: usize = 16;
-
 /// One cache, opened and checked, with its effective priority.
 pub struct Substituter {
     caches: Vec<OpenCache>,
@@ -270,7 +252,7 @@ impl Substituter {
         let mut checking = FuturesUnordered::new();
         let mut progressed = std::time::Instant::now();
         loop {
-            while in_flight.len() < NARINFO_CONCURRENCY {
+            while in_flight.len() < self.limits.narinfo_concurrency {
                 let Some(p) = queue.pop() else { break };
                 if store.is_valid(&p)? {
                     continue;
@@ -278,9 +260,9 @@ impl Substituter {
                 in_flight.push(self.lookup(store, p, 0, Vec::new()));
             }
             let batch = if in_flight.is_empty() {
-                CHECK_TAIL
+                self.limits.check_tail
             } else {
-                CHECK_BATCH
+                self.limits.check_batch
             };
             while unchecked.len() >= batch || (in_flight.is_empty() && !unchecked.is_empty()) {
                 let at = unchecked.len().saturating_sub(batch);
@@ -294,7 +276,7 @@ impl Substituter {
             if in_flight.is_empty() && checking.is_empty() {
                 break;
             }
-            let spin = !in_flight.is_empty() && progressed.elapsed() < WALK_SPIN;
+            let spin = !in_flight.is_empty() && progressed.elapsed() < self.limits.walk_spin;
             let mut verdicts = Vec::new();
             tokio::select! {
                 biased;
@@ -317,7 +299,7 @@ impl Substituter {
                         checked.map_err(SubstituteError::Task)?;
                     verdicts.extend(batch.into_iter().zip(verdict));
                 }
-                // Lets the runtime poll its sockets without sleeping (see `WALK_SPIN`).
+                // Lets the runtime poll its sockets without sleeping (see `Limits::walk_spin`).
                 () = tokio::task::yield_now(), if spin => {}
             }
             for (arrived, verdict) in verdicts {
@@ -462,7 +444,7 @@ impl Substituter {
                 .collect(),
         })?;
         // Started but not yet committed: bounds the open locks and staged trees.
-        let window = self.jobs * 4 + 256;
+        let window = self.limits.window(self.jobs);
         let mut next = 0;
         let mut outstanding = 0usize;
         let mut downloads: JoinSet<(usize, Result<Downloaded, SubstituteError>)> = JoinSet::new();
@@ -494,7 +476,7 @@ impl Substituter {
             // window is full, or when nothing is downloading any more (or every download
             // waits for another process, see `LockWaits`).
             let stuck = waits.blocked.load(Ordering::SeqCst) >= downloads.len();
-            let due = staged.len() >= COMMIT_BATCH || outstanding >= window || stuck;
+            let due = staged.len() >= self.limits.commit_batch || outstanding >= window || stuck;
             if committing.is_none() && due {
                 let batch = committable(&mut staged, &mut gate);
                 if !batch.is_empty() {
