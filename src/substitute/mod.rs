@@ -16,7 +16,6 @@
 //!    cache with a trusted narinfo for it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -33,7 +32,7 @@ use crate::store::stage::references_first;
 use crate::store::{LocalStore, Staged, StoreError};
 use crate::trust::{check_narinfo, TrustError};
 use download::{Failure, FetchContext};
-pub use error::{CacheFailure, CacheUseError, SubstituteError};
+pub use error::{CacheFailure, CacheUseError, Missing, NoNarInfo, Refusal, SubstituteError};
 use limits::Limits;
 use select::select_closures;
 
@@ -206,17 +205,14 @@ impl Substituter {
     ) -> Result<Plan, SubstituteError> {
         let (plan, missing) = self.plan_partial(store, paths).await?;
         if !missing.is_empty() {
-            let mut details = String::new();
-            for (p, reasons) in &missing {
-                let _ = writeln!(details, "  {}:", store.print_path(p));
-                for r in reasons {
-                    let _ = writeln!(details, "    {r}");
-                }
-            }
-            return Err(SubstituteError::Incomplete {
-                count: missing.len(),
-                details: details.trim_end().to_owned(),
-            });
+            let missing = missing
+                .into_iter()
+                .map(|(p, refusals)| Missing {
+                    path: store.print_path(&p),
+                    refusals,
+                })
+                .collect();
+            return Err(SubstituteError::Incomplete { missing });
         }
         Ok(plan)
     }
@@ -229,13 +225,13 @@ impl Substituter {
         &self,
         store: &Arc<LocalStore>,
         paths: &[StorePath],
-    ) -> Result<(Plan, BTreeMap<StorePath, Vec<String>>), SubstituteError> {
+    ) -> Result<(Plan, BTreeMap<StorePath, Vec<Refusal>>), SubstituteError> {
         // Write back what is pending on the store's filesystem while the walk waits on the
         // network, so that the first commit's sync (§6.5) does not pay for it.
         let ahead = store.clone();
         tokio::task::spawn_blocking(move || ahead.flush_ahead());
         let mut trusted: BTreeMap<StorePath, Candidate> = BTreeMap::new();
-        let mut failed: BTreeMap<StorePath, Vec<String>> = BTreeMap::new();
+        let mut failed: BTreeMap<StorePath, Vec<Refusal>> = BTreeMap::new();
         let mut seen: BTreeSet<StorePath> = BTreeSet::new();
         let mut queue: Vec<StorePath> = Vec::new();
         for p in paths {
@@ -314,11 +310,7 @@ impl Substituter {
                         trusted.insert(path, Candidate { cache, info });
                     }
                     Err(e) => {
-                        reasons.push(format!(
-                            "{}: untrusted: {}",
-                            self.caches[cache].name,
-                            Chain(&e)
-                        ));
+                        reasons.push(self.refusal(cache, NoNarInfo::Untrusted(e)));
                         in_flight.push(self.lookup(store, path, cache + 1, reasons));
                     }
                 }
@@ -326,6 +318,14 @@ impl Substituter {
         }
         // What the trusted narinfos make the closure: everything else was speculation.
         let (wanted, missing) = select_closures(paths, &trusted, |c| c.info.references(), &failed);
+        let missing: Vec<StorePath> = missing.into_keys().collect();
+        let missing = missing
+            .into_iter()
+            .map(|p| {
+                let why = failed.remove(&p).unwrap_or_default();
+                (p, why)
+            })
+            .collect();
         Ok((Plan { wanted }, missing))
     }
 
@@ -337,7 +337,7 @@ impl Substituter {
         store: &LocalStore,
         path: StorePath,
         from: usize,
-        mut reasons: Vec<String>,
+        mut reasons: Vec<Refusal>,
     ) -> Found {
         for (i, c) in self.caches.iter().enumerate().skip(from) {
             match c.cache.narinfo(path.hash_str(), store.store_dir()).await {
@@ -354,10 +354,10 @@ impl Substituter {
                         asked: store.print_path(&path),
                         got: store.print_path(info.store_path()),
                     };
-                    reasons.push(format!("{}: {e}", c.name))
+                    reasons.push(self.refusal(i, NoNarInfo::WrongPath(e)));
                 }
-                Ok(None) => reasons.push(format!("{}: not found", c.name)),
-                Err(e) => reasons.push(format!("{}: {}", c.name, Chain(&e))),
+                Ok(None) => reasons.push(self.refusal(i, NoNarInfo::NotFound)),
+                Err(e) => reasons.push(self.refusal(i, e.into())),
             }
         }
         Found {
@@ -368,6 +368,14 @@ impl Substituter {
         }
     }
 
+    /// What cache `cache` said about a path it could not supply.
+    fn refusal(&self, cache: usize, reason: NoNarInfo) -> Refusal {
+        Refusal {
+            cache: self.caches[cache].name.clone(),
+            reason,
+        }
+    }
+
     /// Like [`Substituter::lookup`], but also checks the signatures: a trusted source for
     /// `path` from caches `from..`, or what each said.
     async fn lookup_trusted(
@@ -375,7 +383,7 @@ impl Substituter {
         store: &LocalStore,
         path: StorePath,
         mut from: usize,
-    ) -> Result<Candidate, Vec<String>> {
+    ) -> Result<Candidate, Vec<Refusal>> {
         let mut reasons = Vec::new();
         loop {
             let found = self.lookup(store, path.clone(), from, reasons).await;
@@ -391,11 +399,7 @@ impl Substituter {
                     })
                 }
                 Err(e) => {
-                    reasons.push(format!(
-                        "{}: untrusted: {}",
-                        self.caches[found.cache].name,
-                        Chain(&e)
-                    ));
+                    reasons.push(self.refusal(found.cache, NoNarInfo::Untrusted(e)));
                     from = found.cache + 1;
                 }
             }
@@ -613,7 +617,7 @@ struct Found {
     path: StorePath,
     cache: usize,
     info: Option<NarInfo>,
-    reasons: Vec<String>,
+    reasons: Vec<Refusal>,
 }
 
 /// A narinfo for the path asked whose signatures are still to be checked.
@@ -621,7 +625,7 @@ struct Arrived {
     path: StorePath,
     cache: usize,
     info: NarInfo,
-    reasons: Vec<String>,
+    reasons: Vec<Refusal>,
 }
 
 impl Arrived {
