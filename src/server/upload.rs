@@ -338,15 +338,7 @@ pub(crate) async fn sweep_periodically(state: Arc<State>) {
 /// from `staging` the uploads nobody claimed for [`STALE_AFTER`] (blocking).
 pub(crate) fn sweep(staging: &Path, others: &[&Path]) {
     for dir in std::iter::once(&staging).chain(others) {
-        let swept = temp_file::sweep(dir, temp_file::FOREIGN_STALE_AFTER);
-        if swept.files > 0 {
-            tracing::info!(
-                "removed {} temp files ({} bytes) left in {}",
-                swept.files,
-                swept.bytes,
-                dir.display()
-            );
-        }
+        temp_file::sweep_and_log(dir);
     }
     remove_stale(staging, |name| !name.starts_with(".tmp"));
 }
