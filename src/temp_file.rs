@@ -212,6 +212,20 @@ pub fn sweep(dir: &Path, stale_after: Duration) -> Swept {
     swept
 }
 
+/// [`sweep`] with [`FOREIGN_STALE_AFTER`], saying in the log what it removed.
+pub fn sweep_and_log(dir: &Path) -> Swept {
+    let swept = sweep(dir, FOREIGN_STALE_AFTER);
+    if swept.files > 0 {
+        tracing::info!(
+            "removed {} temp files ({} bytes) left in {} by interrupted writers",
+            swept.files,
+            swept.bytes,
+            dir.display()
+        );
+    }
+    swept
+}
+
 /// Removes one temp file if its owner is gone; returns its allocated size if it did.
 fn reclaim(
     path: &Path,

@@ -284,8 +284,6 @@ struct Rig {
     /// Uninterrupted duration of each kind, the range kills are drawn from.
     span: BTreeMap<Kind, Duration>,
     adds: usize,
-    /// Temp files a killed `serve` left in its own dirs (it sweeps them after an hour).
-    serve_leftovers: usize,
 }
 
 impl Rig {
@@ -326,7 +324,6 @@ impl Rig {
             src,
             span: BTreeMap::new(),
             adds: 0,
-            serve_leftovers: 0,
         };
         rig.calibrate();
         rig
@@ -486,11 +483,16 @@ impl Rig {
         }
         no_temp_in_store(&self.src)?;
         drop(server);
+        // A restarted server reclaims at once what a killed one left in its own dirs.
         let serve_dir = dest.root().join("ix/var/serve");
-        self.serve_leftovers += ["staging", "nar-cache"]
-            .iter()
-            .map(|d| temp_files_below(&serve_dir.join(d)).len())
-            .sum::<usize>();
+        for dir in ["staging", "nar-cache", "aliases"] {
+            let left = temp_files_below(&serve_dir.join(dir));
+            if !left.is_empty() {
+                return Err(format!(
+                    "serve/{dir} kept temp files after the rerun: {left:?}"
+                ));
+            }
+        }
         // With the server gone, its store's temp dirs are reclaimed by the next command.
         check_store(&dest)?;
         no_temp_in_store(&dest)?;
@@ -576,10 +578,6 @@ fn crash_harness() {
     for (kind, (n, landed)) in &tally {
         eprintln!("  {kind:?}: {n} injections, {landed} killed before the end");
     }
-    eprintln!(
-        "  serve's own temp files left by killed servers (swept by serve after 1 h): {}",
-        rig.serve_leftovers
-    );
     let landed: usize = tally.values().map(|t| t.1).sum();
     assert!(
         injections < KINDS.len() * 2 || landed * 2 >= injections,

@@ -5,13 +5,17 @@
 //! when `STORE_REQUIRE_MOUNT=1` or `STORE_REQUIRE_SANDBOX=1` (as CI, which runs as root).
 
 mod common;
+#[path = "common/http_server.rs"]
+mod http_server;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use axum::http::Method;
 use common::*;
+use http_server::BlockingServer;
 
 const SMALL_FS_SIZE: &str = "32m";
 const NIX_DIR: &str = "/nix/store";
@@ -168,14 +172,26 @@ fn realise_on_a_full_disk() {
     assert_success(&run_with_timeout(c, Duration::from_secs(300)), "push");
 
     let s = store_on(&small);
-    let realise = || {
-        let mut c = s.cmd();
-        c.args(["realise", "--substituters", &file_url(&cache)])
-            .args(["--trusted-public-keys", &key])
-            .args(&roots);
-        c
-    };
-    fails_for_space(realise(), "realise");
+    // Two caches with the same contents, so that falling through to the second shows.
+    let (first, second) = (BlockingServer::serve(&cache), BlockingServer::serve(&cache));
+    let mut c = s.cmd();
+    c.args(["realise", "--substituters"])
+        .arg(format!("{} {}", first.url(), second.url()))
+        .args(["--trusted-public-keys", &key])
+        .args(&roots);
+    let err = fails_for_space(c, "realise");
+    // Our disk is full, not the cache bad: no retry, no other cache, no blame.
+    assert!(
+        !err.contains("invalid NAR"),
+        "a full disk blamed on the NAR: {err}"
+    );
+    let mut gets = first.paths(&Method::GET);
+    gets.extend(second.paths(&Method::GET));
+    gets.retain(|p| p.starts_with("/nar/"));
+    let asked = gets.len();
+    gets.sort();
+    gets.dedup();
+    assert_eq!(asked, gets.len(), "a NAR asked for twice: {err}");
     let valid = check_store(&s).unwrap();
     assert!(
         valid < roots.len() + 2,

@@ -61,15 +61,7 @@ impl FileCache {
         blocking(move || {
             for dir in std::iter::once(&root).chain(&dirs) {
                 create_dirs(dir).map_err(|e| CacheError::io(describe("creating", dir), e))?;
-                let swept = temp_file::sweep(dir, temp_file::FOREIGN_STALE_AFTER);
-                if swept.files > 0 {
-                    tracing::info!(
-                        "removed {} temp files ({} bytes) left in {} by interrupted writers",
-                        swept.files,
-                        swept.bytes,
-                        dir.display()
-                    );
-                }
+                temp_file::sweep_and_log(dir);
             }
             Ok(())
         })

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use store::format::keys::TrustedKeys;
-use store::server::{self, conn, pace, DiskUsage, Limits, NarEncoding, ServerConfig, Token};
+use store::server::{self, conn, pace, Limits, NarEncoding, Server, ServerConfig, Token};
 use store::server::{UploadConfig, Usage};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use zeroize::Zeroizing;
@@ -227,24 +227,27 @@ async fn run_server(listen: SocketAddr, config: ServerConfig, quiet: bool) -> Re
     let addr = listener
         .local_addr()
         .context("cannot get the bound address")?;
+    let (nar_cache_size, alias_cache_size) = (config.nar_cache_size, config.alias_cache_size);
+    let uploads = config.upload.is_some();
+    let server = Server::open(config).context("cannot start the server")?;
     if !quiet {
         // Before the address line, which tells scripts that the server is up.
-        let used = DiskUsage::of(config.store.layout());
+        let used = server.disk_usage();
         eprintln!(
             "store serve: nar-cache {} of {}, aliases {} of {}",
             usage_text(used.nar_cache),
-            size_text(config.nar_cache_size),
+            size_text(nar_cache_size),
             usage_text(used.aliases),
-            size_text(config.alias_cache_size),
+            size_text(alias_cache_size),
         );
     }
     // Tests and scripts read this line to learn the port; keep its shape.
     eprintln!("store serve: listening on http://{addr}");
-    if !quiet && config.upload.is_some() {
+    if !quiet && uploads {
         eprintln!("store serve: uploads enabled");
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(server::serve_with_shutdown(listener, config, async {
+    let mut server = tokio::spawn(server.run(listener, async {
         let _ = stop_rx.await;
     }));
     tokio::select! {

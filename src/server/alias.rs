@@ -23,10 +23,11 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use super::budget::{self, Budget};
-use super::stream::temp_name;
+use super::stream::FILE_MODE;
 use crate::error_chain::Chain;
 use crate::format::store_path::StorePath;
 use crate::store::{AddOutcome, LocalStore, NarImport, StoreError};
+use crate::temp_file::TempFile;
 
 /// Largest alias file read.
 const MAX_ALIAS: u64 = 1024;
@@ -78,23 +79,14 @@ pub(crate) fn read(dir: &Path, name: &str) -> Option<Alias> {
 /// budget.
 pub(crate) fn write(aliases: &Budget, name: &str, alias: &Alias) -> io::Result<()> {
     let dir = aliases.dir();
-    let tmp = dir.join(temp_name());
     let line = alias.to_line();
-    let result = fs::File::create_new(&tmp)
-        .and_then(|mut f| {
-            f.write_all(line.as_bytes())?;
-            // Used now, with full precision (the order of eviction).
-            budget::touch(&f);
-            Ok(())
-        })
-        .and_then(|()| fs::rename(&tmp, dir.join(name)));
-    match &result {
-        Ok(()) => aliases.added(line.len() as u64),
-        Err(_) => {
-            let _ = fs::remove_file(&tmp);
-        }
-    }
-    result
+    let tmp = TempFile::create_in(dir, FILE_MODE)?;
+    tmp.as_file().write_all(line.as_bytes())?;
+    // Used now, with full precision (the order of eviction).
+    budget::touch(tmp.as_file());
+    tmp.persist(&dir.join(name))?;
+    aliases.added(line.len() as u64);
+    Ok(())
 }
 
 /// Imports `meta` with the NAR of the valid path `source` (same contents).

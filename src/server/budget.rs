@@ -6,7 +6,7 @@
 //!   every hit sets it to now again (explicitly, so it has full precision). The order
 //!   survives restarts and needs no index.
 //! * A file is charged its length rounded up to [`BLOCK`] (what a small file takes on
-//!   disk); temp files (`.tmp-*`) are not charged (the sweep removes stale ones).
+//!   disk); temp files (`.tmp*`) are not charged (the server sweeps those of dead writers).
 //! * Eviction unlinks: a download that has the file open keeps reading it to its end.
 //! * The running total is kept in memory (read at start, corrected by every eviction's
 //!   scan), so an addition costs no directory scan until the budget is exceeded.
@@ -39,6 +39,8 @@ pub(crate) struct Budget {
     dir: PathBuf,
     limit: u64,
     used: AtomicU64,
+    /// What the directory held when the budget was opened.
+    opened: Usage,
     /// Held while evicting: one eviction at a time.
     evicting: Mutex<()>,
 }
@@ -64,7 +66,7 @@ fn entries(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
         return Vec::new();
     };
     read.flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with(".tmp-"))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with(".tmp"))
         .filter_map(|e| {
             let m = e.metadata().ok().filter(|m| m.is_file())?;
             let used = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -83,13 +85,19 @@ pub(crate) fn touch(file: &File) {
 impl Budget {
     /// The budget of `dir` (blocking: reads what it holds).
     pub(crate) fn open(dir: PathBuf, limit: u64) -> Budget {
-        let used = usage(&dir).bytes;
+        let opened = usage(&dir);
         Budget {
             dir,
             limit,
-            used: AtomicU64::new(used),
+            used: AtomicU64::new(opened.bytes),
+            opened,
             evicting: Mutex::new(()),
         }
+    }
+
+    /// What the directory held when the budget was opened (no scan).
+    pub(crate) fn opened(&self) -> Usage {
+        self.opened
     }
 
     pub(crate) fn dir(&self) -> &Path {

@@ -27,24 +27,15 @@
 //! without touching the file system; every accepted socket gets `TCP_NODELAY`; NARs are
 //! streamed from blocking tasks in 256 KiB chunks (module `stream`); zstd NARs are kept
 //! compressed under `<state>/serve/nar-cache/` after the first complete download, so
-//! later downloads are plain file reads with a known length. Measured on the shared
-//! 2-core machine (release build, loopback, wrk on the same cores, load 2-3), against
-//! nginx 1.22 serving the same files statically (2 workers):
-//!
-//! ```text
-//!                                   store serve     nginx sendfile on / off
-//! narinfo, wrk -c64                 80-93k req/s    59-62k / 67-68k req/s
-//! 300 MiB NAR .zst (cached), -c4    2.4-2.8 GB/s    1.3 / 2.0-2.4 GB/s
-//! 300 MiB NAR plain (from tree)     1.8-2.5 GB/s    1.2-1.4 / 1.9-2.5 GB/s
-//! narinfo 404 (DB lookup each)      26k req/s
-//! zstd on the fly (first download)  ~160 MB/s of NAR per request (level 3, one core)
-//! ```
+//! later downloads are plain file reads with a known length. Figures against nginx:
+//! bench/CACHE.md ("`store serve` against nginx").
 //!
 //! Server directories under the store's state dir: `serve/staging/` (uploaded NARs
 //! waiting for their narinfo), `serve/nar-cache/` and `serve/aliases/` (the NAR names
 //! clients uploaded under, which they may ask for later; see module `alias`). Files there are
-//! replaced with temp + rename only; stale staged uploads and temp files are swept after
-//! an hour. `nar-cache/` and `aliases/` each have a size budget with least-recently-used
+//! replaced with temp + rename only ([`crate::temp_file`]); the temp files of a killed
+//! server are swept when the next one opens (and every 10 minutes), staged uploads nobody
+//! claims after an hour. `nar-cache/` and `aliases/` each have a size budget with least-recently-used
 //! eviction (module `budget`; `--no-nar-cache` turns the NAR cache off).
 //!
 //! Connections are accepted and supervised by module `conn`: a connection limit, header,
@@ -134,17 +125,6 @@ impl ServerConfig {
 pub struct DiskUsage {
     pub nar_cache: Usage,
     pub aliases: Usage,
-}
-
-impl DiskUsage {
-    /// Reads it now (blocking: lists both directories).
-    pub fn of(layout: &Layout) -> DiskUsage {
-        let dirs = ServeDirs::new(layout);
-        DiskUsage {
-            nar_cache: budget::usage(&dirs.nar_cache),
-            aliases: budget::usage(&dirs.aliases),
-        }
-    }
 }
 
 /// The server's directories under the state dir.
@@ -256,61 +236,96 @@ pub async fn serve(listener: TcpListener, config: ServerConfig) -> io::Result<()
     serve_with_shutdown(listener, config, std::future::pending()).await
 }
 
-/// Serves until `shutdown` completes, then stops accepting, lets requests in flight
-/// finish, and returns once every connection is closed (callers wanting a deadline wrap
-/// this in a timeout).
+/// Opens the server (see [`Server::open`]) and runs it until `shutdown` completes (see
+/// [`Server::run`]).
 pub async fn serve_with_shutdown(
     listener: TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    if config
-        .upload
-        .as_ref()
-        .is_some_and(|u| u.trusted_keys.is_empty())
-    {
-        return Err(ServeError::NoTrustedKeys.into());
+    Server::open(config)?.run(listener, shutdown).await
+}
+
+/// A server whose directories are ready: created, swept and measured.
+pub struct Server {
+    state: Arc<State>,
+    probe: lookup::ChangeProbe,
+}
+
+impl Server {
+    /// Checks the configuration, creates the server directories, removes the temp files
+    /// that killed servers left there (never a live server's: their locks tell) and reads
+    /// what the budgets hold, each directory scanned once (blocking).
+    pub fn open(config: ServerConfig) -> Result<Server, ServeError> {
+        if config
+            .upload
+            .as_ref()
+            .is_some_and(|u| u.trusted_keys.is_empty())
+        {
+            return Err(ServeError::NoTrustedKeys);
+        }
+        let dirs = ServeDirs::new(config.store.layout());
+        for dir in [&dirs.staging, &dirs.nar_cache, &dirs.aliases] {
+            std::fs::create_dir_all(dir).map_err(|source| ServeError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        upload::sweep(&dirs.staging, &[&dirs.nar_cache, &dirs.aliases]);
+        let probe = lookup::ChangeProbe::open(&config.store.layout().db_path())
+            .map_err(ServeError::Probe)?;
+        let state = Arc::new(State {
+            store: Arc::clone(&config.store),
+            cache_info: routes::cache_info_text(&config),
+            renderer: lookup::Renderer {
+                encoding: config.encoding,
+                sign_with: config.sign_with.clone(),
+            },
+            infos: Arc::default(),
+            staging_dir: dirs.staging,
+            nar_cache: Arc::new(budget::Budget::open(dirs.nar_cache, config.nar_cache_size)),
+            aliases: budget::Budget::open(dirs.aliases, config.alias_cache_size),
+            config,
+        });
+        Ok(Server { state, probe })
     }
-    let dirs = ServeDirs::new(config.store.layout());
-    for dir in [&dirs.staging, &dirs.nar_cache, &dirs.aliases] {
-        std::fs::create_dir_all(dir).map_err(|source| ServeError::Dir {
-            path: dir.clone(),
-            source,
-        })?;
+
+    /// What `nar-cache/` and `aliases/` held when the server opened.
+    pub fn disk_usage(&self) -> DiskUsage {
+        DiskUsage {
+            nar_cache: self.state.nar_cache.opened(),
+            aliases: self.state.aliases.opened(),
+        }
     }
-    let probe =
-        lookup::ChangeProbe::open(&config.store.layout().db_path()).map_err(ServeError::Probe)?;
-    let state = Arc::new(State {
-        store: Arc::clone(&config.store),
-        cache_info: routes::cache_info_text(&config),
-        renderer: lookup::Renderer {
-            encoding: config.encoding,
-            sign_with: config.sign_with.clone(),
-        },
-        infos: Arc::default(),
-        staging_dir: dirs.staging,
-        nar_cache: Arc::new(budget::Budget::open(dirs.nar_cache, config.nar_cache_size)),
-        aliases: budget::Budget::open(dirs.aliases, config.alias_cache_size),
-        config,
-    });
-    let mut limits = state.config.limits.clone();
-    let cap = conn::connection_cap();
-    if limits.max_connections > cap {
-        tracing::warn!(
-            "serving at most {cap} connections instead of {}: the descriptor limit allows no more",
-            limits.max_connections
-        );
-        limits.max_connections = cap;
+
+    /// Serves until `shutdown` completes, then stops accepting, lets requests in flight
+    /// finish, and returns once every connection is closed (callers wanting a deadline
+    /// wrap this in a timeout).
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        let Server { state, probe } = self;
+        let mut limits = state.config.limits.clone();
+        let cap = conn::connection_cap();
+        if limits.max_connections > cap {
+            tracing::warn!(
+                "serving at most {cap} connections instead of {}: the descriptor limit allows no more",
+                limits.max_connections
+            );
+            limits.max_connections = cap;
+        }
+        let background = [
+            tokio::spawn(lookup::watch(Arc::clone(&state.infos), probe)),
+            tokio::spawn(upload::sweep_periodically(Arc::clone(&state))),
+        ];
+        conn::run(listener, router(state), limits, shutdown).await;
+        for task in background {
+            task.abort();
+        }
+        Ok(())
     }
-    let background = [
-        tokio::spawn(lookup::watch(Arc::clone(&state.infos), probe)),
-        tokio::spawn(upload::sweep_periodically(Arc::clone(&state))),
-    ];
-    conn::run(listener, router(state), limits, shutdown).await;
-    for task in background {
-        task.abort();
-    }
-    Ok(())
 }
 
 fn router(state: Arc<State>) -> Router {

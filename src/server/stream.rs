@@ -10,10 +10,8 @@
 //! producer fails or panics, the body yields an error instead, so hyper aborts the
 //! connection rather than terminating a chunked response that is incomplete.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -25,6 +23,7 @@ use super::budget::{self, Budget};
 use crate::cache::compression::{compress, Compression};
 use crate::format::store_path::StorePath;
 use crate::store::{LocalStore, StoreError};
+use crate::temp_file::TempFile;
 
 /// Size of the chunks handed to the body.
 const CHUNK: usize = 256 * 1024;
@@ -158,14 +157,14 @@ impl<W: Write> Write for Bounded<W> {
 /// built). A failing cache write drops the cache entry, not the response.
 struct Tee<'a> {
     body: &'a mut ChunkWriter,
-    copy: Option<&'a mut File>,
+    copy: Option<&'a File>,
     copy_failed: bool,
 }
 
 impl Write for Tee<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = self.body.write(data)?;
-        if let Some(f) = self.copy.as_deref_mut() {
+        if let Some(mut f) = self.copy {
             if let Err(e) = f.write_all(&data[..n]) {
                 tracing::warn!("cannot write the compressed NAR cache: {e}");
                 self.copy = None;
@@ -211,13 +210,8 @@ pub(crate) struct CacheTarget {
     pub file_name: String,
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A fresh temp file name in a server directory (swept by age, see `upload`).
-pub(crate) fn temp_name() -> String {
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(".tmp-{}-{n}", std::process::id())
-}
+/// Mode of the server's own files (read by the server only, so not world-writable).
+pub(crate) const FILE_MODE: u32 = 0o644;
 
 /// Streams the NAR of `path` compressed with `compression`, also saving it as a cache
 /// entry if `cache` is given and the whole response succeeds.
@@ -229,19 +223,16 @@ pub(crate) fn produce_compressed(
     cache: Option<CacheTarget>,
     mut out: ChunkWriter,
 ) {
-    let mut temp = cache.and_then(|c| {
-        let tmp = c.budget.dir().join(temp_name());
-        match File::options().write(true).create_new(true).open(&tmp) {
-            Ok(f) => Some((f, tmp, c)),
-            Err(e) => {
-                tracing::warn!("cannot create a compressed NAR cache entry: {e}");
-                None
-            }
+    let temp = cache.and_then(|c| match TempFile::create_in(c.budget.dir(), FILE_MODE) {
+        Ok(f) => Some((f, c)),
+        Err(e) => {
+            tracing::warn!("cannot create a compressed NAR cache entry: {e}");
+            None
         }
     });
     let mut tee = Tee {
         body: &mut out,
-        copy: temp.as_mut().map(|(f, _, _)| f),
+        copy: temp.as_ref().map(|(f, _)| f.as_file()),
         copy_failed: false,
     };
     let result = (|| {
@@ -251,12 +242,10 @@ pub(crate) fn produce_compressed(
         Ok(())
     })();
     let keep = result.is_ok() && !tee.copy_failed;
-    if let Some((file, tmp, target)) = temp {
+    if let Some((file, target)) = temp {
+        // Dropped unkept, the temp file is removed.
         if keep {
-            install_cache_entry(file, &tmp, &target);
-        } else {
-            drop(file);
-            let _ = fs::remove_file(&tmp);
+            install_cache_entry(file, &target);
         }
     }
     conclude(store, path, out, result);
@@ -264,32 +253,31 @@ pub(crate) fn produce_compressed(
 
 /// Syncs and renames a complete cache entry into place, if its budget admits it (best
 /// effort: a failure only means the next request compresses again).
-fn install_cache_entry(file: File, tmp: &Path, target: &CacheTarget) {
+fn install_cache_entry(file: TempFile, target: &CacheTarget) {
     let dest = target.budget.dir().join(&target.file_name);
-    let len = match file.metadata() {
+    let len = match file.as_file().metadata() {
         Ok(m) if target.budget.admits(m.len()) => m.len(),
         Ok(_) => {
             tracing::debug!(
                 "not caching '{}': larger than the NAR cache",
                 dest.display()
             );
-            let _ = fs::remove_file(tmp);
             return;
         }
         Err(e) => {
             tracing::warn!("cannot install the compressed NAR cache entry: {e}");
-            let _ = fs::remove_file(tmp);
             return;
         }
     };
     // Used now, with full precision (the order of eviction).
-    budget::touch(&file);
-    match file.sync_data().and_then(|()| fs::rename(tmp, &dest)) {
+    budget::touch(file.as_file());
+    match file
+        .as_file()
+        .sync_data()
+        .and_then(|()| file.persist(&dest))
+    {
         Ok(()) => target.budget.added(len),
-        Err(e) => {
-            tracing::warn!("cannot install the compressed NAR cache entry: {e}");
-            let _ = fs::remove_file(tmp);
-        }
+        Err(e) => tracing::warn!("cannot install the compressed NAR cache entry: {e}"),
     }
 }
 

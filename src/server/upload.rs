@@ -42,7 +42,7 @@ use super::alias::{self, Alias};
 use super::error::ApiError;
 use super::names::{is_upload_name, parse_narinfo_name, upload_name_of_url};
 use super::routes::FileName;
-use super::stream::temp_name;
+use super::stream::FILE_MODE;
 use super::{Access, State};
 use crate::cache::compression::{decompress, CompressionError};
 use crate::error_chain::Chain;
@@ -50,9 +50,10 @@ use crate::format::cache_info::{CacheInfo, MAX_CACHE_INFO_SIZE};
 use crate::format::narinfo::{NarInfo, MAX_NARINFO_SIZE};
 use crate::format::store_path::{StorePath, StorePathName};
 use crate::store::NarImport;
+use crate::temp_file::{self, TempFile};
 use crate::trust;
 
-/// Age after which staged uploads and temp files are removed.
+/// Age after which staged uploads nobody claimed are removed.
 pub const STALE_AFTER: Duration = Duration::from_secs(3600);
 /// How often the sweep runs (also once at startup).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
@@ -96,18 +97,13 @@ pub(crate) async fn put_nar(
         return Err(ApiError::BadName(file).into());
     }
     refuse_announced_over(&headers, limit)?;
-    let tmp = state.staging_dir.join(temp_name());
-    let written = write_body(body, &tmp, limit).await;
-    let result = match written {
-        Ok(()) => tokio::fs::rename(&tmp, state.staging_dir.join(&file))
-            .await
-            .map_err(|e| ApiError::io("cannot move a staged upload into place", e)),
-        Err(e) => Err(e),
-    };
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
-    Ok(result.map(|()| STORED)?)
+    let tmp = write_body(body, &state.staging_dir, limit).await?;
+    let dest = state.staging_dir.join(&file);
+    tokio::task::spawn_blocking(move || tmp.persist(&dest))
+        .await
+        .map_err(ApiError::Task)?
+        .map_err(|e| ApiError::io("cannot move a staged upload into place", e))?;
+    Ok(STORED)
 }
 
 /// Refuses at once a body whose `Content-Length` says it is over `limit` bytes, before
@@ -123,16 +119,19 @@ fn refuse_announced_over(headers: &HeaderMap, limit: u64) -> Result<(), ApiError
     }
 }
 
-/// Writes a request body to a new file, refusing more than `limit` bytes.
-async fn write_body(body: Body, dest: &Path, limit: u64) -> Result<(), ApiError> {
+/// Writes a request body to a new temp file in `dir`, refusing more than `limit` bytes.
+/// The file is removed if this fails (when the [`TempFile`] is dropped), and swept by
+/// the next server if this one is killed.
+async fn write_body(body: Body, dir: &Path, limit: u64) -> Result<TempFile, ApiError> {
     let io_err = |e| ApiError::io("cannot write a staged upload", e);
-    let file = tokio::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .open(dest)
+    let dir = dir.to_owned();
+    let tmp = tokio::task::spawn_blocking(move || TempFile::create_in(&dir, FILE_MODE))
         .await
+        .map_err(ApiError::Task)?
         .map_err(io_err)?;
-    let mut out = tokio::io::BufWriter::with_capacity(STAGING_BUFFER, file);
+    let file = tmp.as_file().try_clone().map_err(io_err)?;
+    let mut out =
+        tokio::io::BufWriter::with_capacity(STAGING_BUFFER, tokio::fs::File::from_std(file));
     let mut data = body.into_data_stream();
     let mut total: u64 = 0;
     while let Some(chunk) = data.next().await {
@@ -144,7 +143,7 @@ async fn write_body(body: Body, dest: &Path, limit: u64) -> Result<(), ApiError>
         out.write_all(&chunk).await.map_err(io_err)?;
     }
     out.flush().await.map_err(io_err)?;
-    Ok(())
+    Ok(tmp)
 }
 
 /// Reads a small request body into memory, refusing more than `limit` bytes.
@@ -318,21 +317,31 @@ pub(crate) async fn put_cache_info(
     Ok(STORED)
 }
 
-/// Sweeps the server directories now and every [`SWEEP_INTERVAL`], until aborted.
+/// Sweeps the server directories every [`SWEEP_INTERVAL`] (the server swept them once
+/// when it opened), until aborted.
 pub(crate) async fn sweep_periodically(state: Arc<State>) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    let start = tokio::time::Instant::now() + SWEEP_INTERVAL;
+    let mut tick = tokio::time::interval_at(start, SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let st = Arc::clone(&state);
         let _ = tokio::task::spawn_blocking(move || {
-            remove_stale(&st.staging_dir, |_| true);
-            remove_stale(st.nar_cache.dir(), |name| name.starts_with(".tmp-"));
+            sweep(&st.staging_dir, &[st.nar_cache.dir(), st.aliases.dir()]);
         })
         .await;
     }
 }
 
+/// Removes from `staging` and the other server directories the temp files whose writer
+/// is gone (at once for a writer of this boot: its lock tells; see [`temp_file`]), and
+/// from `staging` the uploads nobody claimed for [`STALE_AFTER`] (blocking).
+pub(crate) fn sweep(staging: &Path, others: &[&Path]) {
+    for dir in std::iter::once(&staging).chain(others) {
+        temp_file::sweep_and_log(dir);
+    }
+    remove_stale(staging, |name| !name.starts_with(".tmp"));
+}
 /// Removes the files in `dir` selected by `pick` that were last modified more than
 /// [`STALE_AFTER`] ago (an upload in progress keeps its temp file fresh).
 fn remove_stale(dir: &Path, pick: impl Fn(&str) -> bool) {

@@ -20,7 +20,7 @@ use crate::format::ca::ContentAddress;
 use crate::format::hash::{Hash, HashAlgo, Hasher};
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::{StorePath, StorePathName};
-use crate::fsnar::{self, RestoreOptions};
+use crate::fsnar::{self, FsNarError, RestoreOptions};
 
 /// The metadata that comes with a NAR to import (from a narinfo, typically).
 #[derive(Debug, Clone)]
@@ -263,10 +263,12 @@ impl LocalStore {
                 })
             }
             Err(source) => {
-                return Err(StoreError::Nar {
-                    context: format!("invalid NAR for '{printed}'"),
-                    source,
-                })
+                // Writing the tree is our side (a full disk); anything else is the NAR's.
+                let context = match &source {
+                    FsNarError::Io(_) => format!("cannot unpack '{printed}'"),
+                    _ => format!("invalid NAR for '{printed}'"),
+                };
+                return Err(StoreError::Nar { context, source });
             }
         };
         if stats.nar_size != info.nar_size {

@@ -1,4 +1,4 @@
-//! One NAR download from one cache, under one set of [`Limits`]: fetched whole and then
+//! One NAR download from one cache, under one set of limits: fetched whole and then
 //! unpacked when it is small and its lock is free, otherwise unpacked as it streams in.
 
 use std::io::{self, Read};
@@ -12,46 +12,6 @@ use crate::error_chain::Chain;
 use crate::format::nar::NarReadError;
 use crate::fsnar::FsNarError;
 use crate::store::{ImportError, InstallLock, LocalStore, NarImport, Stage, StoreError};
-
-/// The bounds of one NAR download: one set for both ways a NAR is fetched (whole, then
-/// unpacked; or unpacked as it streams in).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Limits {
-    /// Tries per cache for one NAR (the first and the retries). Default 3.
-    attempts: u32,
-    /// NARs whose signed NarSize is at most this are fetched whole into memory before they
-    /// are unpacked ([`crate::cache::ClientOptions::whole_nar_max`]); larger ones stream.
-    whole_nar_max: u64,
-    /// NARs of at most this many bytes are unpacked on the runtime's thread, between its
-    /// network events, instead of on the blocking pool (a few file system calls, cheaper than
-    /// a thread hand-off; see bench/CACHE.md). Default 16 KiB: a NAR this small holds at most
-    /// a couple of hundred entries, so the runtime never stalls long.
-    inline_stage_max: u64,
-    /// Compressed bytes allowed beyond the NarSize plus an eighth (see
-    /// [`Limits::compressed_max`]). Default 1 MiB.
-    compressed_slack: u64,
-}
-
-impl Limits {
-    pub(super) fn new(whole_nar_max: u64) -> Limits {
-        Limits {
-            attempts: 3,
-            whole_nar_max,
-            inline_stage_max: 16 << 10,
-            compressed_slack: 1 << 20,
-        }
-    }
-
-    /// The most compressed bytes accepted for a NAR of `nar_size` bytes. Compression never
-    /// makes real data much larger (the formats we read grow incompressible input by well
-    /// under an eighth), so this bounds the memory of a whole fetch and ends an endless
-    /// stream that decompresses to nothing.
-    fn compressed_max(&self, nar_size: u64) -> u64 {
-        nar_size
-            .saturating_add(nar_size / 8)
-            .saturating_add(self.compressed_slack)
-    }
-}
 
 /// What every download of one [`Substituter::fetch`] shares.
 pub(super) struct FetchContext {
@@ -68,13 +28,14 @@ impl Substituter {
         ctx: &Arc<FetchContext>,
         candidate: &Candidate,
         printed: &str,
-    ) -> Result<Downloaded, CacheUseError> {
+    ) -> Result<Downloaded, Failure> {
         let name = &self.caches[candidate.cache].name;
         let mut attempt = 1;
         loop {
             let e = match self.download(ctx, candidate).await {
                 Ok(f) => return Ok(f),
-                Err(e) => e,
+                Err(Attempt::Local(e)) => return Err(Failure::Local(e)),
+                Err(Attempt::Cache(e)) => e,
             };
             tracing::warn!(
                 "{name}: fetching '{printed}' failed (attempt {attempt}/{}): {}",
@@ -82,7 +43,7 @@ impl Substituter {
                 Chain(&e.error)
             );
             if !e.retryable || attempt >= self.limits.attempts {
-                return Err(e.error);
+                return Err(Failure::Cache(e.error));
             }
             tokio::time::sleep(std::time::Duration::from_millis(250 << (attempt - 1))).await;
             attempt += 1;
@@ -100,7 +61,7 @@ impl Substituter {
             let path = candidate.info.store_path();
             // Uncontended (the usual case): the lock is one `fcntl`, taken right here.
             let lock = ctx.store.try_lock_for_install(path);
-            if let Some(lock) = lock.map_err(Attempt::fatal)? {
+            if let Some(lock) = lock.map_err(Attempt::store)? {
                 return self.download_small(ctx, candidate, lock).await;
             }
         }
@@ -110,7 +71,7 @@ impl Substituter {
     /// [`Substituter::download`] of a small NAR (see [`crate::cache::ClientOptions::whole_nar_max`]) whose
     /// install lock is held: the compressed file is fetched whole by the runtime, then
     /// unpacked from memory on the blocking pool, or right here if it is tiny (see
-    /// [`Limits::inline_stage_max`]). A NAR streamed through a blocking thread costs a thread
+    /// `Limits::inline_stage_max`). A NAR streamed through a blocking thread costs a thread
     /// hand-off for every response event, which is most of the work for a NAR of a few
     /// hundred bytes. The validity query runs on the runtime: it is short, but waits while a
     /// commit of this process holds the database.
@@ -125,7 +86,7 @@ impl Substituter {
         let info = candidate.info.clone();
         // Another process may have installed it since the walk looked.
         let valid = store.query(info.store_path());
-        if let Some(valid) = valid.map_err(Attempt::fatal)? {
+        if let Some(valid) = valid.map_err(Attempt::store)? {
             return Ok(Downloaded::Valid(Fetched::new(&valid, &c.name, 0, false)));
         }
         let limit = self.limits.compressed_max(info.nar_size());
@@ -142,8 +103,10 @@ impl Substituter {
         let inline = info.nar_size() <= self.limits.inline_stage_max;
         let stage = move || {
             let nar = compression::decompress(info.compression(), io::Cursor::new(body))
-                .map_err(|e| StoreError::io(format!("cannot decompress {}", info.url()), e))?;
-            store2.stage_nar_locked(lock, NarImport::from(&info), nar)
+                .map_err(|e| Attempt::fatal(CacheError::Decompress(info.url().to_owned(), e)))?;
+            store2
+                .stage_nar_locked(lock, NarImport::from(&info), nar)
+                .map_err(Attempt::store)
         };
         let staged = if inline {
             stage()
@@ -151,8 +114,7 @@ impl Substituter {
             tokio::task::spawn_blocking(stage)
                 .await
                 .map_err(Attempt::fatal)?
-        }
-        .map_err(Attempt::fatal)?;
+        }?;
         let f = Fetched::new(staged.info(), &c.name, received, true);
         Ok(Downloaded::Staged(Box::new(staged), f))
     }
@@ -199,29 +161,70 @@ impl Substituter {
             }
             // The request itself: the HTTP layer has already retried transient failures.
             Err(ImportError::Open(e)) => Err(Attempt::fatal(e)),
-            Err(ImportError::Store(e)) => Err(Attempt {
-                // A stream that broke off mid-body (connection drop, stall) is worth another
-                // try; a NAR that arrived but is malformed or does not match is not.
-                retryable: broke_off(&e),
-                error: e.into(),
-            }),
+            // A stream that broke off mid-body (connection drop, stall) is worth another
+            // try; a NAR that arrived but is malformed or does not match is not.
+            Err(ImportError::Store(e)) if broke_off(&e) => {
+                Err(Attempt::Cache(Box::new(CacheAttempt {
+                    error: e.into(),
+                    retryable: true,
+                })))
+            }
+            Err(ImportError::Store(e)) => Err(Attempt::store(e)),
         }
     }
 }
 
+/// Why a NAR could not be had from a cache.
+pub(super) enum Failure {
+    /// The cache failed to deliver it (or delivered a bad NAR): another cache may do.
+    Cache(CacheUseError),
+    /// Our side failed (writing the staging tree or the database: a full disk, a quota,
+    /// a read-only or failing file system): no cache can help, and none is blamed.
+    Local(Box<StoreError>),
+}
+
 /// The outcome of a failed download attempt.
-pub(super) struct Attempt {
-    pub(super) error: CacheUseError,
-    pub(super) retryable: bool,
+enum Attempt {
+    Cache(Box<CacheAttempt>),
+    Local(Box<StoreError>),
+}
+
+/// A failed download attempt that is the cache's.
+struct CacheAttempt {
+    error: CacheUseError,
+    retryable: bool,
 }
 
 impl Attempt {
-    /// A failure that another try from the same cache would not fix.
+    /// A failure of the cache that another try from it would not fix.
     fn fatal(e: impl Into<CacheUseError>) -> Attempt {
-        Attempt {
+        Attempt::Cache(Box::new(CacheAttempt {
             error: e.into(),
             retryable: false,
+        }))
+    }
+
+    /// A store error: ours if [`is_local`], otherwise the NAR's (not worth another try).
+    fn store(e: StoreError) -> Attempt {
+        if is_local(&e) {
+            Attempt::Local(Box::new(e))
+        } else {
+            Attempt::fatal(e)
         }
+    }
+}
+
+/// Whether a store error while staging a NAR is our side's: the database, the store's
+/// own files, or writing the unpacked tree (as opposed to a NAR that is malformed, does
+/// not match its narinfo, or could not be read from the cache).
+fn is_local(e: &StoreError) -> bool {
+    match e {
+        StoreError::Nar { source, .. } => matches!(source, FsNarError::Io(_)),
+        StoreError::Io { .. }
+        | StoreError::Db(_)
+        | StoreError::NotWritable { .. }
+        | StoreError::Roots(_) => true,
+        _ => false,
     }
 }
 

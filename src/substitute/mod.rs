@@ -16,7 +16,6 @@
 //!    cache with a trusted narinfo for it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -32,36 +31,18 @@ use crate::schedule::{Cycle, ReadyQueue};
 use crate::store::stage::references_first;
 use crate::store::{LocalStore, Staged, StoreError};
 use crate::trust::{check_narinfo, TrustError};
-use download::{FetchContext, Limits};
-pub use error::{CacheFailure, CacheUseError, SubstituteError};
+use download::{Failure, FetchContext};
+pub use error::{CacheFailure, CacheUseError, Missing, NoNarInfo, Refusal, SubstituteError};
+use limits::Limits;
 use select::select_closures;
 
 mod download;
 mod error;
+mod limits;
 mod select;
 
 /// Default number of NARs downloaded at the same time.
 pub const DEFAULT_JOBS: usize = 16;
-/// Narinfo requests in flight at the same time while planning.
-const NARINFO_CONCURRENCY: usize = 64;
-/// Staged paths that make a commit worth its sync.
-const COMMIT_BATCH: usize = 128;
-/// How long the walk keeps polling for the next narinfo before it lets its thread sleep.
-/// A closure whose narinfos name each other one at a time (a chain) is a sequence of round
-/// trips; on a near cache a round trip is shorter than the time it takes a sleeping thread
-/// (on an idle, perhaps virtual, CPU) to be woken, which doubled each step on the machine
-/// we measure on. Polling costs at most this much CPU per round trip on a far cache.
-const WALK_SPIN: std::time::Duration = std::time::Duration::from_micros(300);
-/// Narinfos whose signatures the walk hands to the blocking pool at a time. A check takes
-/// tens of microseconds, about as long as a narinfo round trip to a near cache; handing each
-/// one over on its own cost a thread wake-up per narinfo and, on two cores, took the core
-/// the cache server would have answered on: a 1,000-path chain took half again as long to
-/// plan as with no checks at all, and with batches of this size as long as without them.
-/// Whatever is left is checked in smaller batches once no narinfo is in flight.
-const CHECK_BATCH: usize = 64;
-/// Batch size for the checks left when the walk has nothing else to wait for.
-const CHECK_TAIL: usize = 16;
-
 /// One cache, opened and checked, with its effective priority.
 pub struct Substituter {
     caches: Vec<OpenCache>,
@@ -224,17 +205,14 @@ impl Substituter {
     ) -> Result<Plan, SubstituteError> {
         let (plan, missing) = self.plan_partial(store, paths).await?;
         if !missing.is_empty() {
-            let mut details = String::new();
-            for (p, reasons) in &missing {
-                let _ = writeln!(details, "  {}:", store.print_path(p));
-                for r in reasons {
-                    let _ = writeln!(details, "    {r}");
-                }
-            }
-            return Err(SubstituteError::Incomplete {
-                count: missing.len(),
-                details: details.trim_end().to_owned(),
-            });
+            let missing = missing
+                .into_iter()
+                .map(|(p, refusals)| Missing {
+                    path: store.print_path(&p),
+                    refusals,
+                })
+                .collect();
+            return Err(SubstituteError::Incomplete { missing });
         }
         Ok(plan)
     }
@@ -247,13 +225,13 @@ impl Substituter {
         &self,
         store: &Arc<LocalStore>,
         paths: &[StorePath],
-    ) -> Result<(Plan, BTreeMap<StorePath, Vec<String>>), SubstituteError> {
+    ) -> Result<(Plan, BTreeMap<StorePath, Vec<Refusal>>), SubstituteError> {
         // Write back what is pending on the store's filesystem while the walk waits on the
         // network, so that the first commit's sync (§6.5) does not pay for it.
         let ahead = store.clone();
         tokio::task::spawn_blocking(move || ahead.flush_ahead());
         let mut trusted: BTreeMap<StorePath, Candidate> = BTreeMap::new();
-        let mut failed: BTreeMap<StorePath, Vec<String>> = BTreeMap::new();
+        let mut failed: BTreeMap<StorePath, Vec<Refusal>> = BTreeMap::new();
         let mut seen: BTreeSet<StorePath> = BTreeSet::new();
         let mut queue: Vec<StorePath> = Vec::new();
         for p in paths {
@@ -270,7 +248,7 @@ impl Substituter {
         let mut checking = FuturesUnordered::new();
         let mut progressed = std::time::Instant::now();
         loop {
-            while in_flight.len() < NARINFO_CONCURRENCY {
+            while in_flight.len() < self.limits.narinfo_concurrency {
                 let Some(p) = queue.pop() else { break };
                 if store.is_valid(&p)? {
                     continue;
@@ -278,9 +256,9 @@ impl Substituter {
                 in_flight.push(self.lookup(store, p, 0, Vec::new()));
             }
             let batch = if in_flight.is_empty() {
-                CHECK_TAIL
+                self.limits.check_tail
             } else {
-                CHECK_BATCH
+                self.limits.check_batch
             };
             while unchecked.len() >= batch || (in_flight.is_empty() && !unchecked.is_empty()) {
                 let at = unchecked.len().saturating_sub(batch);
@@ -294,7 +272,7 @@ impl Substituter {
             if in_flight.is_empty() && checking.is_empty() {
                 break;
             }
-            let spin = !in_flight.is_empty() && progressed.elapsed() < WALK_SPIN;
+            let spin = !in_flight.is_empty() && progressed.elapsed() < self.limits.walk_spin;
             let mut verdicts = Vec::new();
             tokio::select! {
                 biased;
@@ -317,7 +295,7 @@ impl Substituter {
                         checked.map_err(SubstituteError::Task)?;
                     verdicts.extend(batch.into_iter().zip(verdict));
                 }
-                // Lets the runtime poll its sockets without sleeping (see `WALK_SPIN`).
+                // Lets the runtime poll its sockets without sleeping (see `Limits::walk_spin`).
                 () = tokio::task::yield_now(), if spin => {}
             }
             for (arrived, verdict) in verdicts {
@@ -332,11 +310,7 @@ impl Substituter {
                         trusted.insert(path, Candidate { cache, info });
                     }
                     Err(e) => {
-                        reasons.push(format!(
-                            "{}: untrusted: {}",
-                            self.caches[cache].name,
-                            Chain(&e)
-                        ));
+                        reasons.push(self.refusal(cache, NoNarInfo::Untrusted(e)));
                         in_flight.push(self.lookup(store, path, cache + 1, reasons));
                     }
                 }
@@ -344,6 +318,14 @@ impl Substituter {
         }
         // What the trusted narinfos make the closure: everything else was speculation.
         let (wanted, missing) = select_closures(paths, &trusted, |c| c.info.references(), &failed);
+        let missing: Vec<StorePath> = missing.into_keys().collect();
+        let missing = missing
+            .into_iter()
+            .map(|p| {
+                let why = failed.remove(&p).unwrap_or_default();
+                (p, why)
+            })
+            .collect();
         Ok((Plan { wanted }, missing))
     }
 
@@ -355,7 +337,7 @@ impl Substituter {
         store: &LocalStore,
         path: StorePath,
         from: usize,
-        mut reasons: Vec<String>,
+        mut reasons: Vec<Refusal>,
     ) -> Found {
         for (i, c) in self.caches.iter().enumerate().skip(from) {
             match c.cache.narinfo(path.hash_str(), store.store_dir()).await {
@@ -372,10 +354,10 @@ impl Substituter {
                         asked: store.print_path(&path),
                         got: store.print_path(info.store_path()),
                     };
-                    reasons.push(format!("{}: {e}", c.name))
+                    reasons.push(self.refusal(i, NoNarInfo::WrongPath(e)));
                 }
-                Ok(None) => reasons.push(format!("{}: not found", c.name)),
-                Err(e) => reasons.push(format!("{}: {}", c.name, Chain(&e))),
+                Ok(None) => reasons.push(self.refusal(i, NoNarInfo::NotFound)),
+                Err(e) => reasons.push(self.refusal(i, e.into())),
             }
         }
         Found {
@@ -386,6 +368,14 @@ impl Substituter {
         }
     }
 
+    /// What cache `cache` said about a path it could not supply.
+    fn refusal(&self, cache: usize, reason: NoNarInfo) -> Refusal {
+        Refusal {
+            cache: self.caches[cache].name.clone(),
+            reason,
+        }
+    }
+
     /// Like [`Substituter::lookup`], but also checks the signatures: a trusted source for
     /// `path` from caches `from..`, or what each said.
     async fn lookup_trusted(
@@ -393,7 +383,7 @@ impl Substituter {
         store: &LocalStore,
         path: StorePath,
         mut from: usize,
-    ) -> Result<Candidate, Vec<String>> {
+    ) -> Result<Candidate, Vec<Refusal>> {
         let mut reasons = Vec::new();
         loop {
             let found = self.lookup(store, path.clone(), from, reasons).await;
@@ -409,11 +399,7 @@ impl Substituter {
                     })
                 }
                 Err(e) => {
-                    reasons.push(format!(
-                        "{}: untrusted: {}",
-                        self.caches[found.cache].name,
-                        Chain(&e)
-                    ));
+                    reasons.push(self.refusal(found.cache, NoNarInfo::Untrusted(e)));
                     from = found.cache + 1;
                 }
             }
@@ -462,7 +448,7 @@ impl Substituter {
                 .collect(),
         })?;
         // Started but not yet committed: bounds the open locks and staged trees.
-        let window = self.jobs * 4 + 256;
+        let window = self.limits.window(self.jobs);
         let mut next = 0;
         let mut outstanding = 0usize;
         let mut downloads: JoinSet<(usize, Result<Downloaded, SubstituteError>)> = JoinSet::new();
@@ -494,7 +480,7 @@ impl Substituter {
             // window is full, or when nothing is downloading any more (or every download
             // waits for another process, see `LockWaits`).
             let stuck = waits.blocked.load(Ordering::SeqCst) >= downloads.len();
-            let due = staged.len() >= COMMIT_BATCH || outstanding >= window || stuck;
+            let due = staged.len() >= self.limits.commit_batch || outstanding >= window || stuck;
             if committing.is_none() && due {
                 let batch = committable(&mut staged, &mut gate);
                 if !batch.is_empty() {
@@ -593,7 +579,13 @@ impl Substituter {
         loop {
             let error = match self.try_cache(ctx, &candidate, &printed).await {
                 Ok(f) => return Ok(f),
-                Err(error) => error,
+                Err(Failure::Cache(error)) => error,
+                Err(Failure::Local(source)) => {
+                    return Err(SubstituteError::Local {
+                        path: printed,
+                        source,
+                    })
+                }
             };
             let failure = CacheFailure {
                 cache: self.caches[candidate.cache].name.clone(),
@@ -625,7 +617,7 @@ struct Found {
     path: StorePath,
     cache: usize,
     info: Option<NarInfo>,
-    reasons: Vec<String>,
+    reasons: Vec<Refusal>,
 }
 
 /// A narinfo for the path asked whose signatures are still to be checked.
@@ -633,7 +625,7 @@ struct Arrived {
     path: StorePath,
     cache: usize,
     info: NarInfo,
-    reasons: Vec<String>,
+    reasons: Vec<Refusal>,
 }
 
 impl Arrived {

@@ -13,14 +13,14 @@ use crate::format::store_path::StorePath;
 /// Narinfos the walk fetched that no selected closure reaches are left out: they were
 /// speculation (an untrusted narinfo's references, say). A member shared with a closure
 /// that was taken earlier is not walked again.
-pub(super) fn select_closures<T: Clone, R: Clone>(
+pub(super) fn select_closures<'f, T: Clone, R>(
     roots: &[StorePath],
     trusted: &BTreeMap<StorePath, T>,
     refs_of: impl Fn(&T) -> &BTreeSet<StorePath>,
-    failed: &BTreeMap<StorePath, R>,
-) -> (BTreeMap<StorePath, T>, BTreeMap<StorePath, R>) {
+    failed: &'f BTreeMap<StorePath, R>,
+) -> (BTreeMap<StorePath, T>, BTreeMap<StorePath, &'f R>) {
     let mut wanted: BTreeMap<StorePath, T> = BTreeMap::new();
-    let mut missing: BTreeMap<StorePath, R> = BTreeMap::new();
+    let mut missing: BTreeMap<StorePath, &'f R> = BTreeMap::new();
     for root in roots {
         let mut members: Vec<&StorePath> = Vec::new();
         let mut stack: Vec<&StorePath> = vec![root];
@@ -34,7 +34,7 @@ pub(super) fn select_closures<T: Clone, R: Clone>(
                 stack.extend(refs_of(t).iter());
                 members.push(p);
             } else if let Some(why) = failed.get(p) {
-                missing.insert(p.clone(), why.clone());
+                missing.insert(p.clone(), why);
                 complete = false;
             }
             // Otherwise it was valid.
