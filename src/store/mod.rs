@@ -7,6 +7,25 @@
 //! valid. A crash at any point leaves either nothing or a stray directory that is not
 //! registered (removed by the next install of that path, or a temp dir removed at the next
 //! open). See store-format.md, "On-disk layout".
+//!
+//! # Entry points
+//!
+//! What [`LocalStore`] offers, by task. Path metadata travels as [`PathInfo`] (what is
+//! registered) and [`NarImport`] (what comes with a NAR to import); signatures are typed
+//! ([`crate::format::keys::Signature`]) and stored as text. Variants of one operation are
+//! one method with an options struct (target shape; see the table's last column).
+//!
+//! | Task | Methods | Visibility |
+//! |---|---|---|
+//! | open, describe | `open`, `layout`, `store_dir`, `print_path`, `parse_user_path`, `schema_version` | pub |
+//! | query | `is_valid`, `query`, `query_valid`, `query_by_hash`, `closure`, `all_valid`, `derivation_outputs`, `valid_derivers` | pub |
+//! | query (store only) | `referrers` | private |
+//! | read | `dump_path`, `read_derivation`, `verify_path` | pub |
+//! | add one path | `add_tree`, `add_text`, `import_nar(meta, nar)` (`import_nar_with` folds in: opening the stream late becomes an option) | pub |
+//! | stage, then commit in batches (substitute, build) | `stage_nar(meta, StageOptions, open)` (was `stage_nar_with` / `stage_nar_noting_waits`), `stage_nar_locked`, `stage_locked`, `try_lock_for_install`, `lock_for_install`, `commit_staged`, `flush_ahead` | pub(crate) |
+//! | generic staging | `stage` / `stage_noting_waits` (one method with options) | private |
+//! | metadata | `add_signatures`, `register_derivation_outputs` | pub |
+//! | gc | `gc_analyse`, `collect_garbage`, `delete_paths`, `add_temp_root(s)`, `add_indirect_root` | pub; `gc_roots` private |
 
 pub mod db;
 pub mod gc;
