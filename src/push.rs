@@ -218,7 +218,7 @@ async fn push_one(
     narinfo.set_deriver(info.deriver.clone());
     narinfo.set_ca(info.ca);
     for sig in &info.sigs {
-        set(narinfo.add_sig(sig))?;
+        set(narinfo.add_sig(&sig.to_string()))?;
     }
     if let Some(key) = key {
         narinfo.sign(key, store.store_dir());

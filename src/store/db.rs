@@ -21,6 +21,7 @@ use thiserror::Error;
 use crate::error_chain::Chain;
 use crate::format::ca::ContentAddress;
 use crate::format::hash::{Hash, HashAlgo};
+use crate::format::keys::Signature;
 use crate::format::store_path::{StoreDir, StorePath};
 
 /// Everything the store records about a valid path.
@@ -33,8 +34,8 @@ pub struct PathInfo {
     /// May include `path` itself (a self-reference).
     pub references: BTreeSet<StorePath>,
     pub deriver: Option<StorePath>,
-    /// `name:base64` signature strings, kept sorted and unique.
-    pub sigs: BTreeSet<String>,
+    /// Signatures, stored as their `name:base64` text (sorted, unique).
+    pub sigs: BTreeSet<Signature>,
     pub ca: Option<ContentAddress>,
     /// Seconds since the Unix epoch.
     pub registration_time: i64,
@@ -386,7 +387,7 @@ impl Db {
     pub fn add_signatures(
         &mut self,
         path: &StorePath,
-        sigs: impl IntoIterator<Item = String>,
+        sigs: impl IntoIterator<Item = Signature>,
     ) -> Result<(), DbError> {
         let tx = self
             .conn
@@ -399,7 +400,7 @@ impl Db {
             )
             .optional()?;
         let current = current.ok_or_else(|| DbError::NotValid(path.clone()))?;
-        let mut all: BTreeSet<String> = split_sigs(&current);
+        let mut all = split_sigs(&current);
         all.extend(sigs);
         tx.execute(
             "UPDATE valid_paths SET sigs = ?1 WHERE path = ?2",
@@ -499,17 +500,27 @@ fn migrate(conn: &mut Connection) -> Result<(), DbError> {
     Ok(())
 }
 
-fn join_sigs(sigs: &BTreeSet<String>) -> String {
+fn join_sigs(sigs: &BTreeSet<Signature>) -> String {
     sigs.iter()
-        .map(String::as_str)
+        .map(Signature::to_string)
         .collect::<Vec<_>>()
         .join(" ")
 }
 
-fn split_sigs(s: &str) -> BTreeSet<String> {
-    s.split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+/// The signatures of a `sigs` column. A word that is not a well-formed signature can never
+/// verify under any key; it is skipped (as an import skips it: [`parse_signatures`]).
+fn split_sigs(s: &str) -> BTreeSet<Signature> {
+    parse_signatures(s.split(' '))
+}
+
+/// Parses signature texts (a narinfo's `Sig:` values, a `sigs` column), keeping the
+/// well-formed ones. A malformed signature cannot verify under any key, so dropping it
+/// changes no trust decision; the narinfo's own check (`TrustedKeys::count_valid`) has
+/// already seen the raw text.
+pub fn parse_signatures<'a>(texts: impl IntoIterator<Item = &'a str>) -> BTreeSet<Signature> {
+    texts
+        .into_iter()
+        .filter_map(|t| Signature::parse(t).ok())
         .collect()
 }
 
@@ -609,9 +620,12 @@ mod tests {
         assert_eq!(db.referrers(&a).unwrap(), [b.clone()].into());
         assert_eq!(db.referrers(&b).unwrap(), [c.clone()].into());
         assert_eq!(db.all_valid().unwrap().len(), 3);
-        db.add_signatures(&a, ["k:AA".to_owned()]).unwrap();
-        db.add_signatures(&a, ["k:AA".to_owned(), "j:BB".to_owned()])
-            .unwrap();
+        let sig = |name: &str| {
+            let key = crate::format::keys::SecretKey::from_seed(name, &[7; 32]).unwrap();
+            key.sign("fingerprint")
+        };
+        db.add_signatures(&a, [sig("k")]).unwrap();
+        db.add_signatures(&a, [sig("k"), sig("j")]).unwrap();
         assert_eq!(db.query(&a).unwrap().unwrap().sigs.len(), 2);
     }
 

@@ -18,6 +18,7 @@ use super::{LocalStore, PathInfo, StoreError};
 use crate::error_chain::Chain;
 use crate::format::ca::ContentAddress;
 use crate::format::hash::{Hash, HashAlgo, Hasher};
+use crate::format::keys::Signature;
 use crate::format::narinfo::NarInfo;
 use crate::format::store_path::{StorePath, StorePathName};
 use crate::fsnar::{self, RestoreOptions};
@@ -30,12 +31,13 @@ pub struct NarImport {
     pub nar_size: u64,
     pub references: BTreeSet<StorePath>,
     pub deriver: Option<StorePath>,
-    pub sigs: BTreeSet<String>,
+    pub sigs: BTreeSet<Signature>,
     pub ca: Option<ContentAddress>,
 }
 
 impl From<&NarInfo> for NarImport {
-    /// The metadata a narinfo gives for its path.
+    /// The metadata a narinfo gives for its path. Malformed signatures are dropped (see
+    /// [`super::db::parse_signatures`]).
     fn from(info: &NarInfo) -> Self {
         NarImport {
             path: info.store_path().clone(),
@@ -43,7 +45,7 @@ impl From<&NarInfo> for NarImport {
             nar_size: info.nar_size(),
             references: info.references().clone(),
             deriver: info.deriver().cloned(),
-            sigs: info.sigs().clone(),
+            sigs: super::db::parse_signatures(info.sigs().iter().map(String::as_str)),
             ca: info.ca().copied(),
         }
     }

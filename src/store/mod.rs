@@ -285,7 +285,7 @@ impl LocalStore {
     pub fn add_signatures(
         &self,
         path: &StorePath,
-        sigs: impl IntoIterator<Item = String>,
+        sigs: impl IntoIterator<Item = crate::format::keys::Signature>,
     ) -> Result<(), StoreError> {
         self.db().add_signatures(path, sigs).map_err(|e| match e {
             DbError::NotValid(p) => StoreError::NotValid(self.print_path(&p)),

@@ -165,7 +165,7 @@ impl Job<'_> {
             .config
             .signing_keys
             .iter()
-            .map(|k| k.sign(&fingerprint).to_string())
+            .map(|k| k.sign(&fingerprint))
             .collect();
         PathInfo {
             path: path.clone(),
