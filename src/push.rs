@@ -309,7 +309,7 @@ pub async fn push_logs(
     let closure = store.closure(roots.iter())?;
     let mut drvs: BTreeSet<StorePath> = BTreeSet::new();
     for p in &closure {
-        if let Some(d) = store.query_valid(p)?.deriver {
+        if let Some(d) = store.query_valid(p)?.meta.deriver {
             drvs.insert(d);
         }
     }

@@ -107,6 +107,7 @@ impl Renderer {
     /// (where they equal NarHash/NarSize); compressed NARs are produced on demand.
     pub fn render(&self, store: &LocalStore, info: PathInfo) -> Result<Entry, ApiError> {
         let dir = store.store_dir();
+        let info = info.meta;
         let err = |source| ApiError::Render {
             path: store.print_path(&info.path),
             source,

@@ -19,28 +19,33 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use thiserror::Error;
 
 use crate::error_chain::Chain;
-use crate::format::ca::ContentAddress;
 use crate::format::hash::{Hash, HashAlgo};
 use crate::format::keys::Signature;
+use crate::format::path_meta::{parse_signatures, PathMeta};
 use crate::format::store_path::{StoreDir, StorePath};
 
-/// Everything the store records about a valid path.
+/// Everything the store records about a valid path: its [`PathMeta`] and its registration.
+/// It derefs to the `PathMeta`, so `info.path`, `info.nar_hash`, … read as before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathInfo {
-    pub path: StorePath,
-    /// sha256 of the path's NAR serialisation.
-    pub nar_hash: Hash,
-    pub nar_size: u64,
-    /// May include `path` itself (a self-reference).
-    pub references: BTreeSet<StorePath>,
-    pub deriver: Option<StorePath>,
-    /// Signatures, stored as their `name:base64` text (sorted, unique).
-    pub sigs: BTreeSet<Signature>,
-    pub ca: Option<ContentAddress>,
+    pub meta: PathMeta,
     /// Seconds since the Unix epoch.
     pub registration_time: i64,
     /// Built locally (as opposed to added or substituted).
     pub ultimate: bool,
+}
+
+impl std::ops::Deref for PathInfo {
+    type Target = PathMeta;
+    fn deref(&self) -> &PathMeta {
+        &self.meta
+    }
+}
+
+impl std::ops::DerefMut for PathInfo {
+    fn deref_mut(&mut self) -> &mut PathMeta {
+        &mut self.meta
+    }
 }
 
 #[derive(Debug, Error)]
@@ -507,21 +512,10 @@ fn join_sigs(sigs: &BTreeSet<Signature>) -> String {
         .join(" ")
 }
 
-/// The signatures of a `sigs` column. A word that is not a well-formed signature can never
-/// verify under any key; it is skipped (as an import skips it: [`parse_signatures`]).
+/// The signatures of a `sigs` column. A word that is not a well-formed signature is
+/// skipped, as an import skips it ([`parse_signatures`]).
 fn split_sigs(s: &str) -> BTreeSet<Signature> {
     parse_signatures(s.split(' '))
-}
-
-/// Parses signature texts (a narinfo's `Sig:` values, a `sigs` column), keeping the
-/// well-formed ones. A malformed signature cannot verify under any key, so dropping it
-/// changes no trust decision; the narinfo's own check (`TrustedKeys::count_valid`) has
-/// already seen the raw text.
-pub fn parse_signatures<'a>(texts: impl IntoIterator<Item = &'a str>) -> BTreeSet<Signature> {
-    texts
-        .into_iter()
-        .filter_map(|t| Signature::parse(t).ok())
-        .collect()
 }
 
 fn parse_path(context: &str, s: &str) -> Result<StorePath, DbError> {
@@ -562,13 +556,15 @@ impl RawRow {
             None => None,
         };
         Ok(PathInfo {
-            path: parse_path(&self.path, &self.path)?,
-            nar_hash,
-            nar_size: u64::try_from(self.nar_size).map_err(|e| corrupt(e.to_string()))?,
-            references,
-            deriver,
-            sigs: split_sigs(&self.sigs),
-            ca,
+            meta: PathMeta {
+                path: parse_path(&self.path, &self.path)?,
+                nar_hash,
+                nar_size: u64::try_from(self.nar_size).map_err(|e| corrupt(e.to_string()))?,
+                references,
+                deriver,
+                sigs: split_sigs(&self.sigs),
+                ca,
+            },
             registration_time: self.registration_time,
             ultimate: self.ultimate,
         })
@@ -586,13 +582,15 @@ mod tests {
 
     fn info(p: &StorePath, refs: &[&StorePath]) -> PathInfo {
         PathInfo {
-            path: p.clone(),
-            nar_hash: Hash::of(HashAlgo::Sha256, p.as_str().as_bytes()),
-            nar_size: 96,
-            references: refs.iter().map(|r| (*r).clone()).collect(),
-            deriver: None,
-            sigs: BTreeSet::new(),
-            ca: None,
+            meta: PathMeta {
+                path: p.clone(),
+                nar_hash: Hash::of(HashAlgo::Sha256, p.as_str().as_bytes()),
+                nar_size: 96,
+                references: refs.iter().map(|r| (*r).clone()).collect(),
+                deriver: None,
+                sigs: BTreeSet::new(),
+                ca: None,
+            },
             registration_time: 1,
             ultimate: false,
         }

@@ -18,38 +18,13 @@ use super::{LocalStore, PathInfo, StoreError};
 use crate::error_chain::Chain;
 use crate::format::ca::ContentAddress;
 use crate::format::hash::{Hash, HashAlgo, Hasher};
-use crate::format::keys::Signature;
-use crate::format::narinfo::NarInfo;
-use crate::format::store_path::{StorePath, StorePathName};
+use crate::format::path_meta::PathMeta;
+use crate::format::store_path::StorePathName;
 use crate::fsnar::{self, RestoreOptions};
 
-/// The metadata that comes with a NAR to import (from a narinfo, typically).
-#[derive(Debug, Clone)]
-pub struct NarImport {
-    pub path: StorePath,
-    pub nar_hash: Hash,
-    pub nar_size: u64,
-    pub references: BTreeSet<StorePath>,
-    pub deriver: Option<StorePath>,
-    pub sigs: BTreeSet<Signature>,
-    pub ca: Option<ContentAddress>,
-}
-
-impl From<&NarInfo> for NarImport {
-    /// The metadata a narinfo gives for its path. Malformed signatures are dropped (see
-    /// [`super::db::parse_signatures`]).
-    fn from(info: &NarInfo) -> Self {
-        NarImport {
-            path: info.store_path().clone(),
-            nar_hash: *info.nar_hash(),
-            nar_size: info.nar_size(),
-            references: info.references().clone(),
-            deriver: info.deriver().cloned(),
-            sigs: super::db::parse_signatures(info.sigs().iter().map(String::as_str)),
-            ca: info.ca().copied(),
-        }
-    }
-}
+/// The metadata that comes with a NAR to import (from a narinfo, typically): a
+/// [`PathMeta`], which is all an import needs.
+pub type NarImport = PathMeta;
 
 /// Why [`LocalStore::import_nar_with`] failed: opening the stream, or the import.
 #[derive(Debug)]
@@ -107,13 +82,15 @@ impl LocalStore {
             .make_source_path(&nar_hash, [], false, name);
         self.add_temp_root(&path)?; // gc: before checking validity (see roots.rs)
         let info = PathInfo {
-            path: path.clone(),
-            nar_hash,
-            nar_size,
-            references: BTreeSet::new(),
-            deriver: None,
-            sigs: BTreeSet::new(),
-            ca: Some(ContentAddress::source(nar_hash)),
+            meta: PathMeta {
+                path: path.clone(),
+                nar_hash,
+                nar_size,
+                references: BTreeSet::new(),
+                deriver: None,
+                sigs: BTreeSet::new(),
+                ca: Some(ContentAddress::source(nar_hash)),
+            },
             registration_time: 0,
             ultimate: false,
         };
@@ -229,13 +206,7 @@ impl LocalStore {
             }
         }
         Ok(PathInfo {
-            path: meta.path,
-            nar_hash: meta.nar_hash,
-            nar_size: meta.nar_size,
-            references: meta.references,
-            deriver: meta.deriver,
-            sigs: meta.sigs,
-            ca: meta.ca,
+            meta,
             registration_time: 0,
             ultimate: false,
         })

@@ -10,8 +10,9 @@
 //!
 //! # Entry points
 //!
-//! What [`LocalStore`] offers, by task. Path metadata travels as [`PathInfo`] (what is
-//! registered) and [`NarImport`] (what comes with a NAR to import); signatures are typed
+//! What [`LocalStore`] offers, by task. Path metadata is one type,
+//! [`crate::format::path_meta::PathMeta`]: a [`NarImport`] is one, and a [`PathInfo`]
+//! holds one plus its registration. Signatures are typed
 //! ([`crate::format::keys::Signature`]) and stored as text. Variants of one operation are
 //! one method with an options struct (target shape; see the table's last column).
 //!
