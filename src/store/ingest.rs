@@ -13,7 +13,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::stage::{InstallLock, Stage, Staged};
+use super::stage::{InstallLock, Stage, StageOptions, Staged};
 use super::{LocalStore, PathInfo, StoreError};
 use crate::error_chain::Chain;
 use crate::format::ca::ContentAddress;
@@ -26,7 +26,7 @@ use crate::fsnar::{self, RestoreOptions};
 /// [`PathMeta`], which is all an import needs.
 pub type NarImport = PathMeta;
 
-/// Why [`LocalStore::import_nar_with`] failed: opening the stream, or the import.
+/// Why [`LocalStore::stage_nar`] failed: opening the stream, or the import.
 #[derive(Debug)]
 pub enum ImportError<E> {
     Open(E),
@@ -117,10 +117,9 @@ impl LocalStore {
             })
     }
 
-    /// Like [`LocalStore::import_nar`], but the stream is opened by `open` only once the
-    /// path's lock is held and the path is known not to be valid: concurrent processes
-    /// importing the same path fetch it once.
-    pub fn import_nar_with<R: Read, E>(
+    /// [`LocalStore::import_nar`], with the stream opened by `open` only once the path's
+    /// lock is held and the path is known not to be valid.
+    fn import_nar_with<R: Read, E>(
         &self,
         meta: NarImport,
         open: impl FnOnce() -> Result<R, E>,
@@ -145,39 +144,30 @@ impl LocalStore {
             }
             .into());
         }
-        Ok(self.complete(self.stage_nar_with(meta, open)?)?)
+        Ok(self.complete(self.stage_nar(meta, StageOptions::default(), open)?)?)
     }
 
-    /// The first half of [`LocalStore::import_nar_with`]: checks the metadata, then locks
-    /// the path and, unless it is valid, unpacks and checks the NAR into the staging dir
-    /// (see [`super::stage`]). References need not be valid yet; the commit checks them.
-    pub fn stage_nar_with<R: Read, E>(
+    /// The first half of [`LocalStore::import_nar`]: checks the metadata, then locks the
+    /// path and, unless it is valid, opens the stream with `open` and unpacks and checks
+    /// the NAR into the staging dir (see [`super::stage`]). References need not be valid
+    /// yet; the commit checks them.
+    pub(crate) fn stage_nar<R: Read, E>(
         &self,
         meta: NarImport,
-        open: impl FnOnce() -> Result<R, E>,
-    ) -> Result<Stage, ImportError<E>> {
-        self.stage_nar_noting_waits(meta, &|_| {}, open)
-    }
-
-    /// [`LocalStore::stage_nar_with`], noting waits for another process's install lock as
-    /// [`LocalStore::stage_noting_waits`] does.
-    pub fn stage_nar_noting_waits<R: Read, E>(
-        &self,
-        meta: NarImport,
-        waiting: &dyn Fn(bool),
+        opts: StageOptions<'_>,
         open: impl FnOnce() -> Result<R, E>,
     ) -> Result<Stage, ImportError<E>> {
         let info = self.import_info(meta)?;
         let expect = info.clone();
-        self.stage_noting_waits(info, waiting, move |dest| {
+        self.stage(info, opts, move |dest| {
             let nar = open().map_err(ImportError::Open)?;
             Ok(self.unpack_checked(&expect, dest, nar)?)
         })
     }
 
-    /// Like [`LocalStore::stage_nar_with`] for a path whose install lock the caller holds
+    /// Like [`LocalStore::stage_nar`] for a path whose install lock the caller holds
     /// and knows not to be valid, with the NAR at hand.
-    pub fn stage_nar_locked(
+    pub(crate) fn stage_nar_locked(
         &self,
         lock: InstallLock,
         meta: NarImport,
@@ -277,7 +267,7 @@ impl LocalStore {
         info: PathInfo,
         build: impl FnOnce(&Path) -> Result<(), E>,
     ) -> Result<AddOutcome, E> {
-        Ok(self.complete(self.stage(info, build)?)?)
+        Ok(self.complete(self.stage(info, StageOptions::default(), build)?)?)
     }
 
     /// The end of a one-path install: nothing to do if it was valid, else commit it alone.

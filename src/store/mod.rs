@@ -20,13 +20,16 @@
 //! |---|---|---|
 //! | open, describe | `open`, `layout`, `store_dir`, `print_path`, `parse_user_path`, `schema_version` | pub |
 //! | query | `is_valid`, `query`, `query_valid`, `query_by_hash`, `closure`, `all_valid`, `derivation_outputs`, `valid_derivers` | pub |
-//! | query (store only) | `referrers` | private |
 //! | read | `dump_path`, `read_derivation`, `verify_path` | pub |
-//! | add one path | `add_tree`, `add_text`, `import_nar(meta, nar)` (`import_nar_with` folds in: opening the stream late becomes an option) | pub |
-//! | stage, then commit in batches (substitute, build) | `stage_nar(meta, StageOptions, open)` (was `stage_nar_with` / `stage_nar_noting_waits`), `stage_nar_locked`, `stage_locked`, `try_lock_for_install`, `lock_for_install`, `commit_staged`, `flush_ahead` | pub(crate) |
-//! | generic staging | `stage` / `stage_noting_waits` (one method with options) | private |
+//! | add one path | `add_tree`, `add_text`, `import_nar(meta, nar)` | pub |
+//! | stage, then commit in batches (substitute, build) | `stage_nar(meta, StageOptions, open)`, `stage_nar_locked`, `stage_locked`, `try_lock_for_install`, `lock_for_install`, `commit_staged`, `flush_ahead` | pub(crate) |
+//! | generic staging | `stage(info, StageOptions, build)` | store only |
 //! | metadata | `add_signatures`, `register_derivation_outputs` | pub |
-//! | gc | `gc_analyse`, `collect_garbage`, `delete_paths`, `add_temp_root(s)`, `add_indirect_root` | pub; `gc_roots` private |
+//! | gc | `gc_analyse`, `collect_garbage`, `delete_paths`, `gc_roots`, `add_temp_root(s)`, `add_indirect_root` | pub |
+//!
+//! `StageOptions` (default: no wait notifications) replaces the `stage_nar_with` /
+//! `stage_nar_noting_waits` and `stage` / `stage_noting_waits` pairs; opening the NAR
+//! stream late is the one way to stage, and `import_nar` takes a stream at hand.
 
 pub mod db;
 pub mod gc;
@@ -55,7 +58,7 @@ pub use db::{Db, DbError, PathInfo};
 pub use gc::{GcError, GcOptions, GcReport};
 pub use ingest::{AddOutcome, ImportError, NarImport};
 pub use layout::Layout;
-pub use stage::{InstallLock, Stage, Staged};
+pub use stage::{InstallLock, Stage, StageOptions, Staged};
 
 /// What can go wrong in the local store.
 #[derive(Debug, Error)]
@@ -273,10 +276,6 @@ impl LocalStore {
             DbError::NotValid(p) => StoreError::NotValid(self.print_path(&p)),
             e => e.into(),
         })
-    }
-
-    pub fn referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
-        Ok(self.db().referrers(path)?)
     }
 
     pub fn all_valid(&self) -> Result<Vec<StorePath>, StoreError> {
