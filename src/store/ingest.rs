@@ -26,7 +26,7 @@ use crate::fsnar::{self, RestoreOptions};
 /// [`PathMeta`], which is all an import needs.
 pub type NarImport = PathMeta;
 
-/// Why [`LocalStore::stage_nar`] failed: opening the stream, or the import.
+/// Why `LocalStore::stage_nar` failed: opening the stream, or the import.
 #[derive(Debug)]
 pub enum ImportError<E> {
     Open(E),

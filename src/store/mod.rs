@@ -295,7 +295,7 @@ impl LocalStore {
 
     /// Records the outputs (name → path) of a valid derivation (see [`Db`]). Nothing is
     /// written when they are recorded already (as they are for every `.drv` registered
-    /// since the commit records them, see [`LocalStore::commit_staged`]).
+    /// since the commit records them, see `LocalStore::commit_staged`).
     pub fn register_derivation_outputs(
         &self,
         drv: &StorePath,

@@ -33,7 +33,7 @@ use crate::fsnar;
 const MAX_DRV_SIZE: u64 = 64 << 20;
 
 /// A path whose tree is built and checked but not yet visible: commit it with
-/// [`LocalStore::commit_staged`], or drop it to throw it away.
+/// `LocalStore::commit_staged`, or drop it to throw it away.
 #[derive(Debug)]
 pub struct Staged {
     info: PathInfo,
@@ -74,7 +74,7 @@ pub enum Stage {
     Staged(Staged),
 }
 
-/// How [`LocalStore::stage_nar`] (and the store's own staging) behaves; the default
+/// How `LocalStore::stage_nar` (and the store's own staging) behaves; the default
 /// suits a caller that commits each path at once.
 #[derive(Clone, Copy)]
 pub struct StageOptions<'a> {
