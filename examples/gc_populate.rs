@@ -16,6 +16,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
+use store::format::path_meta::PathMeta;
 
 use store::format::store_path::{StoreDir, StorePath};
 use store::store::{Db, Layout, PathInfo};
@@ -67,13 +68,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .make_source_path(&nar_hash, refs.iter(), false, &name);
             fs::rename(&stage, layout.real_path(&path))?;
             batch.push(PathInfo {
-                path: path.clone(),
-                nar_hash,
-                nar_size,
-                references: refs,
-                deriver: None,
-                sigs: BTreeSet::new(),
-                ca: None,
+                meta: PathMeta {
+                    path: path.clone(),
+                    nar_hash,
+                    nar_size,
+                    references: refs,
+                    deriver: None,
+                    sigs: BTreeSet::new(),
+                    ca: None,
+                },
                 registration_time: 1,
                 ultimate: false,
             });

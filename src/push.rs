@@ -283,7 +283,7 @@ fn narinfo_for(
     narinfo.set_deriver(info.deriver.clone());
     narinfo.set_ca(info.ca);
     for sig in &info.sigs {
-        narinfo.add_sig(sig)?;
+        narinfo.add_sig(&sig.to_string())?;
     }
     if let Some(key) = key {
         narinfo.sign(key, store.store_dir());
@@ -366,7 +366,7 @@ pub async fn push_logs(
     let closure = store.closure(roots.iter())?;
     let mut drvs: BTreeSet<StorePath> = BTreeSet::new();
     for p in &closure {
-        if let Some(d) = store.query_valid(p)?.deriver {
+        if let Some(d) = store.query_valid(p)?.meta.deriver {
             drvs.insert(d);
         }
     }

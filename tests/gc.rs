@@ -376,7 +376,7 @@ fn outputs_of_any_registered_derivation_are_recorded() {
             &BTreeSet::new(),
         )
         .unwrap();
-    let drv = added.info.path;
+    let drv = added.info.meta.path;
     assert_eq!(drv.as_str(), vec);
     let out: StorePath = "6fq6bx8wzpb332yg4i3080x2dc0gib41-vec-fod-flat"
         .parse()

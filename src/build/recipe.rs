@@ -538,7 +538,7 @@ impl<'s> Instantiator<'s> {
                 recipe: rpath.to_owned(),
                 source: Box::new(source),
             })?;
-        let drv_path = added.info.path;
+        let drv_path = added.info.meta.path;
         self.store
             .register_derivation_outputs(&drv_path, &drv.owned_output_paths())
             .map_err(|source| RecipeError::Store {
@@ -569,7 +569,7 @@ impl<'s> Instantiator<'s> {
                 path: path.to_owned(),
                 source: Box::new(source),
             })?;
-        Ok(added.info.path)
+        Ok(added.info.meta.path)
     }
 }
 

@@ -25,7 +25,7 @@ pub fn run(g: &GlobalArgs, args: LogArgs) -> Result<ExitCode> {
         path
     } else {
         let info = store.query_valid(&path)?;
-        match info.deriver {
+        match info.meta.deriver {
             Some(d) => d,
             None => bail!(
                 "'{}' has no recorded deriver, so it has no build log",

@@ -59,7 +59,7 @@ impl PathInfoJson {
             deriver: info.deriver.as_ref().map(|d| store.print_path(d)),
             registration_time: info.registration_time,
             ultimate: info.ultimate,
-            signatures: info.sigs.iter().cloned().collect(),
+            signatures: info.sigs.iter().map(ToString::to_string).collect(),
         }
     }
 }

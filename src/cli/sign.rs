@@ -45,7 +45,7 @@ pub fn run(g: &GlobalArgs, args: SignArgs) -> Result<ExitCode> {
             info.nar_size,
             &info.references,
         );
-        let sig = key.sign(&fp).to_string();
+        let sig = key.sign(&fp);
         if !info.sigs.contains(&sig) {
             store.add_signatures(p, [sig])?;
             added += 1;

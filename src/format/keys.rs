@@ -403,6 +403,26 @@ impl fmt::Debug for Signature {
     }
 }
 
+/// Ordered as their text (`name:base64`) sorts, so a set of signatures lists (and is
+/// stored) in the same order as the strings it is parsed from.
+impl Ord for Signature {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        fn text_name(s: &Signature) -> impl Iterator<Item = u8> + '_ {
+            s.name.as_str().bytes().chain(std::iter::once(b':'))
+        }
+        text_name(self).cmp(text_name(other)).then_with(|| {
+            let text = |s: &Signature| BASE64.encode(&s.sig.to_bytes());
+            text(self).cmp(&text(other))
+        })
+    }
+}
+
+impl PartialOrd for Signature {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl FromStr for Signature {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {
@@ -550,6 +570,25 @@ mod tests {
     const PUB: &str = "test-cache-1:NYgtoruizuryolCLu5nuyeLIW7BKrpXu2BvVsMOG20A=";
     const FP: &str = "1;/nix/store/si47kwc33psiwfxkyw4c9qwx7r6n5zca-vec-a.txt;sha256:1mjgk9r4fiia8gac4jd35rx48xcp0saqy76iaqrkcz6295lyzi0x;128;";
     const SIG: &str = "test-cache-1:6O2C4MF6DvFH6Cj1BdZesHAvopRNuBN+b2JzhtkH6sj/quWZx8XWnqRIrXLJvF73LJD/2NeNsxL8f2T4E53KDg==";
+
+    #[test]
+    fn signatures_sort_as_their_text() {
+        let sig = |name: &str, seed: u8| SecretKey::from_seed(name, &[seed; 32]).unwrap().sign(FP);
+        // `a` is a prefix of `a-b`; ':' sorts after '-', as in the text.
+        let sigs = [
+            sig("a", 1),
+            sig("a", 2),
+            sig("a-b", 1),
+            sig("b", 3),
+            sig("a", 9),
+        ];
+        let mut by_value = sigs.to_vec();
+        by_value.sort();
+        let mut by_text: Vec<String> = sigs.iter().map(ToString::to_string).collect();
+        by_text.sort();
+        let printed: Vec<String> = by_value.iter().map(ToString::to_string).collect();
+        assert_eq!(printed, by_text);
+    }
 
     #[test]
     fn parse_print_sign() {

@@ -14,4 +14,5 @@ pub mod keys;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;
+pub mod path_meta;
 pub mod store_path;

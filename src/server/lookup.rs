@@ -107,6 +107,7 @@ impl Renderer {
     /// (where they equal NarHash/NarSize); compressed NARs are produced on demand.
     pub fn render(&self, store: &LocalStore, info: PathInfo) -> Result<Entry, ApiError> {
         let dir = store.store_dir();
+        let info = info.meta;
         let err = |source| ApiError::Render {
             path: store.print_path(&info.path),
             source,
@@ -125,7 +126,7 @@ impl Renderer {
         ni.set_deriver(info.deriver);
         ni.set_ca(info.ca);
         for sig in &info.sigs {
-            ni.add_sig(sig).map_err(err)?;
+            ni.add_sig(&sig.to_string()).map_err(err)?;
         }
         if let Some(key) = &self.sign_with {
             ni.sign(key, dir);
@@ -239,7 +240,12 @@ mod tests {
         assert!(probe.changed());
         assert!(!probe.changed());
         store
-            .add_signatures(&added.info.path, ["k:AA".to_owned()])
+            .add_signatures(
+                &added.info.path,
+                [crate::format::keys::SecretKey::from_seed("k", &[7; 32])
+                    .unwrap()
+                    .sign("fingerprint")],
+            )
             .unwrap();
         assert!(probe.changed());
 

@@ -19,27 +19,33 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use thiserror::Error;
 
 use crate::error_chain::Chain;
-use crate::format::ca::ContentAddress;
 use crate::format::hash::{Hash, HashAlgo};
+use crate::format::keys::Signature;
+use crate::format::path_meta::{parse_signatures, PathMeta};
 use crate::format::store_path::{StoreDir, StorePath};
 
-/// Everything the store records about a valid path.
+/// Everything the store records about a valid path: its [`PathMeta`] and its registration.
+/// It derefs to the `PathMeta`, so `info.path`, `info.nar_hash`, … read as before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathInfo {
-    pub path: StorePath,
-    /// sha256 of the path's NAR serialisation.
-    pub nar_hash: Hash,
-    pub nar_size: u64,
-    /// May include `path` itself (a self-reference).
-    pub references: BTreeSet<StorePath>,
-    pub deriver: Option<StorePath>,
-    /// `name:base64` signature strings, kept sorted and unique.
-    pub sigs: BTreeSet<String>,
-    pub ca: Option<ContentAddress>,
+    pub meta: PathMeta,
     /// Seconds since the Unix epoch.
     pub registration_time: i64,
     /// Built locally (as opposed to added or substituted).
     pub ultimate: bool,
+}
+
+impl std::ops::Deref for PathInfo {
+    type Target = PathMeta;
+    fn deref(&self) -> &PathMeta {
+        &self.meta
+    }
+}
+
+impl std::ops::DerefMut for PathInfo {
+    fn deref_mut(&mut self) -> &mut PathMeta {
+        &mut self.meta
+    }
 }
 
 #[derive(Debug, Error)]
@@ -386,7 +392,7 @@ impl Db {
     pub fn add_signatures(
         &mut self,
         path: &StorePath,
-        sigs: impl IntoIterator<Item = String>,
+        sigs: impl IntoIterator<Item = Signature>,
     ) -> Result<(), DbError> {
         let tx = self
             .conn
@@ -399,7 +405,7 @@ impl Db {
             )
             .optional()?;
         let current = current.ok_or_else(|| DbError::NotValid(path.clone()))?;
-        let mut all: BTreeSet<String> = split_sigs(&current);
+        let mut all = split_sigs(&current);
         all.extend(sigs);
         tx.execute(
             "UPDATE valid_paths SET sigs = ?1 WHERE path = ?2",
@@ -499,18 +505,17 @@ fn migrate(conn: &mut Connection) -> Result<(), DbError> {
     Ok(())
 }
 
-fn join_sigs(sigs: &BTreeSet<String>) -> String {
+fn join_sigs(sigs: &BTreeSet<Signature>) -> String {
     sigs.iter()
-        .map(String::as_str)
+        .map(Signature::to_string)
         .collect::<Vec<_>>()
         .join(" ")
 }
 
-fn split_sigs(s: &str) -> BTreeSet<String> {
-    s.split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+/// The signatures of a `sigs` column. A word that is not a well-formed signature is
+/// skipped, as an import skips it ([`parse_signatures`]).
+fn split_sigs(s: &str) -> BTreeSet<Signature> {
+    parse_signatures(s.split(' '))
 }
 
 fn parse_path(context: &str, s: &str) -> Result<StorePath, DbError> {
@@ -551,13 +556,15 @@ impl RawRow {
             None => None,
         };
         Ok(PathInfo {
-            path: parse_path(&self.path, &self.path)?,
-            nar_hash,
-            nar_size: u64::try_from(self.nar_size).map_err(|e| corrupt(e.to_string()))?,
-            references,
-            deriver,
-            sigs: split_sigs(&self.sigs),
-            ca,
+            meta: PathMeta {
+                path: parse_path(&self.path, &self.path)?,
+                nar_hash,
+                nar_size: u64::try_from(self.nar_size).map_err(|e| corrupt(e.to_string()))?,
+                references,
+                deriver,
+                sigs: split_sigs(&self.sigs),
+                ca,
+            },
             registration_time: self.registration_time,
             ultimate: self.ultimate,
         })
@@ -575,13 +582,15 @@ mod tests {
 
     fn info(p: &StorePath, refs: &[&StorePath]) -> PathInfo {
         PathInfo {
-            path: p.clone(),
-            nar_hash: Hash::of(HashAlgo::Sha256, p.as_str().as_bytes()),
-            nar_size: 96,
-            references: refs.iter().map(|r| (*r).clone()).collect(),
-            deriver: None,
-            sigs: BTreeSet::new(),
-            ca: None,
+            meta: PathMeta {
+                path: p.clone(),
+                nar_hash: Hash::of(HashAlgo::Sha256, p.as_str().as_bytes()),
+                nar_size: 96,
+                references: refs.iter().map(|r| (*r).clone()).collect(),
+                deriver: None,
+                sigs: BTreeSet::new(),
+                ca: None,
+            },
             registration_time: 1,
             ultimate: false,
         }
@@ -609,9 +618,12 @@ mod tests {
         assert_eq!(db.referrers(&a).unwrap(), [b.clone()].into());
         assert_eq!(db.referrers(&b).unwrap(), [c.clone()].into());
         assert_eq!(db.all_valid().unwrap().len(), 3);
-        db.add_signatures(&a, ["k:AA".to_owned()]).unwrap();
-        db.add_signatures(&a, ["k:AA".to_owned(), "j:BB".to_owned()])
-            .unwrap();
+        let sig = |name: &str| {
+            let key = crate::format::keys::SecretKey::from_seed(name, &[7; 32]).unwrap();
+            key.sign("fingerprint")
+        };
+        db.add_signatures(&a, [sig("k")]).unwrap();
+        db.add_signatures(&a, [sig("k"), sig("j")]).unwrap();
         assert_eq!(db.query(&a).unwrap().unwrap().sigs.len(), 2);
     }
 

@@ -13,43 +13,20 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::stage::{InstallLock, Stage, Staged};
+use super::stage::{InstallLock, Stage, StageOptions, Staged};
 use super::{LocalStore, PathInfo, StoreError};
 use crate::error_chain::Chain;
 use crate::format::ca::ContentAddress;
 use crate::format::hash::{Hash, HashAlgo, Hasher};
-use crate::format::narinfo::NarInfo;
-use crate::format::store_path::{StorePath, StorePathName};
+use crate::format::path_meta::PathMeta;
+use crate::format::store_path::StorePathName;
 use crate::fsnar::{self, FsNarError, RestoreOptions};
 
-/// The metadata that comes with a NAR to import (from a narinfo, typically).
-#[derive(Debug, Clone)]
-pub struct NarImport {
-    pub path: StorePath,
-    pub nar_hash: Hash,
-    pub nar_size: u64,
-    pub references: BTreeSet<StorePath>,
-    pub deriver: Option<StorePath>,
-    pub sigs: BTreeSet<String>,
-    pub ca: Option<ContentAddress>,
-}
+/// The metadata that comes with a NAR to import (from a narinfo, typically): a
+/// [`PathMeta`], which is all an import needs.
+pub type NarImport = PathMeta;
 
-impl From<&NarInfo> for NarImport {
-    /// The metadata a narinfo gives for its path.
-    fn from(info: &NarInfo) -> Self {
-        NarImport {
-            path: info.store_path().clone(),
-            nar_hash: *info.nar_hash(),
-            nar_size: info.nar_size(),
-            references: info.references().clone(),
-            deriver: info.deriver().cloned(),
-            sigs: info.sigs().clone(),
-            ca: info.ca().copied(),
-        }
-    }
-}
-
-/// Why [`LocalStore::import_nar_with`] failed: opening the stream, or the import.
+/// Why `LocalStore::stage_nar` failed: opening the stream, or the import.
 #[derive(Debug)]
 pub enum ImportError<E> {
     Open(E),
@@ -105,13 +82,15 @@ impl LocalStore {
             .make_source_path(&nar_hash, [], false, name);
         self.add_temp_root(&path)?; // gc: before checking validity (see roots.rs)
         let info = PathInfo {
-            path: path.clone(),
-            nar_hash,
-            nar_size,
-            references: BTreeSet::new(),
-            deriver: None,
-            sigs: BTreeSet::new(),
-            ca: Some(ContentAddress::source(nar_hash)),
+            meta: PathMeta {
+                path: path.clone(),
+                nar_hash,
+                nar_size,
+                references: BTreeSet::new(),
+                deriver: None,
+                sigs: BTreeSet::new(),
+                ca: Some(ContentAddress::source(nar_hash)),
+            },
             registration_time: 0,
             ultimate: false,
         };
@@ -138,10 +117,9 @@ impl LocalStore {
             })
     }
 
-    /// Like [`LocalStore::import_nar`], but the stream is opened by `open` only once the
-    /// path's lock is held and the path is known not to be valid: concurrent processes
-    /// importing the same path fetch it once.
-    pub fn import_nar_with<R: Read, E>(
+    /// [`LocalStore::import_nar`], with the stream opened by `open` only once the path's
+    /// lock is held and the path is known not to be valid.
+    fn import_nar_with<R: Read, E>(
         &self,
         meta: NarImport,
         open: impl FnOnce() -> Result<R, E>,
@@ -166,39 +144,30 @@ impl LocalStore {
             }
             .into());
         }
-        Ok(self.complete(self.stage_nar_with(meta, open)?)?)
+        Ok(self.complete(self.stage_nar(meta, StageOptions::default(), open)?)?)
     }
 
-    /// The first half of [`LocalStore::import_nar_with`]: checks the metadata, then locks
-    /// the path and, unless it is valid, unpacks and checks the NAR into the staging dir
-    /// (see [`super::stage`]). References need not be valid yet; the commit checks them.
-    pub fn stage_nar_with<R: Read, E>(
+    /// The first half of [`LocalStore::import_nar`]: checks the metadata, then locks the
+    /// path and, unless it is valid, opens the stream with `open` and unpacks and checks
+    /// the NAR into the staging dir (see [`super::stage`]). References need not be valid
+    /// yet; the commit checks them.
+    pub(crate) fn stage_nar<R: Read, E>(
         &self,
         meta: NarImport,
-        open: impl FnOnce() -> Result<R, E>,
-    ) -> Result<Stage, ImportError<E>> {
-        self.stage_nar_noting_waits(meta, &|_| {}, open)
-    }
-
-    /// [`LocalStore::stage_nar_with`], noting waits for another process's install lock as
-    /// [`LocalStore::stage_noting_waits`] does.
-    pub fn stage_nar_noting_waits<R: Read, E>(
-        &self,
-        meta: NarImport,
-        waiting: &dyn Fn(bool),
+        opts: StageOptions<'_>,
         open: impl FnOnce() -> Result<R, E>,
     ) -> Result<Stage, ImportError<E>> {
         let info = self.import_info(meta)?;
         let expect = info.clone();
-        self.stage_noting_waits(info, waiting, move |dest| {
+        self.stage(info, opts, move |dest| {
             let nar = open().map_err(ImportError::Open)?;
             Ok(self.unpack_checked(&expect, dest, nar)?)
         })
     }
 
-    /// Like [`LocalStore::stage_nar_with`] for a path whose install lock the caller holds
+    /// Like [`LocalStore::stage_nar`] for a path whose install lock the caller holds
     /// and knows not to be valid, with the NAR at hand.
-    pub fn stage_nar_locked(
+    pub(crate) fn stage_nar_locked(
         &self,
         lock: InstallLock,
         meta: NarImport,
@@ -227,13 +196,7 @@ impl LocalStore {
             }
         }
         Ok(PathInfo {
-            path: meta.path,
-            nar_hash: meta.nar_hash,
-            nar_size: meta.nar_size,
-            references: meta.references,
-            deriver: meta.deriver,
-            sigs: meta.sigs,
-            ca: meta.ca,
+            meta,
             registration_time: 0,
             ultimate: false,
         })
@@ -306,7 +269,7 @@ impl LocalStore {
         info: PathInfo,
         build: impl FnOnce(&Path) -> Result<(), E>,
     ) -> Result<AddOutcome, E> {
-        Ok(self.complete(self.stage(info, build)?)?)
+        Ok(self.complete(self.stage(info, StageOptions::default(), build)?)?)
     }
 
     /// The end of a one-path install: nothing to do if it was valid, else commit it alone.

@@ -7,6 +7,29 @@
 //! valid. A crash at any point leaves either nothing or a stray directory that is not
 //! registered (removed by the next install of that path, or a temp dir removed at the next
 //! open). See store-format.md, "On-disk layout".
+//!
+//! # Entry points
+//!
+//! What [`LocalStore`] offers, by task. Path metadata is one type,
+//! [`crate::format::path_meta::PathMeta`]: a [`NarImport`] is one, and a [`PathInfo`]
+//! holds one plus its registration. Signatures are typed
+//! ([`crate::format::keys::Signature`]) and stored as text. Variants of one operation are
+//! one method with an options struct (target shape; see the table's last column).
+//!
+//! | Task | Methods | Visibility |
+//! |---|---|---|
+//! | open, describe | `open`, `layout`, `store_dir`, `print_path`, `parse_user_path`, `schema_version` | pub |
+//! | query | `is_valid`, `query`, `query_valid`, `query_by_hash`, `closure`, `all_valid`, `derivation_outputs`, `valid_derivers` | pub |
+//! | read | `dump_path`, `read_derivation`, `verify_path` | pub |
+//! | add one path | `add_tree`, `add_text`, `import_nar(meta, nar)` | pub |
+//! | stage, then commit in batches (substitute, build) | `stage_nar(meta, StageOptions, open)`, `stage_nar_locked`, `stage_locked`, `try_lock_for_install`, `lock_for_install`, `commit_staged`, `flush_ahead` | pub(crate) |
+//! | generic staging | `stage(info, StageOptions, build)` | store only |
+//! | metadata | `add_signatures`, `register_derivation_outputs` | pub |
+//! | gc | `gc_analyse`, `collect_garbage`, `delete_paths`, `gc_roots`, `add_temp_root(s)`, `add_indirect_root` | pub |
+//!
+//! `StageOptions` (default: no wait notifications) replaces the `stage_nar_with` /
+//! `stage_nar_noting_waits` and `stage` / `stage_noting_waits` pairs; opening the NAR
+//! stream late is the one way to stage, and `import_nar` takes a stream at hand.
 
 pub mod db;
 pub mod gc;
@@ -35,7 +58,7 @@ pub use db::{Db, DbError, PathInfo};
 pub use gc::{GcError, GcOptions, GcReport};
 pub use ingest::{AddOutcome, ImportError, NarImport};
 pub use layout::Layout;
-pub use stage::{InstallLock, Stage, Staged};
+pub use stage::{InstallLock, Stage, StageOptions, Staged};
 
 /// What can go wrong in the local store.
 #[derive(Debug, Error)]
@@ -255,10 +278,6 @@ impl LocalStore {
         })
     }
 
-    pub fn referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
-        Ok(self.db().referrers(path)?)
-    }
-
     pub fn all_valid(&self) -> Result<Vec<StorePath>, StoreError> {
         Ok(self.db().all_valid()?)
     }
@@ -266,7 +285,7 @@ impl LocalStore {
     pub fn add_signatures(
         &self,
         path: &StorePath,
-        sigs: impl IntoIterator<Item = String>,
+        sigs: impl IntoIterator<Item = crate::format::keys::Signature>,
     ) -> Result<(), StoreError> {
         self.db().add_signatures(path, sigs).map_err(|e| match e {
             DbError::NotValid(p) => StoreError::NotValid(self.print_path(&p)),
@@ -276,7 +295,7 @@ impl LocalStore {
 
     /// Records the outputs (name → path) of a valid derivation (see [`Db`]). Nothing is
     /// written when they are recorded already (as they are for every `.drv` registered
-    /// since the commit records them, see [`LocalStore::commit_staged`]).
+    /// since the commit records them, see `LocalStore::commit_staged`).
     pub fn register_derivation_outputs(
         &self,
         drv: &StorePath,

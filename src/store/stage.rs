@@ -33,7 +33,7 @@ use crate::fsnar;
 const MAX_DRV_SIZE: u64 = 64 << 20;
 
 /// A path whose tree is built and checked but not yet visible: commit it with
-/// [`LocalStore::commit_staged`], or drop it to throw it away.
+/// `LocalStore::commit_staged`, or drop it to throw it away.
 #[derive(Debug)]
 pub struct Staged {
     info: PathInfo,
@@ -74,28 +74,38 @@ pub enum Stage {
     Staged(Staged),
 }
 
+/// How `LocalStore::stage_nar` (and the store's own staging) behaves; the default
+/// suits a caller that commits each path at once.
+#[derive(Clone, Copy)]
+pub struct StageOptions<'a> {
+    /// Called with `true` before staging blocks on an install lock that another process
+    /// holds, and with `false` once it has it. A caller that keeps staged paths
+    /// uncommitted must commit what it can while it waits: the other process may in turn
+    /// be waiting for one of those paths' locks. Default: does nothing.
+    pub waiting: &'a dyn Fn(bool),
+}
+
+fn never_notes(_: bool) {}
+
+impl Default for StageOptions<'_> {
+    fn default() -> Self {
+        StageOptions {
+            waiting: &never_notes,
+        }
+    }
+}
+
 impl LocalStore {
     /// Locks `info.path` and, unless it is valid already, has `build` create its
     /// (canonicalised, checked) tree at the path it is given, inside the staging dir.
     /// References need not be valid yet; they must be by the time of the commit.
-    pub fn stage<E: From<StoreError>>(
+    pub(super) fn stage<E: From<StoreError>>(
         &self,
         info: PathInfo,
+        opts: StageOptions<'_>,
         build: impl FnOnce(&Path) -> Result<(), E>,
     ) -> Result<Stage, E> {
-        self.stage_noting_waits(info, &|_| {}, build)
-    }
-
-    /// [`LocalStore::stage`], calling `waiting(true)` before it blocks on an install lock
-    /// that another process holds and `waiting(false)` once it has it. A caller that keeps
-    /// staged paths uncommitted must commit what it can while it waits: the other process
-    /// may in turn be waiting for one of those paths' locks.
-    pub fn stage_noting_waits<E: From<StoreError>>(
-        &self,
-        info: PathInfo,
-        waiting: &dyn Fn(bool),
-        build: impl FnOnce(&Path) -> Result<(), E>,
-    ) -> Result<Stage, E> {
+        let waiting = opts.waiting;
         // Rooted before validity is checked, so a collection cannot take it from under us.
         self.add_temp_root(&info.path)?;
         let lock = match self.path_locks.try_lock(&info.path) {
@@ -123,7 +133,7 @@ impl LocalStore {
     }
 
     /// Takes the install lock of `path` if nobody holds it: one `fcntl`, no waiting.
-    pub fn try_lock_for_install(
+    pub(crate) fn try_lock_for_install(
         &self,
         path: &StorePath,
     ) -> Result<Option<InstallLock>, StoreError> {
@@ -136,7 +146,7 @@ impl LocalStore {
     /// Takes the install lock of `path` (blocking while another process holds it). Whoever
     /// holds it is the only one who may make `path` valid; check validity again once it is
     /// held.
-    pub fn lock_for_install(&self, path: &StorePath) -> Result<InstallLock, StoreError> {
+    pub(crate) fn lock_for_install(&self, path: &StorePath) -> Result<InstallLock, StoreError> {
         let lock = self
             .path_locks
             .lock(path)
@@ -146,7 +156,7 @@ impl LocalStore {
 
     /// Like [`LocalStore::stage`] for a path whose install lock the caller holds and knows
     /// not to be valid.
-    pub fn stage_locked<E: From<StoreError>>(
+    pub(crate) fn stage_locked<E: From<StoreError>>(
         &self,
         lock: InstallLock,
         info: PathInfo,
@@ -176,7 +186,7 @@ impl LocalStore {
     /// valid or in the batch; the batch is put in reference order here. On error, paths
     /// already renamed stay as unregistered leftovers, which the next install of the same
     /// path replaces: nothing becomes valid without its tree being complete.
-    pub fn commit_staged(&self, batch: Vec<Staged>) -> Result<Vec<PathInfo>, StoreError> {
+    pub(crate) fn commit_staged(&self, batch: Vec<Staged>) -> Result<Vec<PathInfo>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -294,7 +304,7 @@ impl LocalStore {
 
     /// Starts writing back everything pending on the store's filesystem (a `syncfs`),
     /// ignoring errors: a hint that makes the next commit's sync cheaper, not a guarantee.
-    pub fn flush_ahead(&self) {
+    pub(crate) fn flush_ahead(&self) {
         if let Err(e) = sync_filesystem(self.layout.real_store()) {
             tracing::debug!("early sync of the store's filesystem failed: {e}");
         }
@@ -423,7 +433,7 @@ mod tests {
 
     fn stage(store: &LocalStore, meta: NarImport, nar: &[u8]) -> Staged {
         match store
-            .stage_nar_with(meta, || Ok::<_, io::Error>(nar))
+            .stage_nar(meta, StageOptions::default(), || Ok::<_, io::Error>(nar))
             .unwrap()
         {
             Stage::Staged(s) => s,
@@ -476,7 +486,9 @@ mod tests {
         // Staging a valid path builds nothing.
         let (a2, _) = file_path(&store, "a", "a\n", &[]);
         assert!(matches!(
-            store.stage_nar_with(a2, || Err::<&[u8], _>("must not open")),
+            store.stage_nar(a2, StageOptions::default(), || {
+                Err::<&[u8], _>("must not open")
+            }),
             Ok(Stage::Valid(_))
         ));
     }

@@ -3,6 +3,7 @@
 //! The file goes through the same install protocol as every other path.
 //! `read_derivation` reads such a file back when it is a `.drv`.
 
+use crate::format::path_meta::PathMeta;
 use std::collections::BTreeSet;
 
 use super::{AddOutcome, LocalStore, PathInfo, StoreError};
@@ -69,13 +70,15 @@ impl LocalStore {
         let (nar, nar_size) = writer.finish().map_err(|e| nar_err(e.into()))?;
         let nar_hash = Hash::of(HashAlgo::Sha256, &nar);
         let info = PathInfo {
-            path,
-            nar_hash,
-            nar_size,
-            references: references.clone(),
-            deriver: None,
-            sigs: BTreeSet::new(),
-            ca: Some(ContentAddress::Text(content_hash)),
+            meta: PathMeta {
+                path,
+                nar_hash,
+                nar_size,
+                references: references.clone(),
+                deriver: None,
+                sigs: BTreeSet::new(),
+                ca: Some(ContentAddress::Text(content_hash)),
+            },
             registration_time: 0,
             ultimate: false,
         };

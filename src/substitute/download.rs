@@ -11,7 +11,9 @@ use crate::cache::{blocking_reader, Backend, CacheError};
 use crate::error_chain::Chain;
 use crate::format::nar::NarReadError;
 use crate::fsnar::FsNarError;
-use crate::store::{ImportError, InstallLock, LocalStore, NarImport, Stage, StoreError};
+use crate::store::{
+    ImportError, InstallLock, LocalStore, NarImport, Stage, StageOptions, StoreError,
+};
 
 /// What every download of one [`Substituter::fetch`] shares.
 pub(super) struct FetchContext {
@@ -136,7 +138,10 @@ impl Substituter {
         let handle = tokio::runtime::Handle::current();
         let outcome = tokio::task::spawn_blocking(move || {
             let (store, waits) = (&ctx.store, &ctx.waits);
-            store.stage_nar_noting_waits(meta, &|w| waits.note(w), || {
+            let opts = StageOptions {
+                waiting: &|w| waits.note(w),
+            };
+            store.stage_nar(meta, opts, || {
                 let stream = handle
                     .block_on(cache.get(info.url()))?
                     .ok_or_else(|| CacheError::NotFound(info.url().to_owned()))?;

@@ -11,7 +11,7 @@
 //!    in reference order. Each download runs under the path's lock (so concurrent processes
 //!    fetch a path once) and streams: HTTP body → decompression (input and output bounded by
 //!    the signed NarSize) → strict NAR unpack with hashing → checks → atomic install
-//!    ([`LocalStore::import_nar_with`]). A failed download is retried; a cache that keeps
+//!    (`LocalStore::stage_nar`). A failed download is retried; a cache that keeps
 //!    failing, or serves a NAR that does not match, makes the path fall through to the next
 //!    cache with a trusted narinfo for it.
 

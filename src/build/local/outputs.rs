@@ -3,6 +3,7 @@
 //! declared hash if fixed, and then either compared with the valid path (`check`) or
 //! described and signed for registration.
 
+use crate::format::path_meta::PathMeta;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write};
@@ -165,16 +166,18 @@ impl Job<'_> {
             .config
             .signing_keys
             .iter()
-            .map(|k| k.sign(&fingerprint).to_string())
+            .map(|k| k.sign(&fingerprint))
             .collect();
         PathInfo {
-            path: path.clone(),
-            nar_hash,
-            nar_size,
-            references,
-            deriver: Some(self.drv_path.clone()),
-            sigs,
-            ca,
+            meta: PathMeta {
+                path: path.clone(),
+                nar_hash,
+                nar_size,
+                references,
+                deriver: Some(self.drv_path.clone()),
+                sigs,
+                ca,
+            },
             registration_time: 0,
             ultimate: true,
         }
