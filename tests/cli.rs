@@ -647,13 +647,7 @@ fn unprivileged(
     } else {
         std::process::Command::new(bin)
     };
-    for var in [
-        "STORE_DIR",
-        "STORE_ROOT",
-        "STORE_CONFIG",
-        "STORE_LOG",
-        "XDG_CONFIG_HOME",
-    ] {
+    for var in common::STORE_ENV {
         cmd.env_remove(var);
     }
     match data {

@@ -108,17 +108,20 @@ impl TestStore {
     }
 }
 
+/// The environment variables that change where the binary finds its store or config.
+pub const STORE_ENV: [&str; 6] = [
+    "STORE_DIR",
+    "STORE_ROOT",
+    "STORE_CONFIG",
+    "STORE_LOG",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+];
+
 /// The binary with a clean environment (HOME in `home`, no STORE_* variables).
 pub fn bare_cmd(home: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_store"));
-    for var in [
-        "STORE_DIR",
-        "STORE_ROOT",
-        "STORE_CONFIG",
-        "STORE_LOG",
-        "XDG_CONFIG_HOME",
-        "XDG_DATA_HOME",
-    ] {
+    for var in STORE_ENV {
         c.env_remove(var);
     }
     c.env("HOME", home);
