@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::task::JoinSet;
 
 use crate::cache::{Cache, CacheUrl, ClientOptions};
 use crate::error_chain::Chain;
@@ -34,11 +33,13 @@ use crate::trust::{check_narinfo, TrustError};
 use download::{Failure, FetchContext};
 pub use error::{CacheFailure, CacheUseError, Missing, NoNarInfo, Refusal, SubstituteError};
 use limits::Limits;
+use run::FetchRun;
 use select::select_closures;
 
 mod download;
 mod error;
 mod limits;
+mod run;
 mod select;
 
 /// Default number of NARs downloaded at the same time.
@@ -419,132 +420,14 @@ impl Substituter {
         progress: Arc<Progress>,
     ) -> Result<Vec<Fetched>, SubstituteError> {
         let wanted = plan.wanted;
-        progress
-            .paths_total
-            .fetch_add(wanted.len() as u64, Ordering::Relaxed);
-        progress.bytes_total.fetch_add(
-            wanted.values().map(|c| c.info.nar_size()).sum(),
-            Ordering::Relaxed,
-        );
-        // Every path to install and every reference becomes a temp root now, in one write,
-        // instead of one write per path as each is staged.
-        let roots: Vec<StorePath> = wanted
-            .iter()
-            .flat_map(|(p, c)| std::iter::once(p).chain(c.info.references()))
-            .cloned()
-            .collect();
-        let rooting = store.clone();
-        tokio::task::spawn_blocking(move || rooting.add_temp_roots(&roots))
-            .await
-            .map_err(SubstituteError::Task)??;
-        let order = reference_order(&wanted);
-        // Which staged paths can be committed: each once its references among the wanted
-        // ones are valid (or committed in the same batch, before it).
-        let mut gate = commit_gate(&order, &wanted).map_err(|cycle| SubstituteError::Cycle {
-            paths: cycle
-                .members
-                .iter()
-                .map(|&i| store.print_path(&order[i]))
-                .collect(),
-        })?;
-        // Started but not yet committed: bounds the open locks and staged trees.
-        let window = self.limits.window(self.jobs);
-        let mut next = 0;
-        let mut outstanding = 0usize;
-        let mut downloads: JoinSet<(usize, Result<Downloaded, SubstituteError>)> = JoinSet::new();
-        let mut staged: BTreeMap<usize, (Staged, Fetched)> = BTreeMap::new();
-        let mut committing: Option<tokio::task::JoinHandle<CommitResult>> = None;
-        let mut done = Vec::new();
-        let mut first_error = None;
-        let this = Arc::new(self.clone_handles());
+        count_totals(&progress, &wanted);
+        add_temp_roots(store, &wanted).await?;
         let ctx = Arc::new(FetchContext {
             store: store.clone(),
-            progress: progress.clone(),
+            progress,
             waits: LockWaits::default(),
         });
-        let waits = &ctx.waits;
-        loop {
-            while first_error.is_none()
-                && downloads.len() < self.jobs
-                && outstanding < window
-                && next < order.len()
-            {
-                let (rank, p) = (next, order[next].clone());
-                next += 1;
-                outstanding += 1;
-                let candidate = wanted[&p].clone();
-                let (this, ctx) = (this.clone(), ctx.clone());
-                downloads.spawn(async move { (rank, this.fetch_one(&ctx, &p, candidate).await) });
-            }
-            // Commit in large batches (each costs a sync): when enough is staged, when the
-            // window is full, or when nothing is downloading any more (or every download
-            // waits for another process, see `LockWaits`).
-            let stuck = waits.blocked.load(Ordering::SeqCst) >= downloads.len();
-            let due = staged.len() >= self.limits.commit_batch || outstanding >= window || stuck;
-            if committing.is_none() && due {
-                let batch = committable(&mut staged, &mut gate);
-                if !batch.is_empty() {
-                    let store = store.clone();
-                    committing = Some(tokio::task::spawn_blocking(move || {
-                        let (staged, fetched): (Vec<Staged>, Vec<Fetched>) =
-                            batch.into_iter().unzip();
-                        store.commit_staged(staged).map(|_| fetched)
-                    }));
-                }
-            }
-            if downloads.is_empty() && committing.is_none() {
-                break;
-            }
-            tokio::select! {
-                Some(joined) = downloads.join_next(), if !downloads.is_empty() => {
-                    let (rank, result) =
-                        joined.map_err(SubstituteError::Task)?;
-                    match result {
-                        Ok(Downloaded::Valid(f)) => {
-                            outstanding -= 1;
-                            progress.paths_done.fetch_add(1, Ordering::Relaxed);
-                            progress.changed.notify_one();
-                            gate.complete(rank);
-                            done.push(f);
-                        }
-                        Ok(Downloaded::Staged(s, f)) => {
-                            staged.insert(rank, (*s, f));
-                        }
-                        Err(e) => {
-                            // Let running downloads finish (they are independent and
-                            // atomic), commit what can be, start nothing new, and report
-                            // the first failure.
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                }
-                _ = waits.changed.notified(), if !downloads.is_empty() => {}
-                joined = async { committing.as_mut().expect("checked").await },
-                    if committing.is_some() => {
-                    committing = None;
-                    let result = joined.map_err(SubstituteError::Task)?;
-                    match result {
-                        Ok(fetched) => {
-                            outstanding -= fetched.len();
-                            progress
-                                .paths_done
-                                .fetch_add(fetched.len() as u64, Ordering::Relaxed);
-                            done.extend(fetched);
-                            progress.changed.notify_one();
-                        }
-                        Err(e) => {
-                            first_error.get_or_insert(SubstituteError::Store(e));
-                            // Nothing more can be committed safely after a failed commit.
-                            staged.clear();
-                        }
-                    }
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(done),
-        }
+        FetchRun::new(self, ctx, wanted)?.run().await
     }
 
     fn clone_handles(&self) -> Substituter {
@@ -632,6 +515,35 @@ impl Arrived {
     fn check(&self, keys: &TrustedKeys, dir: &StoreDir) -> Result<(), TrustError> {
         check_narinfo(&self.info, &self.path, keys, dir)
     }
+}
+
+/// Adds the paths and bytes of `wanted` to the totals of `progress`.
+fn count_totals(progress: &Progress, wanted: &BTreeMap<StorePath, Candidate>) {
+    progress
+        .paths_total
+        .fetch_add(wanted.len() as u64, Ordering::Relaxed);
+    progress.bytes_total.fetch_add(
+        wanted.values().map(|c| c.info.nar_size()).sum(),
+        Ordering::Relaxed,
+    );
+}
+
+/// Makes every path to install and every reference a temp root, in one write (instead of
+/// one write per path as each is staged).
+async fn add_temp_roots(
+    store: &Arc<LocalStore>,
+    wanted: &BTreeMap<StorePath, Candidate>,
+) -> Result<(), SubstituteError> {
+    let roots: Vec<StorePath> = wanted
+        .iter()
+        .flat_map(|(p, c)| std::iter::once(p).chain(c.info.references()))
+        .cloned()
+        .collect();
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.add_temp_roots(&roots))
+        .await
+        .map_err(SubstituteError::Task)??;
+    Ok(())
 }
 
 /// A successful download: staged for commit, or found valid (another process was first).
