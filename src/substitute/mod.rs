@@ -15,11 +15,9 @@
 //!    failing, or serves a NAR that does not match, makes the path fall through to the next
 //!    cache with a trusted narinfo for it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-
-use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::cache::{Cache, CacheUrl, ClientOptions};
 use crate::error_chain::Chain;
@@ -35,12 +33,14 @@ pub use error::{CacheFailure, CacheUseError, Missing, NoNarInfo, Refusal, Substi
 use limits::Limits;
 use run::FetchRun;
 use select::select_closures;
+use walk::{Walk, Walked};
 
 mod download;
 mod error;
 mod limits;
 mod run;
 mod select;
+mod walk;
 
 /// Default number of NARs downloaded at the same time.
 pub const DEFAULT_JOBS: usize = 16;
@@ -231,92 +231,11 @@ impl Substituter {
         // network, so that the first commit's sync (§6.5) does not pay for it.
         let ahead = store.clone();
         tokio::task::spawn_blocking(move || ahead.flush_ahead());
-        let mut trusted: BTreeMap<StorePath, Candidate> = BTreeMap::new();
-        let mut failed: BTreeMap<StorePath, Vec<Refusal>> = BTreeMap::new();
-        let mut seen: BTreeSet<StorePath> = BTreeSet::new();
-        let mut queue: Vec<StorePath> = Vec::new();
-        for p in paths {
-            if seen.insert(p.clone()) {
-                queue.push(p.clone());
-            }
-        }
-        let keys = Arc::new(self.keys.clone());
-        let dir = store.store_dir().clone();
-        let mut in_flight = FuturesUnordered::new();
-        // Narinfos for the right path whose signatures are not checked yet, and batches of
-        // them being checked on the blocking pool.
-        let mut unchecked: Vec<Arrived> = Vec::new();
-        let mut checking = FuturesUnordered::new();
-        let mut progressed = std::time::Instant::now();
-        loop {
-            while in_flight.len() < self.limits.narinfo_concurrency {
-                let Some(p) = queue.pop() else { break };
-                if store.is_valid(&p)? {
-                    continue;
-                }
-                in_flight.push(self.lookup(store, p, 0, Vec::new()));
-            }
-            let batch = if in_flight.is_empty() {
-                self.limits.check_tail
-            } else {
-                self.limits.check_batch
-            };
-            while unchecked.len() >= batch || (in_flight.is_empty() && !unchecked.is_empty()) {
-                let at = unchecked.len().saturating_sub(batch);
-                let part = unchecked.split_off(at);
-                let (keys, dir) = (keys.clone(), dir.clone());
-                checking.push(tokio::task::spawn_blocking(move || {
-                    let verdicts: Vec<_> = part.iter().map(|a| a.check(&keys, &dir)).collect();
-                    (part, verdicts)
-                }));
-            }
-            if in_flight.is_empty() && checking.is_empty() {
-                break;
-            }
-            let spin = !in_flight.is_empty() && progressed.elapsed() < self.limits.walk_spin;
-            let mut verdicts = Vec::new();
-            tokio::select! {
-                biased;
-                Some(found) = in_flight.next(), if !in_flight.is_empty() => {
-                    progressed = std::time::Instant::now();
-                    let Found { path, cache, info, reasons } = found;
-                    let Some(info) = info else {
-                        failed.insert(path, reasons);
-                        continue;
-                    };
-                    for r in info.references() {
-                        if seen.insert(r.clone()) {
-                            queue.push(r.clone());
-                        }
-                    }
-                    unchecked.push(Arrived { path, cache, info, reasons });
-                }
-                Some(checked) = checking.next(), if !checking.is_empty() => {
-                    let (batch, verdict) =
-                        checked.map_err(SubstituteError::Task)?;
-                    verdicts.extend(batch.into_iter().zip(verdict));
-                }
-                // Lets the runtime poll its sockets without sleeping (see `Limits::walk_spin`).
-                () = tokio::task::yield_now(), if spin => {}
-            }
-            for (arrived, verdict) in verdicts {
-                let Arrived {
-                    path,
-                    cache,
-                    info,
-                    mut reasons,
-                } = arrived;
-                match verdict {
-                    Ok(()) => {
-                        trusted.insert(path, Candidate { cache, info });
-                    }
-                    Err(e) => {
-                        reasons.push(self.refusal(cache, NoNarInfo::Untrusted(e)));
-                        in_flight.push(self.lookup(store, path, cache + 1, reasons));
-                    }
-                }
-            }
-        }
+        let lookup = |p, from, reasons| self.lookup(store, p, from, reasons);
+        let Walked {
+            trusted,
+            mut failed,
+        } = Walk::new(self, store, paths, lookup).run().await?;
         // What the trusted narinfos make the closure: everything else was speculation.
         let (wanted, missing) = select_closures(paths, &trusted, |c| c.info.references(), &failed);
         let missing: Vec<StorePath> = missing.into_keys().collect();
