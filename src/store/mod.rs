@@ -162,17 +162,7 @@ impl LocalStore {
         if removed > 0 {
             tracing::info!("removed {removed} temp dirs left by interrupted runs");
         }
-        let swept = crate::temp_file::sweep(
-            &layout.temp_files_dir(),
-            crate::temp_file::FOREIGN_STALE_AFTER,
-        );
-        if swept.files > 0 {
-            tracing::info!(
-                "removed {} temp files ({} bytes) left by interrupted runs",
-                swept.files,
-                swept.bytes
-            );
-        }
+        crate::temp_file::sweep_and_log(&layout.temp_files_dir());
         let path_locks =
             path_lock::PathLocks::open(&layout.locks_dir().join(path_lock::PATH_LOCKS_FILE))
                 .map_err(|e| StoreError::io("cannot open the path locks", e))?;
