@@ -15,12 +15,13 @@
 //! | 1 | [`fsnar`], [`temp_file`] | file trees to NAR and back (dump, hash, strict unpack, canonicalisation); temp files locked by their owner and the sweep that reclaims those of dead owners. |
 //! | 2 | [`store`], [`cache`], [`trust`] | the local store (blocking file system and SQLite: layout, metadata, locks, atomic installs, build logs); binary cache backends (async); the fail-closed trust policy for narinfos. |
 //! | 3 | [`substitute`], [`push`], [`build`] | making paths valid from trusted caches; pushing closures to a cache; building one derivation (recipes, sandbox, reference scanning, canonicalisation). |
-//! | 4 | [`realise`] | substitute-or-build over a derivation graph. |
+//! | 4 | [`realise`], [`cargo`] | substitute-or-build over a derivation graph; compiled crates as store paths (the rustc wrapper, unit keys, the session journal and manifest). |
 //! | 5 | [`server`] | `store serve`: the store as a binary cache over HTTP. |
 //! | 6 | `cli` (in the binary, with main.rs) | the command line; the only place that uses `anyhow`. |
 
 pub mod build;
 pub mod cache;
+pub mod cargo;
 pub mod error;
 pub mod error_chain;
 pub mod format;

@@ -9,6 +9,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if cli::cargo::is_wrapper_call(&argv) {
+        cli::init_logging(&cli::GlobalArgs::for_wrapper());
+        return cli::cargo::wrap(&argv);
+    }
     let args = cli::Cli::parse();
     cli::init_logging(&args.global);
     match cli::run(args) {

@@ -14,7 +14,7 @@ const LAYERS: &[(u8, &[&str])] = &[
     (1, &["fsnar", "temp_file"]),
     (2, &["store", "cache", "trust"]),
     (3, &["substitute", "push", "build"]),
-    (4, &["realise"]),
+    (4, &["realise", "cargo"]),
     (5, &["server"]),
     (6, &["cli"]),
 ];

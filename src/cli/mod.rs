@@ -2,6 +2,7 @@
 //! file. This is the only layer that uses `anyhow`.
 
 mod add;
+pub mod cargo;
 mod config;
 mod copy;
 mod delete;
@@ -38,7 +39,7 @@ pub struct Cli {
 }
 
 /// Options every subcommand takes.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Default)]
 pub struct GlobalArgs {
     /// Logical store dir, part of every store path hash (default /ix/store) [env: STORE_DIR]
     #[arg(long, global = true, value_name = "DIR")]
@@ -74,6 +75,7 @@ pub enum Command {
     Key(key::KeyCommand),
     Sign(sign::SignArgs),
     Realise(realise::RealiseArgs),
+    Cargo(cargo::CargoArgs),
     Copy(copy::CopyArgs),
     Serve(serve::ServeArgs),
     #[command(subcommand)]
@@ -82,6 +84,13 @@ pub enum Command {
     Log(log::LogArgs),
     Gc(gc::GcArgs),
     Delete(delete::DeleteArgs),
+}
+
+impl GlobalArgs {
+    /// The rustc wrapper has no flags: everything comes from the environment and config.
+    pub fn for_wrapper() -> GlobalArgs {
+        GlobalArgs::default()
+    }
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -96,6 +105,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Key(a) => key::run(g, a),
         Command::Sign(a) => sign::run(g, a),
         Command::Realise(a) => realise::run(g, a),
+        Command::Cargo(a) => cargo::run(g, a),
         Command::Copy(a) => copy::run(g, a),
         Command::Serve(a) => serve::run(g, a),
         Command::Derivation(a) => derivation::run(g, a),

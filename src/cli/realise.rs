@@ -352,7 +352,7 @@ fn out_links(
 
 /// Pushes the closures of `paths` to `url`, signing with the configured keys, and the build
 /// logs of what was built here.
-fn push_closures(
+pub(super) fn push_closures(
     settings: &Settings,
     store: &Arc<LocalStore>,
     url: &str,

@@ -1,0 +1,530 @@
+//! The rustc wrapper: for one rustc invocation, plan the unit (is it cacheable, what is
+//! its key and store path), then install it from the local store or a trusted substituter,
+//! or compile it (recording it with `--record`). Nothing about the cache can fail the
+//! build: every problem before rustc runs means "compile it", with the reason journalled.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::digests::{remember, MemoDigests};
+use super::invocation::Invocation;
+use super::journal::{self, Entry, Outcome};
+use super::key::{self, normalise_args, remap_args, KeyInputs, Places, KEY_VERSION};
+use super::source::{self, SourceKind};
+use super::toolchain;
+use super::unit::{self, Compiled, UnitRecord};
+use crate::cache::{CacheUrl, ClientOptions};
+use crate::error_chain::Chain;
+use crate::format::keys::{SecretKey, TrustedKeys};
+use crate::format::store_path::StorePath;
+use crate::store::LocalStore;
+use crate::substitute::{NoNarInfo, Progress, SubstituteError, Substituter};
+
+/// Whether misses are recorded into the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Install what is cached; compile the rest as usual.
+    Use,
+    /// Install what is cached; compile and record the rest (CI).
+    Record,
+}
+
+/// Everything a wrapper invocation needs besides the rustc command line.
+pub struct Wrapper {
+    pub mode: Mode,
+    pub store: Arc<LocalStore>,
+    pub substituters: Vec<CacheUrl>,
+    pub trusted: TrustedKeys,
+    pub client: ClientOptions,
+    pub signing_keys: Vec<Arc<SecretKey>>,
+    /// The `store cargo` session dir (journal), if run by `store cargo`.
+    pub session: Option<PathBuf>,
+}
+
+/// Marker a wrapper leaves in the session when no substituter could be opened, so the
+/// other units of the build do not wait for them again.
+const DOWN_MARKER: &str = "substituters-down";
+
+/// The package cargo says it compiles (from its environment).
+struct Package {
+    name: String,
+    version: String,
+    manifest_dir: PathBuf,
+}
+
+impl Package {
+    fn from_env() -> Option<Package> {
+        let var = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
+        Some(Package {
+            name: var("CARGO_PKG_NAME")?,
+            version: var("CARGO_PKG_VERSION")?,
+            manifest_dir: PathBuf::from(var("CARGO_MANIFEST_DIR")?),
+        })
+    }
+}
+
+/// A cacheable unit: its key and where its outputs go.
+struct Unit {
+    inputs: KeyInputs,
+    path: StorePath,
+    places: Places,
+    outputs: Vec<String>,
+    source_kind: SourceKind,
+}
+
+/// Why a unit is not cacheable (a short category for counting, and detail).
+struct NotCacheable {
+    reason: String,
+    source_kind: SourceKind,
+}
+
+fn not(reason: impl Into<String>, source_kind: SourceKind) -> NotCacheable {
+    NotCacheable {
+        reason: reason.into(),
+        source_kind,
+    }
+}
+
+/// What the wrapper cannot get around: rustc itself cannot be run.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot run '{rustc}'")]
+pub struct WrapError {
+    rustc: String,
+    #[source]
+    source: io::Error,
+}
+
+impl Wrapper {
+    /// Handles one rustc invocation; returns rustc's exit status (or 0 when installed).
+    pub fn run(&self, rustc: &Path, args: &[String]) -> Result<i32, WrapError> {
+        let start = Instant::now();
+        let inv = Invocation::parse(args);
+        let Some(pkg) = Package::from_env().filter(|_| is_compilation(&inv)) else {
+            return compile(rustc, args, &[], false).map(|c| c.exit);
+        };
+        match self.plan(rustc, &inv, &pkg) {
+            Ok(unit) => self.cacheable(rustc, &inv, &pkg, unit, start),
+            Err(nc) => self.uncacheable(rustc, &inv, &pkg, nc, start),
+        }
+    }
+
+    fn plan(&self, rustc: &Path, inv: &Invocation, pkg: &Package) -> Result<Unit, NotCacheable> {
+        let src = source::locate(&pkg.manifest_dir, &pkg.name, &pkg.version)
+            .map_err(|e| not(format!("source unreadable: {e}"), SourceKind::Local))?;
+        let kind = src.kind;
+        let Some(digest) = src.digest else {
+            return Err(not("local source", kind));
+        };
+        if let Some(b) = inv.blocker {
+            return Err(not(b, kind));
+        }
+        if let Some(t) = inv.unsupported_crate_type() {
+            return Err(not(format!("crate type {t}"), kind));
+        }
+        if inv.is_build_script() {
+            return Err(not("build script", kind));
+        }
+        let outputs = inv
+            .output_names()
+            .ok_or_else(|| not("unpredicted outputs", kind))?;
+        let places = places(inv, pkg);
+        let memo = self.store.layout().state_dir().join("cargo").join("toolchains");
+        let tc = toolchain::identify(rustc, inv.target.as_deref(), &memo)
+            .map_err(|e| not(format!("toolchain: {}", Chain(&e)), kind))?;
+        let args = normalise_args(inv, &places, &mut MemoDigests)
+            .map_err(|e| not(format!("cannot hash an input: {e}"), kind))?;
+        let out_dir = match &places.out_dir {
+            Some(o) => Some(format!(
+                "tree-sha256:{}",
+                source::tree_digest(Path::new(o))
+                    .map_err(|e| not(format!("cannot hash OUT_DIR: {e}"), kind))?
+            )),
+            None => None,
+        };
+        let inputs = KeyInputs {
+            key_version: KEY_VERSION,
+            toolchain: tc.id,
+            target: tc.target,
+            package: pkg.name.clone(),
+            version: pkg.version.clone(),
+            source: digest,
+            args,
+            env: key_env(&places),
+            out_dir,
+            linker: inv.links().then(|| linker_identity(inv)),
+        };
+        let path = inputs
+            .store_path(self.store.store_dir())
+            .map_err(|e| not(format!("no store path: {e}"), kind))?;
+        Ok(Unit {
+            inputs,
+            path,
+            places,
+            outputs,
+            source_kind: kind,
+        })
+    }
+
+    fn cacheable(
+        &self,
+        rustc: &Path,
+        inv: &Invocation,
+        pkg: &Package,
+        unit: Unit,
+        start: Instant,
+    ) -> Result<i32, WrapError> {
+        let found = self.find(&unit.path);
+        let miss = match found {
+            Ok(outcome) => match self.install(&unit) {
+                Ok(record) => {
+                    let e = self.entry(inv, pkg, &unit, outcome, None, record.seconds, start);
+                    self.journal(Entry { exit: Some(0), ..e });
+                    return Ok(0);
+                }
+                Err(why) => why,
+            },
+            Err(why) => why,
+        };
+        let compiled_start = Instant::now();
+        let remap = remap_args(&unit.places, &pkg.name, &pkg.version);
+        let record = self.mode == Mode::Record;
+        let c = compile(rustc, &inv.args, &remap, record)?;
+        let seconds = compiled_start.elapsed().as_secs_f64();
+        let mut outcome = Outcome::Compiled;
+        let mut reason = Some(miss);
+        if record && c.exit == 0 {
+            match self.record(&unit, &c.stderr, seconds) {
+                Ok(()) => (outcome, reason) = (Outcome::Recorded, None),
+                Err(e) => reason = Some(format!("not recorded: {e}")),
+            }
+        }
+        let e = self.entry(inv, pkg, &unit, outcome, reason, seconds, start);
+        self.journal(Entry {
+            exit: Some(c.exit),
+            overhead_ms: e.overhead_ms - seconds * 1000.0,
+            ..e
+        });
+        Ok(c.exit)
+    }
+
+    /// Makes the unit valid locally: already valid, or substituted. Err: why not.
+    fn find(&self, path: &StorePath) -> Result<Outcome, String> {
+        match self.store.is_valid(path) {
+            Ok(true) => return Ok(Outcome::Local),
+            Ok(false) => {}
+            Err(e) => return Err(format!("local store: {}", Chain(&e))),
+        }
+        if self.substituters.is_empty() {
+            return Err("not cached".to_owned());
+        }
+        if let Some(s) = &self.session {
+            if s.join(DOWN_MARKER).exists() {
+                return Err("substituters unavailable".to_owned());
+            }
+        }
+        self.substitute(path).map(|()| Outcome::Substituted)
+    }
+
+    fn substitute(&self, path: &StorePath) -> Result<(), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("no runtime: {e}"))?;
+        let result = rt.block_on(async {
+            let sub = Substituter::open(
+                &self.substituters,
+                self.trusted.clone(),
+                &self.client,
+                &self.store,
+                4,
+            )
+            .await?;
+            let plan = sub.plan(&self.store, std::slice::from_ref(path)).await?;
+            sub.fetch(&self.store, plan, Arc::new(Progress::default()))
+                .await
+        });
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let why = miss_reason(&e);
+                tracing::debug!("{}: {}", why, Chain(&e));
+                if matches!(e, SubstituteError::NoneUsable { .. }) {
+                    if let Some(s) = &self.session {
+                        let _ = std::fs::write(s.join(DOWN_MARKER), Chain(&e).to_string());
+                    }
+                }
+                Err(why.to_owned())
+            }
+        }
+    }
+
+    /// Installs a valid unit's outputs and replays its stderr. Err: why it cannot be used.
+    fn install(&self, unit: &Unit) -> Result<UnitRecord, String> {
+        let dir = self.store.layout().real_path(&unit.path);
+        let record = unit::read_record(&dir).map_err(|e| format!("unusable unit: {}", Chain(&e)))?;
+        if record.inputs != unit.inputs {
+            return Err("unit recorded for other inputs".to_owned());
+        }
+        if let Some(var) = unit::env_mismatch(&record, &unit.places) {
+            return Err(format!("env {var} differs"));
+        }
+        if unit.outputs.iter().any(|o| !record.files.contains_key(o)) {
+            return Err("unit lacks an output".to_owned());
+        }
+        let stderr = unit::install(&dir, &record, &unit.places)
+            .map_err(|e| format!("cannot install: {}", Chain(&e)))?;
+        for (name, digest) in &record.files {
+            if !name.ends_with(".d") {
+                remember(&Path::new(&unit.places.deps_dir).join(name), digest);
+            }
+        }
+        let mut err = io::stderr().lock();
+        let _ = err.write_all(stderr.as_bytes());
+        let _ = err.flush();
+        Ok(record)
+    }
+
+    fn record(&self, unit: &Unit, stderr: &[u8], seconds: f64) -> Result<(), String> {
+        let compiled = Compiled {
+            inputs: &unit.inputs,
+            path: &unit.path,
+            outputs: &unit.outputs,
+            stderr,
+            seconds,
+            places: &unit.places,
+        };
+        let record = unit::record(&self.store, &compiled, &self.signing_keys)
+            .map_err(|e| Chain(&e).to_string())?;
+        for (name, digest) in &record.files {
+            if !name.ends_with(".d") {
+                remember(&Path::new(&unit.places.deps_dir).join(name), digest);
+            }
+        }
+        Ok(())
+    }
+
+    fn uncacheable(
+        &self,
+        rustc: &Path,
+        inv: &Invocation,
+        pkg: &Package,
+        nc: NotCacheable,
+        start: Instant,
+    ) -> Result<i32, WrapError> {
+        let c = compile(rustc, &inv.args, &[], false)?;
+        let seconds = start.elapsed().as_secs_f64();
+        self.journal(Entry {
+            crate_name: crate_name(inv, pkg),
+            version: pkg.version.clone(),
+            source_kind: nc.source_kind,
+            crate_types: inv.crate_types.clone(),
+            outcome: Outcome::Uncacheable,
+            reason: Some(nc.reason),
+            key: None,
+            store_path: None,
+            seconds,
+            overhead_ms: 0.0,
+            inputs: None,
+            exit: Some(c.exit),
+        });
+        Ok(c.exit)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn entry(
+        &self,
+        inv: &Invocation,
+        pkg: &Package,
+        unit: &Unit,
+        outcome: Outcome,
+        reason: Option<String>,
+        seconds: f64,
+        start: Instant,
+    ) -> Entry {
+        Entry {
+            crate_name: crate_name(inv, pkg),
+            version: pkg.version.clone(),
+            source_kind: unit.source_kind,
+            crate_types: inv.crate_types.clone(),
+            outcome,
+            reason,
+            key: Some(key::key_hex(&unit.inputs)),
+            store_path: Some(self.store.print_path(&unit.path)),
+            seconds,
+            overhead_ms: start.elapsed().as_secs_f64() * 1000.0,
+            inputs: Some(unit.inputs.clone()),
+            exit: None,
+        }
+    }
+
+    fn journal(&self, entry: Entry) {
+        if let Some(s) = &self.session {
+            if let Err(e) = journal::append(s, &entry) {
+                tracing::warn!("cannot write the store cargo journal: {e}");
+            }
+        }
+    }
+}
+
+/// Whether this is a compilation of a crate (not a version or target query).
+fn is_compilation(inv: &Invocation) -> bool {
+    inv.crate_name.is_some() && inv.input.is_some() && !inv.args.iter().any(|a| a.starts_with("--print"))
+}
+
+fn crate_name(inv: &Invocation, pkg: &Package) -> String {
+    inv.crate_name.clone().unwrap_or_else(|| pkg.name.clone())
+}
+
+fn places(inv: &Invocation, pkg: &Package) -> Places {
+    let deps = inv.out_dir();
+    Places {
+        package_root: pkg.manifest_dir.display().to_string(),
+        out_dir: std::env::var("OUT_DIR").ok().filter(|o| !o.is_empty()),
+        deps_dir: deps.display().to_string(),
+        profile_dir: deps.parent().map(|p| p.display().to_string()).unwrap_or_default(),
+    }
+}
+
+/// The environment the key covers: cargo's package variables, `RUSTC_BOOTSTRAP`, and the
+/// variables a build script set for the compiler (`cargo:rustc-env`), machine paths
+/// replaced by placeholders.
+fn key_env(places: &Places) -> std::collections::BTreeMap<String, String> {
+    let script_vars = places
+        .out_dir
+        .as_deref()
+        .map(|o| build_script_env_names(Path::new(o)))
+        .unwrap_or_default();
+    std::env::vars()
+        .filter(|(k, _)| {
+            (k.starts_with("CARGO_PKG_") && k != "CARGO_PKG_README")
+                || k == "CARGO_CRATE_NAME"
+                || k == "RUSTC_BOOTSTRAP"
+                || script_vars.contains(k)
+        })
+        .map(|(k, v)| (k, places.abstract_text(&v)))
+        .collect()
+}
+
+/// Names of the variables a build script set with `cargo:rustc-env=NAME=…` (its output
+/// file sits beside its `OUT_DIR`).
+fn build_script_env_names(out_dir: &Path) -> Vec<String> {
+    let Some(text) = out_dir
+        .parent()
+        .and_then(|d| std::fs::read_to_string(d.join("output")).ok())
+    else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            l.strip_prefix("cargo::rustc-env=")
+                .or_else(|| l.strip_prefix("cargo:rustc-env="))
+        })
+        .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.to_owned()))
+        .collect()
+}
+
+/// The linker named by `-C linker=` (else `cc`) and the first line of its `--version`.
+fn linker_identity(inv: &Invocation) -> String {
+    let linker = inv
+        .args
+        .iter()
+        .find_map(|a| a.strip_prefix("linker=").or_else(|| a.strip_prefix("-Clinker=")))
+        .unwrap_or("cc")
+        .to_owned();
+    let version = Command::new(&linker)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned());
+    let base = Path::new(&linker)
+        .file_name()
+        .map_or(linker.clone(), |n| n.to_string_lossy().into_owned());
+    format!("{base}: {version}")
+}
+
+fn miss_reason(e: &SubstituteError) -> &'static str {
+    match e {
+        SubstituteError::NoneConfigured => "not cached",
+        SubstituteError::NoneUsable { .. } => "substituters unavailable",
+        SubstituteError::Incomplete { missing } => {
+            let refusals = missing.iter().flat_map(|m| &m.refusals);
+            let mut reason = "not cached";
+            for r in refusals {
+                match r.reason {
+                    NoNarInfo::NotFound => {}
+                    NoNarInfo::Untrusted(_) | NoNarInfo::WrongPath(_) => return "untrusted entry",
+                    NoNarInfo::Cache(_) => reason = "cache error",
+                }
+            }
+            reason
+        }
+        SubstituteError::Fetch { .. } => "download failed or rejected",
+        _ => "local store error",
+    }
+}
+
+/// What running rustc gave.
+struct Ran {
+    exit: i32,
+    stderr: Vec<u8>,
+}
+
+/// Runs rustc with `args` then `extra`, passing its stderr through line by line (cargo
+/// reads artifact notices from it while rustc runs) and keeping a copy if `capture`.
+fn compile(rustc: &Path, args: &[String], extra: &[String], capture: bool) -> Result<Ran, WrapError> {
+    let err = |source| WrapError {
+        rustc: rustc.display().to_string(),
+        source,
+    };
+    let mut child = Command::new(rustc)
+        .args(args)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(err)?;
+    let mut kept = Vec::new();
+    if let Some(pipe) = child.stderr.take() {
+        let mut reader = BufReader::new(pipe);
+        let mut line = Vec::new();
+        let mut out = io::stderr();
+        while reader.read_until(b'\n', &mut line).map_err(err)? > 0 {
+            let _ = out.write_all(&line);
+            let _ = out.flush();
+            if capture && kept.len() < MAX_KEPT_STDERR {
+                kept.extend_from_slice(&line);
+            }
+            line.clear();
+        }
+    }
+    let status = child.wait().map_err(err)?;
+    Ok(Ran {
+        exit: status.code().unwrap_or(101),
+        stderr: kept,
+    })
+}
+
+/// Diagnostics kept for recording; a unit with more is recorded with them cut.
+const MAX_KEPT_STDERR: usize = 16 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_script_env_names_are_read_from_its_output() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(
+            d.path().join("output"),
+            "cargo:rustc-cfg=foo\ncargo:rustc-env=GEN_VERSION=3\ncargo::rustc-env=B=x=y\n",
+        )
+        .unwrap();
+        assert_eq!(build_script_env_names(&out), ["GEN_VERSION", "B"]);
+    }
+}
