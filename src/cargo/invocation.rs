@@ -245,7 +245,8 @@ mod tests {
         s.split(' ').map(str::to_owned).collect()
     }
 
-    const ITOA: &str = "--crate-name itoa --edition=2021 /h/.cargo/registry/src/i/itoa-1.0.19/src/lib.rs \
+    const ITOA: &str =
+        "--crate-name itoa --edition=2021 /h/.cargo/registry/src/i/itoa-1.0.19/src/lib.rs \
         --error-format=json --json=diagnostic-rendered-ansi,artifacts,future-incompat \
         --crate-type lib --emit=dep-info,metadata,link -C embed-bitcode=no -C debuginfo=2 \
         -C metadata=a9c1468c251272ca -C extra-filename=-6c1e270c698fa6a6 \
@@ -277,7 +278,10 @@ mod tests {
             "--crate-name serde_derive a.rs --crate-type proc-macro --emit=dep-info,link \
              -C extra-filename=-1 --out-dir /o",
         ));
-        assert_eq!(pm.output_names().unwrap(), ["libserde_derive-1.so", "serde_derive-1.d"]);
+        assert_eq!(
+            pm.output_names().unwrap(),
+            ["libserde_derive-1.so", "serde_derive-1.d"]
+        );
         assert!(pm.links());
         let bin = Invocation::parse(&v(
             "--crate-name rg m.rs --crate-type bin --emit=dep-info,link -C extra-filename=-2 --out-dir /o",
@@ -288,10 +292,19 @@ mod tests {
     #[test]
     fn what_cannot_be_cached_is_named() {
         for (args, why) in [
-            ("a.rs --out-dir /o -C incremental=/i", "incremental compilation"),
-            ("- --out-dir /o --crate-name ___ --print=file-names", "--print"),
+            (
+                "a.rs --out-dir /o -C incremental=/i",
+                "incremental compilation",
+            ),
+            (
+                "- --out-dir /o --crate-name ___ --print=file-names",
+                "--print",
+            ),
             ("a.rs --out-dir /o --test", "test harness"),
-            ("a.rs --out-dir /o -Ctarget-cpu=native", "-C target-cpu=native"),
+            (
+                "a.rs --out-dir /o -Ctarget-cpu=native",
+                "-C target-cpu=native",
+            ),
             ("a.rs", "no --out-dir"),
             ("-vV", "version query"),
             ("@args --out-dir /o", "argument file"),

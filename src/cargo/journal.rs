@@ -184,8 +184,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         append(d.path(), &entry(Outcome::Substituted, None, 2.0)).unwrap();
         append(d.path(), &entry(Outcome::Local, None, 1.0)).unwrap();
-        append(d.path(), &entry(Outcome::Uncacheable, Some("local source"), 0.5)).unwrap();
-        append(d.path(), &entry(Outcome::Uncacheable, Some("local source"), 0.5)).unwrap();
+        append(
+            d.path(),
+            &entry(Outcome::Uncacheable, Some("local source"), 0.5),
+        )
+        .unwrap();
+        append(
+            d.path(),
+            &entry(Outcome::Uncacheable, Some("local source"), 0.5),
+        )
+        .unwrap();
         fs::OpenOptions::new()
             .append(true)
             .open(d.path().join(JOURNAL))

@@ -169,7 +169,8 @@ pub fn normalise_args(
     let mut out = Vec::new();
     for arg in split(&inv.args) {
         match arg {
-            Arg::Opt(o, _) if matches!(o.as_str(), "--out-dir" | "--diagnostic-width" | "--color") => {}
+            Arg::Opt(o, _)
+                if matches!(o.as_str(), "--out-dir" | "--diagnostic-width" | "--color") => {}
             Arg::Opt(o, v) if o == "-L" => {
                 let (kind, path) = v.split_once('=').unwrap_or(("all", v.as_str()));
                 if kind == "dependency" {
@@ -206,7 +207,9 @@ pub fn remap_args(places: &Places, package: &str, version: &str) -> Vec<String> 
         places.package_root
     )];
     if let Some(o) = &places.out_dir {
-        v.push(format!("--remap-path-prefix={o}=/cargo/out/{package}-{version}"));
+        v.push(format!(
+            "--remap-path-prefix={o}=/cargo/out/{package}-{version}"
+        ));
     }
     v
 }
@@ -225,7 +228,10 @@ mod tests {
     impl Digests for Fake {
         fn file(&mut self, path: &Path) -> std::io::Result<String> {
             self.0.push(path.to_path_buf());
-            Ok(format!("f{}", path.file_name().unwrap().to_string_lossy().len()))
+            Ok(format!(
+                "f{}",
+                path.file_name().unwrap().to_string_lossy().len()
+            ))
         }
         fn tree(&mut self, path: &Path) -> std::io::Result<String> {
             self.0.push(path.to_path_buf());
@@ -268,7 +274,7 @@ mod tests {
                 "--crate-name foo",
                 "@SRC@/src/lib.rs",
                 "--crate-type lib",
-                "--extern bar=sha256:f15",
+                "--extern bar=sha256:f14",
                 "-L native=tree-sha256:t",
                 "-L native=/usr/lib",
             ]
@@ -299,7 +305,11 @@ mod tests {
         assert_ne!(p, b.store_path(&dir).unwrap());
         assert_eq!(
             a.differences(&b),
-            ["toolchain", "arg --cfg feature=\"std\"", "arg --cfg feature=\"alloc\""]
+            [
+                "toolchain",
+                "arg --cfg feature=\"std\"",
+                "arg --cfg feature=\"alloc\""
+            ]
         );
     }
 

@@ -52,5 +52,11 @@ pub fn write(store: &LocalStore, entries: &[Entry]) -> Result<Option<StorePath>,
         return Ok(None);
     }
     let name = StorePathName::new(NAME).expect("a valid name");
-    Ok(Some(store.add_text(&name, text.as_bytes(), &units)?.info.path.clone()))
+    Ok(Some(
+        store
+            .add_text(&name, text.as_bytes(), &units)?
+            .info
+            .path
+            .clone(),
+    ))
 }

@@ -5,6 +5,7 @@
 //! journal ([`journal`]) feeds the report, the summary and the build's manifest
 //! ([`manifest`]). See store-format.md §11.
 
+pub mod build_script;
 pub mod digests;
 pub mod invocation;
 pub mod journal;

@@ -198,7 +198,10 @@ mod tests {
         assert_eq!(g.kind, SourceKind::Git);
         let local = d.path().join("proj");
         fs::create_dir_all(&local).unwrap();
-        assert_eq!(locate(&local, "foo", "1.0.0").unwrap().kind, SourceKind::Local);
+        assert_eq!(
+            locate(&local, "foo", "1.0.0").unwrap().kind,
+            SourceKind::Local
+        );
     }
 
     #[test]

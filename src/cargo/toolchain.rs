@@ -72,7 +72,13 @@ fn memo_file(rustc: &Path, target: Option<&str>, memo_dir: &Path) -> Option<Path
     let m = fs::metadata(&real).ok()?;
     let mut h = Sha256::new();
     h.update(real.as_os_str().as_encoded_bytes());
-    h.update(format!("\0{}\0{}\0{}\0{}\0", m.len(), m.mtime(), m.mtime_nsec(), m.ino()));
+    h.update(format!(
+        "\0{}\0{}\0{}\0{}\0",
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino()
+    ));
     h.update(target.unwrap_or("").as_bytes());
     Some(memo_dir.join(format!("{}.json", &hex(&h.finalize())[..32])))
 }
@@ -114,7 +120,11 @@ fn run(rustc: &Path, args: &'static [&'static str]) -> Result<String, ToolchainE
     if !out.status.success() {
         return Err(ToolchainError::Failed {
             rustc: name(),
-            args: if args.len() == 1 { args[0] } else { "--print sysroot" },
+            args: if args.len() == 1 {
+                args[0]
+            } else {
+                "--print sysroot"
+            },
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
@@ -179,7 +189,10 @@ mod tests {
         fs::write(&bin, b"x").unwrap();
         let a = memo_file(&bin, None, d.path()).unwrap();
         assert_eq!(a, memo_file(&bin, None, d.path()).unwrap());
-        assert_ne!(a, memo_file(&bin, Some("wasm32-unknown-unknown"), d.path()).unwrap());
+        assert_ne!(
+            a,
+            memo_file(&bin, Some("wasm32-unknown-unknown"), d.path()).unwrap()
+        );
         let t = Toolchain {
             version: "rustc 1".into(),
             host: "h".into(),

@@ -210,13 +210,18 @@ fn write_nar(c: &Compiled<'_>, file: &File) -> Result<(UnitRecord, Hash, u64), U
         .map_err(UnitError::Nar)?;
     nar.end_directory().map_err(UnitError::Nar)?;
     let (mut sink, size) = nar.finish().map_err(UnitError::Nar)?;
-    sink.flush().map_err(|e| UnitError::Nar(NarWriteError::Io(e)))?;
+    sink.flush()
+        .map_err(|e| UnitError::Nar(NarWriteError::Io(e)))?;
     let digest: [u8; 32] = sink.hash.finalize().into();
     Ok((record, Hash::sha256(digest), size))
 }
 
 /// Streams one output file into the NAR, returning its sha256.
-fn add_file<W: Write>(nar: &mut NarWriter<W>, name: &str, path: &Path) -> Result<String, UnitError> {
+fn add_file<W: Write>(
+    nar: &mut NarWriter<W>,
+    name: &str,
+    path: &Path,
+) -> Result<String, UnitError> {
     let f = File::open(path).map_err(read_err(path))?;
     let meta = f.metadata().map_err(read_err(path))?;
     let exec = meta.permissions().mode() & 0o100 != 0;

@@ -97,6 +97,15 @@ pub struct WrapError {
     source: io::Error,
 }
 
+impl WrapError {
+    pub(super) fn new(program: &Path, source: io::Error) -> WrapError {
+        WrapError {
+            rustc: program.display().to_string(),
+            source,
+        }
+    }
+}
+
 impl Wrapper {
     /// Handles one rustc invocation; returns rustc's exit status (or 0 when installed).
     pub fn run(&self, rustc: &Path, args: &[String]) -> Result<i32, WrapError> {
@@ -124,14 +133,16 @@ impl Wrapper {
         if let Some(t) = inv.unsupported_crate_type() {
             return Err(not(format!("crate type {t}"), kind));
         }
-        if inv.is_build_script() {
-            return Err(not("build script", kind));
-        }
         let outputs = inv
             .output_names()
             .ok_or_else(|| not("unpredicted outputs", kind))?;
         let places = places(inv, pkg);
-        let memo = self.store.layout().state_dir().join("cargo").join("toolchains");
+        let memo = self
+            .store
+            .layout()
+            .state_dir()
+            .join("cargo")
+            .join("toolchains");
         let tc = toolchain::identify(rustc, inv.target.as_deref(), &memo)
             .map_err(|e| not(format!("toolchain: {}", Chain(&e)), kind))?;
         let args = normalise_args(inv, &places, &mut MemoDigests)
@@ -180,6 +191,7 @@ impl Wrapper {
         let miss = match found {
             Ok(outcome) => match self.install(&unit) {
                 Ok(record) => {
+                    shim_build_script(inv);
                     let e = self.entry(inv, pkg, &unit, outcome, None, record.seconds, start);
                     self.journal(Entry { exit: Some(0), ..e });
                     return Ok(0);
@@ -201,6 +213,9 @@ impl Wrapper {
                 Err(e) => reason = Some(format!("not recorded: {e}")),
             }
         }
+        if c.exit == 0 {
+            shim_build_script(inv);
+        }
         let e = self.entry(inv, pkg, &unit, outcome, reason, seconds, start);
         self.journal(Entry {
             exit: Some(c.exit),
@@ -211,7 +226,7 @@ impl Wrapper {
     }
 
     /// Makes the unit valid locally: already valid, or substituted. Err: why not.
-    fn find(&self, path: &StorePath) -> Result<Outcome, String> {
+    pub(super) fn find(&self, path: &StorePath) -> Result<Outcome, String> {
         match self.store.is_valid(path) {
             Ok(true) => return Ok(Outcome::Local),
             Ok(false) => {}
@@ -264,7 +279,8 @@ impl Wrapper {
     /// Installs a valid unit's outputs and replays its stderr. Err: why it cannot be used.
     fn install(&self, unit: &Unit) -> Result<UnitRecord, String> {
         let dir = self.store.layout().real_path(&unit.path);
-        let record = unit::read_record(&dir).map_err(|e| format!("unusable unit: {}", Chain(&e)))?;
+        let record =
+            unit::read_record(&dir).map_err(|e| format!("unusable unit: {}", Chain(&e)))?;
         if record.inputs != unit.inputs {
             return Err("unit recorded for other inputs".to_owned());
         }
@@ -360,7 +376,7 @@ impl Wrapper {
         }
     }
 
-    fn journal(&self, entry: Entry) {
+    pub(super) fn journal(&self, entry: Entry) {
         if let Some(s) = &self.session {
             if let Err(e) = journal::append(s, &entry) {
                 tracing::warn!("cannot write the store cargo journal: {e}");
@@ -369,9 +385,28 @@ impl Wrapper {
     }
 }
 
-/// Whether this is a compilation of a crate (not a version or target query).
+/// Puts the build-script shim in place of a compiled build script of an immutable
+/// package (see [`super::build_script`]).
+fn shim_build_script(inv: &Invocation) {
+    if !inv.is_build_script() {
+        return;
+    }
+    if let Some(name) = inv.crate_name.as_deref() {
+        let exe = inv.out_dir().join(format!("{name}{}", inv.extra_filename));
+        super::build_script::install_shim(&exe);
+    }
+}
+
+/// Whether this is a compilation of a crate by cargo: not a version or target query,
+/// and not a probe a build script compiles into its `OUT_DIR` (build scripts inherit
+/// `RUSTC_WRAPPER`).
 fn is_compilation(inv: &Invocation) -> bool {
-    inv.crate_name.is_some() && inv.input.is_some() && !inv.args.iter().any(|a| a.starts_with("--print"))
+    let probe =
+        std::env::var_os("OUT_DIR").is_some_and(|o| !o.is_empty() && inv.out_dir().starts_with(&o));
+    inv.crate_name.is_some()
+        && inv.input.is_some()
+        && !probe
+        && !inv.args.iter().any(|a| a.starts_with("--print"))
 }
 
 fn crate_name(inv: &Invocation, pkg: &Package) -> String {
@@ -384,7 +419,10 @@ fn places(inv: &Invocation, pkg: &Package) -> Places {
         package_root: pkg.manifest_dir.display().to_string(),
         out_dir: std::env::var("OUT_DIR").ok().filter(|o| !o.is_empty()),
         deps_dir: deps.display().to_string(),
-        profile_dir: deps.parent().map(|p| p.display().to_string()).unwrap_or_default(),
+        profile_dir: deps
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -431,7 +469,10 @@ fn linker_identity(inv: &Invocation) -> String {
     let linker = inv
         .args
         .iter()
-        .find_map(|a| a.strip_prefix("linker=").or_else(|| a.strip_prefix("-Clinker=")))
+        .find_map(|a| {
+            a.strip_prefix("linker=")
+                .or_else(|| a.strip_prefix("-Clinker="))
+        })
         .unwrap_or("cc")
         .to_owned();
     let version = Command::new(&linker)
@@ -439,7 +480,12 @@ fn linker_identity(inv: &Invocation) -> String {
         .stdin(Stdio::null())
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_owned))
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| "unknown".to_owned());
     let base = Path::new(&linker)
         .file_name()
@@ -476,7 +522,12 @@ struct Ran {
 
 /// Runs rustc with `args` then `extra`, passing its stderr through line by line (cargo
 /// reads artifact notices from it while rustc runs) and keeping a copy if `capture`.
-fn compile(rustc: &Path, args: &[String], extra: &[String], capture: bool) -> Result<Ran, WrapError> {
+fn compile(
+    rustc: &Path,
+    args: &[String],
+    extra: &[String],
+    capture: bool,
+) -> Result<Ran, WrapError> {
     let err = |source| WrapError {
         rustc: rustc.display().to_string(),
         source,

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
+use store::cargo::build_script::SHIM_ARG;
 use store::cargo::journal::{self, Entry, Totals};
 use store::cargo::{manifest, Mode, Wrapper, MODE_ENV, SESSION_ENV};
 use store::error_chain::Chain;
@@ -149,16 +150,23 @@ pub fn is_wrapper_call(argv: &[OsString]) -> bool {
     let Some(first) = argv.get(1) else {
         return false;
     };
+    if first == SHIM_ARG && argv.len() >= 3 {
+        return true;
+    }
     let name = Path::new(first)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    name.starts_with("rustc") || (name.ends_with("-driver") && std::env::var_os(SESSION_ENV).is_some())
+    name.starts_with("rustc")
+        || (name.ends_with("-driver") && std::env::var_os(SESSION_ENV).is_some())
 }
 
 /// Runs as the rustc wrapper: `argv[1]` is the compiler, the rest its arguments. Any
 /// problem with the store or its settings means plain rustc (with a warning).
 pub fn wrap(argv: &[OsString]) -> ExitCode {
+    if argv[1] == SHIM_ARG {
+        return run_build_script(argv);
+    }
     let rustc = PathBuf::from(&argv[1]);
     let args: Vec<String> = argv[2..]
         .iter()
@@ -229,4 +237,34 @@ fn wrapper() -> Result<Wrapper> {
         signing_keys,
         session: std::env::var_os(SESSION_ENV).map(PathBuf::from),
     })
+}
+
+/// Runs as the build-script shim: `argv[2]` is the real script. Any problem with the store
+/// means the real script runs as it would without the cache.
+fn run_build_script(argv: &[OsString]) -> ExitCode {
+    let real = PathBuf::from(&argv[2]);
+    let args: Vec<String> = argv[3..]
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let code = match wrapper() {
+        Ok(w) => w
+            .run_build_script(&real, &args)
+            .map_err(|e| Chain(&e).to_string()),
+        Err(e) => {
+            tracing::warn!("store cargo: the cache is off for this build script: {e:#}");
+            Command::new(&real)
+                .args(&argv[3..])
+                .status()
+                .map(|s| s.code().unwrap_or(101))
+                .map_err(|e| format!("cannot run '{}': {e}", real.display()))
+        }
+    };
+    match code {
+        Ok(c) => ExitCode::from(u8::try_from(c).unwrap_or(101)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(101)
+        }
+    }
 }
