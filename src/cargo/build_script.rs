@@ -115,10 +115,10 @@ pub fn install_shim(exe: &Path) {
         return;
     };
     let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+    // Without the store binary (moved or rebuilt since), the real script runs.
+    let (me, real_q) = (quote(&me), quote(&real));
     let script = format!(
-        "#!/bin/sh\nexec {} {SHIM_ARG} {} \"$@\"\n",
-        quote(&me),
-        quote(&real)
+        "#!/bin/sh\nif [ -x {me} ]; then exec {me} {SHIM_ARG} {real_q} \"$@\"; fi\nexec {real_q} \"$@\"\n"
     );
     let tmp = exe.with_extension("store-shim");
     let done = fs::rename(exe, &real).and_then(|()| {

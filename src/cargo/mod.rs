@@ -6,6 +6,7 @@
 //! ([`manifest`]). See store-format.md §11.
 
 pub mod build_script;
+pub mod check;
 pub mod digests;
 pub mod invocation;
 pub mod journal;

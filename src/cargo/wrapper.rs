@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::check;
 use super::digests::{remember, MemoDigests};
 use super::invocation::Invocation;
 use super::journal::{self, Entry, Outcome};
@@ -207,7 +208,12 @@ impl Wrapper {
         let seconds = compiled_start.elapsed().as_secs_f64();
         let mut outcome = Outcome::Compiled;
         let mut reason = Some(miss);
-        if record && c.exit == 0 {
+        if record && c.exit == 0 && c.stderr.len() >= MAX_KEPT_STDERR {
+            reason = Some("not recorded: diagnostics too large".to_owned());
+        } else if record && c.exit == 0 && self.known_nondeterministic(&unit) {
+            reason = Some("not recorded: nondeterministic".to_owned());
+        } else if record && c.exit == 0 {
+            self.save_command(rustc, inv, &unit, &remap);
             match self.record(&unit, &c.stderr, seconds) {
                 Ok(()) => (outcome, reason) = (Outcome::Recorded, None),
                 Err(e) => reason = Some(format!("not recorded: {e}")),
@@ -301,6 +307,26 @@ impl Wrapper {
         let _ = err.write_all(stderr.as_bytes());
         let _ = err.flush();
         Ok(record)
+    }
+
+    fn known_nondeterministic(&self, unit: &Unit) -> bool {
+        check::known_nondeterministic(self.store.layout().state_dir())
+            .contains(&key::key_hex(&unit.inputs))
+    }
+
+    /// Keeps the command of a recorded unit in the session for `--check-sample`.
+    fn save_command(&self, rustc: &Path, inv: &Invocation, unit: &Unit, remap: &[String]) {
+        let Some(session) = &self.session else { return };
+        let saved = check::Saved {
+            key: key::key_hex(&unit.inputs),
+            store_path: self.store.print_path(&unit.path),
+            rustc: rustc.to_path_buf(),
+            args: inv.args.iter().chain(remap).cloned().collect(),
+            cwd: std::env::current_dir().unwrap_or_default(),
+            env: std::env::vars().collect(),
+            places: (&unit.places).into(),
+        };
+        check::save(session, &saved);
     }
 
     fn record(&self, unit: &Unit, stderr: &[u8], seconds: f64) -> Result<(), String> {
@@ -559,7 +585,7 @@ fn compile(
     })
 }
 
-/// Diagnostics kept for recording; a unit with more is recorded with them cut.
+/// Diagnostics kept for recording; a unit with more is not recorded.
 const MAX_KEPT_STDERR: usize = 16 << 20;
 
 #[cfg(test)]

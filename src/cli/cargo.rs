@@ -6,6 +6,7 @@
 //! `store` started with a first argument whose file name is `rustc` (or begins with
 //! `rustc`) acts as the wrapper ([`is_wrapper_call`], [`wrap`]).
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -16,6 +17,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 use store::cargo::build_script::SHIM_ARG;
+use store::cargo::check::{self, Checked};
 use store::cargo::journal::{self, Entry, Totals};
 use store::cargo::{manifest, Mode, Wrapper, MODE_ENV, SESSION_ENV};
 use store::error_chain::Chain;
@@ -41,6 +43,10 @@ pub struct CargoArgs {
     /// Make LINK a symlink to the manifest and a garbage collector root
     #[arg(long, short = 'o', value_name = "LINK", requires = "record")]
     pub out_link: Option<PathBuf>,
+    /// After the build, rebuild N recorded units from scratch and compare them bit for bit;
+    /// units that differ are not put in the manifest (nor pushed) and never recorded again
+    #[arg(long, value_name = "N", requires = "record")]
+    pub check_sample: Option<usize>,
     #[command(flatten)]
     pub trust: TrustArgs,
     /// cargo's arguments (`build --release`, `install --locked ripgrep`, …)
@@ -52,6 +58,7 @@ pub struct CargoArgs {
 struct Report<'a> {
     totals: &'a Totals,
     manifest: Option<String>,
+    checked: &'a [Checked],
     entries: &'a [Entry],
 }
 
@@ -69,14 +76,29 @@ pub fn run(g: &GlobalArgs, args: CargoArgs) -> Result<ExitCode> {
     let entries = journal::read(session.path()).context("cannot read the session journal")?;
     let totals = journal::totals(&entries);
     eprintln!("{}", journal::summary(&totals));
+    let checked = match args.check_sample {
+        Some(n) if status.success() => check(&store, session.path(), n)?,
+        _ => Vec::new(),
+    };
+    let bad: BTreeSet<&str> = checked
+        .iter()
+        .filter(|c| !c.reproducible())
+        .map(|c| c.key.as_str())
+        .collect();
+    let kept: Vec<Entry> = entries
+        .iter()
+        .filter(|e| !e.key.as_deref().is_some_and(|k| bad.contains(k)))
+        .cloned()
+        .collect();
     let manifest = match (args.record, status.success()) {
-        (true, true) => write_manifest(&store, &entries, args.out_link.as_deref())?,
+        (true, true) => write_manifest(&store, &kept, args.out_link.as_deref())?,
         _ => None,
     };
     if let Some(file) = &args.report {
         let report = Report {
             totals: &totals,
             manifest: manifest.clone(),
+            checked: &checked,
             entries: &entries,
         };
         let json = serde_json::to_vec_pretty(&report)?;
@@ -125,6 +147,50 @@ fn run_cargo(
     }
     cmd.status()
         .with_context(|| format!("cannot run '{}'", cargo.to_string_lossy()))
+}
+
+/// Rebuilds a sample of the recorded units, says which do not reproduce and remembers
+/// them as nondeterministic.
+fn check(store: &LocalStore, session: &Path, n: usize) -> Result<Vec<Checked>> {
+    let saved = check::saved(session);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    let unit_dir = |printed: &str| {
+        let path = store.parse_user_path(printed).ok()?;
+        store
+            .is_valid(&path)
+            .ok()?
+            .then(|| store.layout().real_path(&path))
+    };
+    let checked = check::check_sample(&saved, n, seed, unit_dir);
+    // A rebuild that failed keeps its unit out of this manifest but is not held against
+    // the unit later; one that produced other bytes is.
+    let bad: Vec<String> = checked
+        .iter()
+        .filter(|c| !c.differing.is_empty())
+        .map(|c| c.key.clone())
+        .collect();
+    for c in checked.iter().filter(|c| !c.reproducible()) {
+        let why = match &c.error {
+            Some(e) => e.clone(),
+            None => format!("differs: {}", c.differing.join(", ")),
+        };
+        eprintln!(
+            "store cargo: check: {} does not reproduce: {why}",
+            c.store_path
+        );
+    }
+    eprintln!(
+        "store cargo: check: {} unit(s) rebuilt, {} reproducible",
+        checked.len(),
+        checked.iter().filter(|c| c.reproducible()).count()
+    );
+    if !bad.is_empty() {
+        check::mark_nondeterministic(store.layout().state_dir(), &bad)
+            .context("cannot remember the nondeterministic units")?;
+    }
+    Ok(checked)
 }
 
 fn write_manifest(
