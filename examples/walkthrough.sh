@@ -84,4 +84,24 @@ else
     *) echo "$out" >&2; exit 1 ;;
   esac
 fi
+echo "== the crate cache: a small crate built by 'store cargo --record' (CI), pushed, then"
+echo "   built at another path with another CARGO_HOME from the cache, trusting our key"
+bin=$(pwd)/target/release/store
+crate_a="$work/crate-ci/checkout" crate_b="$work/crate-dev/elsewhere/checkout"
+mkdir -p "$crate_a/src"
+printf '%s\n' '[package]' 'name = "walkthrough-crate"' 'version = "0.1.0"' 'edition = "2021"' '' \
+  '[dependencies]' 'itoa = "=1.0.15"' 'memchr = { version = "=2.7.4", default-features = false }' \
+  > "$crate_a/Cargo.toml"
+printf '%s\n' 'fn main() {' '    let n = memchr::memchr(b'"'"'x'"'"', b"abcx").unwrap();' \
+  '    println!("found at {}", itoa::Buffer::new().format(n));' '}' > "$crate_a/src/main.rs"
+mkdir -p "$(dirname "$crate_b")" && cp -r "$crate_a" "$crate_b"
+if CARGO_HOME="$work/crate-ci/cargo-home" cargo fetch -q --manifest-path "$crate_a/Cargo.toml"; then
+  (cd "$crate_a" && CARGO_HOME="$work/crate-ci/cargo-home" "$bin" --root "$work/root" \
+    --config "$work/build.toml" cargo --record --push-to "file://$work/crate-cache" -- build -q)
+  (cd "$crate_b" && CARGO_HOME="$work/crate-dev/cargo-home" "$bin" --root "$work/root2" \
+    cargo --substituters "file://$work/crate-cache" \
+    --trusted-public-keys "$(cat "$work/walkthrough-1.pub")" -- run -q)
+else
+  echo "SKIPPED the crate cache step: crates.io is not reachable" >&2
+fi
 echo "walkthrough complete"
