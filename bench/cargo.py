@@ -117,16 +117,18 @@ class Bench:
         else:
             for c in (ca, cb):
                 os.makedirs(c, exist_ok=True)
-            for h in (ha, hb):
-                e = self.env(h)
-                e.pop("CARGO_NET_OFFLINE")
-                # downloads the crates (untimed); compiles once, which also warms the disk
-                if not os.path.exists(os.path.join(h, "fetched-ripgrep")):
-                    d = self.fresh("fetch")
-                    run(["cargo", "install", "--locked", f"ripgrep@{RIPGREP}", "--root", d,
-                         "--target-dir", os.path.join(d, "target")], e)
-                    open(os.path.join(h, "fetched-ripgrep"), "w").close()
-                    shutil.rmtree(d, ignore_errors=True)
+            e = self.env(ha)
+            e.pop("CARGO_NET_OFFLINE")
+            # downloads the crates (untimed); compiles once, which also warms the disk
+            if not os.path.exists(os.path.join(ha, "fetched-ripgrep")):
+                d = self.fresh("fetch")
+                run(["cargo", "install", "--locked", f"ripgrep@{RIPGREP}", "--root", d,
+                     "--target-dir", os.path.join(d, "target")], e)
+                open(os.path.join(ha, "fetched-ripgrep"), "w").close()
+                shutil.rmtree(d, ignore_errors=True)
+            # home B gets the same index and downloaded crates (not the unpacked sources)
+            for sub in ("registry/index", "registry/cache"):
+                shutil.copytree(os.path.join(ha, sub), os.path.join(hb, sub), dirs_exist_ok=True)
         return ca, cb
 
     def cargo_cmd(self, subject, run_dir, target):

@@ -2,7 +2,8 @@
 # The main job, end to end, without root: build `store`, create a store under a local root,
 # add a tree, show its metadata as JSON, make a signing key, sign the path, verify it, push
 # it to a file:// binary cache and substitute it into a second store (verified), build a
-# recipe in the sandbox (result link, build log), and see what `gc --dry-run` would delete.
+# recipe in the sandbox (result link, build log), see what `gc --dry-run` would delete, and
+# record a small cargo build with `store cargo`, push it and build it elsewhere from the cache.
 # Usage: examples/walkthrough.sh [WORKDIR]   (default: target/walkthrough)
 set -euo pipefail
 cd "$(dirname "$0")/.."
