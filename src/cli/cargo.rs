@@ -72,6 +72,12 @@ pub fn run(g: &GlobalArgs, args: CargoArgs) -> Result<ExitCode> {
         .prefix("session-")
         .tempdir_in(&sessions)
         .context("cannot create the session dir")?;
+    if args.record && settings.secret_key_files.is_empty() {
+        tracing::warn!(
+            "recording without secret-key-files: the units are not signed, and no cache \
+             client will trust them"
+        );
+    }
     let status = run_cargo(g, &settings, &args, session.path())?;
     let entries = journal::read(session.path()).context("cannot read the session journal")?;
     let totals = journal::totals(&entries);
@@ -285,14 +291,18 @@ fn wrapper() -> Result<Wrapper> {
     if settings.download_attempts.is_none() {
         client.attempts = 2;
     }
-    let signing_keys = settings
-        .secret_key_files
-        .iter()
-        .map(|f| super::key::read_secret_key(f).map(Arc::new))
-        .collect::<Result<_>>()?;
     let mode = match std::env::var(MODE_ENV).as_deref() {
         Ok("record") => Mode::Record,
         _ => Mode::Use,
+    };
+    // Keys are read only to record: a developer's unreadable key file costs nothing.
+    let signing_keys = match mode {
+        Mode::Record => settings
+            .secret_key_files
+            .iter()
+            .map(|f| super::key::read_secret_key(f).map(Arc::new))
+            .collect::<Result<_>>()?,
+        Mode::Use => Vec::new(),
     };
     Ok(Wrapper {
         mode,
