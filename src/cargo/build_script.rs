@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read, Seek, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,13 +26,12 @@ use super::journal::{Entry, Outcome};
 use super::key::{Places, KEY_VERSION};
 use super::source::{self, hex, sha256_file, tree_digest, SourceKind};
 use super::toolchain;
+use super::unit::{self, NarSink, UnitError};
 use super::wrapper::{WrapError, Wrapper};
+use crate::error_chain::Chain;
 use crate::format::hash::Hash;
 use crate::format::nar::{NarWriteError, NarWriter};
-use crate::format::narinfo::fingerprint;
-use crate::format::path_meta::PathMeta;
 use crate::format::store_path::{StoreDir, StorePath, StorePathError, StorePathName};
-use crate::temp_file::TempFile;
 
 /// The argument that tells `store` it runs as a build-script shim.
 pub const SHIM_ARG: &str = "__cargo-build-script";
@@ -268,26 +267,10 @@ impl Wrapper {
         if mentions_machine_paths(&run.out_dir, &run.places).map_err(|e| e.to_string())? {
             return Err("OUT_DIR mentions machine paths".to_owned());
         }
-        let tmp_dir = self.store.layout().temp_files_dir();
-        fs::create_dir_all(&tmp_dir).map_err(|e| e.to_string())?;
-        let tmp = TempFile::create_in(&tmp_dir, 0o600).map_err(|e| e.to_string())?;
-        let (nar_hash, nar_size) =
-            write_run_nar(run, &record, ran, tmp.as_file()).map_err(|e| e.to_string())?;
-        let fp = fingerprint(self.store.store_dir(), &run.path, &nar_hash, nar_size, []);
-        let meta = PathMeta {
-            path: run.path.clone(),
-            nar_hash,
-            nar_size,
-            references: Default::default(),
-            deriver: None,
-            sigs: self.signing_keys.iter().map(|k| k.sign(&fp)).collect(),
-            ca: None,
-        };
-        let mut f = tmp.as_file();
-        f.rewind().map_err(|e| e.to_string())?;
-        self.store
-            .import_nar(meta, io::BufReader::new(f))
-            .map_err(|e| crate::error_chain::Chain(&e).to_string())?;
+        unit::import_written(&self.store, &run.path, &self.signing_keys, |nar| {
+            write_run_nar(run, &record, ran, nar).map_err(UnitError::Nar)
+        })
+        .map_err(|e| Chain(&e).to_string())?;
         Ok(())
     }
 
@@ -348,20 +331,7 @@ fn run_env(places: &Places) -> Result<BTreeMap<String, String>, String> {
 }
 
 fn compiler(var: &str, default: &str) -> String {
-    let cc = std::env::var(var).unwrap_or_else(|_| default.to_owned());
-    let version = Command::new(&cc)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "unavailable".to_owned());
-    format!("{cc}: {version}")
+    toolchain::tool_identity(&std::env::var(var).unwrap_or_else(|_| default.to_owned()))
 }
 
 /// The `cargo:KEY=VALUE` (or `cargo::KEY=VALUE`) directives of a script's stdout.
@@ -501,48 +471,21 @@ fn write_run_nar(
     run: &Run,
     record: &RunRecord,
     ran: &Ran,
-    file: &File,
-) -> Result<(Hash, u64), NarWriteError> {
-    let mut hashing = HashingWriter {
-        inner: io::BufWriter::new(file),
-        hash: Sha256::new(),
-    };
-    let size = {
-        let mut nar = NarWriter::new(&mut hashing);
-        nar.begin_directory(b"")?;
-        nar.begin_directory(b"out")?;
-        write_tree(&mut nar, &run.out_dir)?;
-        nar.end_directory()?;
-        let json = serde_json::to_vec_pretty(record)
-            .map_err(|e| NarWriteError::Io(io::Error::other(e)))?;
-        nar.regular_bytes(b"run.json", false, &json)?;
-        let p = &run.places;
-        for (name, bytes) in [(&b"stderr"[..], &ran.stderr), (b"stdout", &ran.stdout)] {
-            let text = p.abstract_text(&String::from_utf8_lossy(bytes));
-            nar.regular_bytes(name, false, text.as_bytes())?;
-        }
-        nar.end_directory()?;
-        nar.finish()?.1
-    };
-    hashing.flush().map_err(NarWriteError::Io)?;
-    let digest: [u8; 32] = hashing.hash.finalize().into();
-    Ok((Hash::sha256(digest), size))
-}
-
-struct HashingWriter<W> {
-    inner: W,
-    hash: Sha256,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
+    nar: &mut NarSink<'_>,
+) -> Result<(), NarWriteError> {
+    nar.begin_directory(b"")?;
+    nar.begin_directory(b"out")?;
+    write_tree(nar, &run.out_dir)?;
+    nar.end_directory()?;
+    let json =
+        serde_json::to_vec_pretty(record).map_err(|e| NarWriteError::Io(io::Error::other(e)))?;
+    nar.regular_bytes(b"run.json", false, &json)?;
+    let p = &run.places;
+    for (name, bytes) in [(&b"stderr"[..], &ran.stderr), (b"stdout", &ran.stdout)] {
+        let text = p.abstract_text(&String::from_utf8_lossy(bytes));
+        nar.regular_bytes(name, false, text.as_bytes())?;
     }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+    nar.end_directory()
 }
 
 /// The entries of directory `dir`, in NAR order.

@@ -178,6 +178,25 @@ fn digest_files(dir: &Path, keep: impl Fn(&str) -> bool, h: &mut Sha256) -> io::
     Ok(())
 }
 
+/// A tool as a key sees it: the file name of `program` and the first line of its
+/// `--version` (`unavailable` if it cannot be run).
+pub fn tool_identity(program: &str) -> String {
+    let version = Command::new(program)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout);
+            text.lines().next().map(str::to_owned)
+        })
+        .unwrap_or_else(|| "unavailable".to_owned());
+    let base = Path::new(program)
+        .file_name()
+        .map_or(program.to_owned(), |n| n.to_string_lossy().into_owned());
+    format!("{base}: {version}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

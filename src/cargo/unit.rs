@@ -121,15 +121,37 @@ pub fn record(
     compiled: &Compiled<'_>,
     keys: &[Arc<SecretKey>],
 ) -> Result<UnitRecord, UnitError> {
+    import_written(store, compiled.path, keys, |nar| write_nar(compiled, nar))
+}
+
+/// A NAR on its way to a temp file, hashed as it goes.
+pub type NarSink<'a> = NarWriter<Hashing<BufWriter<&'a File>>>;
+
+/// Writes a NAR with `write` into a temp file of the store, then adds it as `path` (no
+/// references) signed with `keys`. What `write` returns is passed on.
+pub fn import_written<T>(
+    store: &LocalStore,
+    path: &StorePath,
+    keys: &[Arc<SecretKey>],
+    write: impl FnOnce(&mut NarSink<'_>) -> Result<T, UnitError>,
+) -> Result<T, UnitError> {
     let tmp_dir = store.layout().temp_files_dir();
     fs::create_dir_all(&tmp_dir).map_err(write_err(&tmp_dir))?;
     let tmp = TempFile::create_in(&tmp_dir, 0o600).map_err(write_err(&tmp_dir))?;
-    let (record, nar_hash, nar_size) = write_nar(compiled, tmp.as_file())?;
-    let meta = signed_meta(store, compiled.path, nar_hash, nar_size, keys);
+    let mut nar = NarWriter::new(Hashing {
+        inner: BufWriter::new(tmp.as_file()),
+        hash: Sha256::new(),
+    });
+    let value = write(&mut nar)?;
+    let (mut sink, nar_size) = nar.finish().map_err(UnitError::Nar)?;
+    sink.flush()
+        .map_err(|e| UnitError::Nar(NarWriteError::Io(e)))?;
+    let nar_hash = Hash::sha256(sink.hash.finalize().into());
+    let meta = signed_meta(store, path, nar_hash, nar_size, keys);
     let mut f = tmp.as_file();
     f.rewind().map_err(read_err(tmp.path()))?;
     store.import_nar(meta, io::BufReader::new(f))?;
-    Ok(record)
+    Ok(value)
 }
 
 fn signed_meta(
@@ -151,8 +173,8 @@ fn signed_meta(
     }
 }
 
-/// A writer that hashes what passes through.
-struct Hashing<W> {
+/// A writer that hashes (sha256) what passes through.
+pub struct Hashing<W> {
     inner: W,
     hash: Sha256,
 }
@@ -168,15 +190,10 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Writes the unit's NAR to `file`: `out/` (sorted), `stderr`, `unit.json`.
-fn write_nar(c: &Compiled<'_>, file: &File) -> Result<(UnitRecord, Hash, u64), UnitError> {
+/// Writes the unit's NAR: `out/` (sorted), `stderr`, `unit.json`.
+fn write_nar(c: &Compiled<'_>, nar: &mut NarSink<'_>) -> Result<UnitRecord, UnitError> {
     let mut names: Vec<&String> = c.outputs.iter().collect();
     names.sort();
-    let sink = Hashing {
-        inner: BufWriter::new(file),
-        hash: Sha256::new(),
-    };
-    let mut nar = NarWriter::new(sink);
     let mut files = BTreeMap::new();
     let mut env = BTreeMap::new();
     nar.begin_directory(b"").map_err(UnitError::Nar)?;
@@ -191,7 +208,7 @@ fn write_nar(c: &Compiled<'_>, file: &File) -> Result<(UnitRecord, Hash, u64), U
                 .map_err(UnitError::Nar)?;
             hex(&Sha256::digest(text.as_bytes()))
         } else {
-            add_file(&mut nar, name, &path)?
+            add_file(nar, name, &path)?
         };
         files.insert(name.clone(), digest);
     }
@@ -209,11 +226,7 @@ fn write_nar(c: &Compiled<'_>, file: &File) -> Result<(UnitRecord, Hash, u64), U
     nar.regular_bytes(b"unit.json", false, &json)
         .map_err(UnitError::Nar)?;
     nar.end_directory().map_err(UnitError::Nar)?;
-    let (mut sink, size) = nar.finish().map_err(UnitError::Nar)?;
-    sink.flush()
-        .map_err(|e| UnitError::Nar(NarWriteError::Io(e)))?;
-    let digest: [u8; 32] = sink.hash.finalize().into();
-    Ok((record, Hash::sha256(digest), size))
+    Ok(record)
 }
 
 /// Streams one output file into the NAR, returning its sha256.

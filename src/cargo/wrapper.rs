@@ -499,24 +499,8 @@ fn linker_identity(inv: &Invocation) -> String {
             a.strip_prefix("linker=")
                 .or_else(|| a.strip_prefix("-Clinker="))
         })
-        .unwrap_or("cc")
-        .to_owned();
-    let version = Command::new(&linker)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "unknown".to_owned());
-    let base = Path::new(&linker)
-        .file_name()
-        .map_or(linker.clone(), |n| n.to_string_lossy().into_owned());
-    format!("{base}: {version}")
+        .unwrap_or("cc");
+    toolchain::tool_identity(linker)
 }
 
 fn miss_reason(e: &SubstituteError) -> &'static str {
