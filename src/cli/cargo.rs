@@ -72,6 +72,10 @@ pub fn run(g: &GlobalArgs, args: CargoArgs) -> Result<ExitCode> {
         .prefix("session-")
         .tempdir_in(&sessions)
         .context("cannot create the session dir")?;
+    // What the wrappers will need, checked once here: a mistake is an error, not a build
+    // that silently runs without the cache.
+    parse_urls(&settings.substituters)?;
+    trusted_keys(&settings)?;
     if args.record && settings.secret_key_files.is_empty() {
         tracing::warn!(
             "recording without secret-key-files: the units are not signed, and no cache \
@@ -252,6 +256,7 @@ pub fn wrap(argv: &[OsString]) -> ExitCode {
         Some(Ok(w)) => Some(w),
         Some(Err(e)) => {
             tracing::warn!("store cargo: the cache is off for this unit: {e:#}");
+            journal_cache_off(&e);
             None
         }
         None => None,
@@ -343,4 +348,27 @@ fn run_build_script(argv: &[OsString]) -> ExitCode {
             ExitCode::from(101)
         }
     }
+}
+
+/// Journals a rustc run for which the wrapper could not be set up (under `store cargo`).
+fn journal_cache_off(e: &anyhow::Error) {
+    let Some(session) = std::env::var_os(SESSION_ENV) else {
+        return;
+    };
+    let var = |k| std::env::var(k).unwrap_or_default();
+    let entry = Entry {
+        crate_name: var("CARGO_CRATE_NAME"),
+        version: var("CARGO_PKG_VERSION"),
+        source_kind: store::cargo::source::SourceKind::Local,
+        crate_types: Vec::new(),
+        outcome: store::cargo::journal::Outcome::Uncacheable,
+        reason: Some(format!("cache off: {e:#}")),
+        key: None,
+        store_path: None,
+        seconds: 0.0,
+        overhead_ms: 0.0,
+        inputs: None,
+        exit: None,
+    };
+    let _ = journal::append(Path::new(&session), &entry);
 }
