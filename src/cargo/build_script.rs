@@ -152,7 +152,7 @@ impl Wrapper {
             Ok(run) => run,
             Err(why) => {
                 tracing::debug!("build script not cached: {why}");
-                return run_script(real, args, None).map(|r| r.exit);
+                return run_script(real, args, None, &[]).map(|r| r.exit);
             }
         };
         let miss = match self
@@ -166,7 +166,14 @@ impl Wrapper {
             Err(why) => why,
         };
         let ran_at = Instant::now();
-        let ran = run_script(real, args, Some(&run.places))?;
+        let memo = self
+            .store
+            .layout()
+            .state_dir()
+            .join("cargo")
+            .join("toolchains");
+        let env = prefix_map_env(&run, &memo);
+        let ran = run_script(real, args, Some(&run.places), &env)?;
         let seconds = ran_at.elapsed().as_secs_f64();
         let (mut outcome, mut reason) = (Outcome::Compiled, Some(miss));
         if self.mode == super::Mode::Record && ran.exit == 0 {
@@ -292,7 +299,7 @@ impl Wrapper {
             crate_types: vec!["build-script-run".to_owned()],
             outcome,
             reason,
-            key: None,
+            key: Some(run_key(&run.inputs)),
             store_path: Some(self.store.print_path(&run.path)),
             seconds,
             overhead_ms: if compiled {
@@ -332,6 +339,73 @@ fn run_env(places: &Places) -> Result<BTreeMap<String, String>, String> {
 
 fn compiler(var: &str, default: &str) -> String {
     toolchain::tool_identity(&std::env::var(var).unwrap_or_else(|_| default.to_owned()))
+}
+
+/// `CFLAGS` and `CXXFLAGS` with `-ffile-prefix-map` added for the package root and
+/// `OUT_DIR` (as rustc's remapping, §11.2), so that C compiled by the script (through the
+/// `cc` crate, which reads them) carries no machine path in its debug info or `__FILE__`:
+/// only then can the run be recorded. Added only for a compiler that accepts the flag
+/// (gcc 8, clang 10 and later; probed once per compiler and memoised in `memo`), and
+/// only when neither path contains whitespace (`cc` splits the variables on it).
+fn prefix_map_env(run: &Run, memo: &Path) -> Vec<(String, String)> {
+    let p = &run.places;
+    let (pkg, ver) = (&run.inputs.package, &run.inputs.version);
+    let mut maps = vec![format!(
+        "-ffile-prefix-map={}=/cargo/src/{pkg}-{ver}",
+        p.package_root
+    )];
+    if let Some(o) = &p.out_dir {
+        maps.push(format!("-ffile-prefix-map={o}=/cargo/out/{pkg}-{ver}"));
+    }
+    if maps.iter().any(|m| m.contains(char::is_whitespace)) {
+        return Vec::new();
+    }
+    let mut env = Vec::new();
+    for (compiler, flags, default) in [("CC", "CFLAGS", "cc"), ("CXX", "CXXFLAGS", "c++")] {
+        let program = std::env::var(compiler).unwrap_or_else(|_| default.to_owned());
+        if accepts_prefix_map(&program, memo) {
+            let old = std::env::var(flags).unwrap_or_default();
+            env.push((
+                flags.to_owned(),
+                format!("{old} {}", maps.join(" ")).trim().to_owned(),
+            ));
+        }
+    }
+    env
+}
+
+/// Whether `program` compiles an empty C file with `-ffile-prefix-map` (memoised by the
+/// compiler's identity).
+fn accepts_prefix_map(program: &str, memo: &Path) -> bool {
+    let id = toolchain::tool_identity(program);
+    let file = memo.join(format!(
+        "prefix-map-{}",
+        &hex(&Sha256::digest(id.as_bytes()))[..32]
+    ));
+    if let Ok(v) = fs::read_to_string(&file) {
+        return v == "yes";
+    }
+    let ok = Command::new(program)
+        .args([
+            "-ffile-prefix-map=/a=/b",
+            "-x",
+            "c",
+            "-c",
+            "-o",
+            "/dev/null",
+            "/dev/null",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let _ = fs::create_dir_all(memo);
+    let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
+    if fs::write(&tmp, if ok { "yes" } else { "no" }).is_ok() && fs::rename(&tmp, &file).is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    ok
 }
 
 /// The `cargo:KEY=VALUE` (or `cargo::KEY=VALUE`) directives of a script's stdout.
@@ -429,11 +503,17 @@ struct Ran {
 
 /// Runs the real script, passing its stdout and stderr through (kept when `places` is
 /// given, with machine paths abstracted later).
-fn run_script(real: &Path, args: &[String], places: Option<&Places>) -> Result<Ran, WrapError> {
+fn run_script(
+    real: &Path,
+    args: &[String],
+    places: Option<&Places>,
+    env: &[(String, String)],
+) -> Result<Ran, WrapError> {
     let err = |source| WrapError::new(real, source);
     let keep = places.is_some();
     let mut child = Command::new(real)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -544,7 +624,7 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// `hex` of a run key, for tests and reports.
+/// The run's key (hex), as reports show it.
 pub fn run_key(inputs: &RunInputs) -> String {
     hex(&Sha256::digest(
         serde_json::to_vec(inputs).unwrap_or_default(),

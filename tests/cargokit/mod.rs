@@ -16,9 +16,6 @@ use serde::Deserialize;
 pub(crate) const WORKSPACES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cargo");
 /// A small registry binary for `cargo install` (deps: getopts, unicode-width, memchr).
 pub(crate) const INSTALLED: &str = "jsonxf@1.1.1";
-/// Units whose key covers the output of a build script that compiles C: their OUT_DIR holds
-/// objects with the CARGO_HOME path in their debug info, so another checkout misses them.
-pub(crate) const C_BUILD_SCRIPT_UNITS: &[&str] = &["bzip2_sys"];
 /// Any single build must finish well within this (a hung cache included).
 pub(crate) const BUILD_LIMIT: Duration = Duration::from_secs(300);
 
@@ -41,11 +38,6 @@ impl Entry {
     /// A cacheable unit that compiled (or was installed) successfully.
     pub(crate) fn is_unit(&self) -> bool {
         self.key.is_some() && self.exit == Some(0)
-    }
-
-    /// A build script's rustc probe (proc-macro2 compiles `src/probe/*.rs`).
-    pub(crate) fn is_probe(&self) -> bool {
-        self.args().iter().any(|a| a.contains("src/probe/"))
     }
 
     pub(crate) fn args(&self) -> Vec<String> {
@@ -75,12 +67,9 @@ pub(crate) struct Report {
 }
 
 impl Report {
-    /// The successful cacheable units that are not build-script probes.
+    /// The successful cacheable units (rustc runs and build-script runs).
     pub(crate) fn units(&self) -> Vec<&Entry> {
-        self.entries
-            .iter()
-            .filter(|e| e.is_unit() && !e.is_probe())
-            .collect()
+        self.entries.iter().filter(|e| e.is_unit()).collect()
     }
 
     /// Crate names of `units()` with this outcome.
