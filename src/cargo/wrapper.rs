@@ -188,10 +188,18 @@ impl Wrapper {
         unit: Unit,
         start: Instant,
     ) -> Result<i32, WrapError> {
+        let planned = start.elapsed();
         let found = self.find(&unit.path);
+        let looked = start.elapsed();
         let miss = match found {
             Ok(outcome) => match self.install(&unit) {
                 Ok(record) => {
+                    tracing::debug!(
+                        "{}: planned {planned:.1?}, found {:.1?}, installed {:.1?}",
+                        unit.path.name(),
+                        looked - planned,
+                        start.elapsed() - looked
+                    );
                     shim_build_script(inv);
                     let e = self.entry(inv, pkg, &unit, outcome, None, record.seconds, start);
                     self.journal(Entry { exit: Some(0), ..e });

@@ -240,6 +240,7 @@ pub fn is_wrapper_call(argv: &[OsString]) -> bool {
 /// Runs as the rustc wrapper: `argv[1]` is the compiler, the rest its arguments. Any
 /// problem with the store or its settings means plain rustc (with a warning).
 pub fn wrap(argv: &[OsString]) -> ExitCode {
+    let started = std::time::Instant::now();
     if argv[1] == SHIM_ARG {
         return run_build_script(argv);
     }
@@ -262,7 +263,10 @@ pub fn wrap(argv: &[OsString]) -> ExitCode {
         None => None,
     };
     let code = match wrapper {
-        Some(w) => w.run(&rustc, &args).map_err(|e| Chain(&e).to_string()),
+        Some(w) => {
+            tracing::debug!("wrapper set up in {:.1?}", started.elapsed());
+            w.run(&rustc, &args).map_err(|e| Chain(&e).to_string())
+        }
         None => Command::new(&rustc)
             .args(&argv[2..])
             .status()
