@@ -202,13 +202,14 @@ class Bench:
         shutil.rmtree(os.path.join(self.work, f"sccache-{subject}"), ignore_errors=True)
         self.once(subject, "sccache-fill", ca, ha)
         root = None
-        for rep in range(self.a.reps):
+        reps = self.a.self_reps if subject == "self" else self.a.reps
+        for rep in range(reps):
             self.once(subject, "cold", ca, ha)
             root = os.path.join(self.fresh(f"{subject}-root"), "root")
             self.once(subject, "record", ca, ha, root=root, record=True)
         url = self.start_serve(root)
         try:
-            for rep in range(self.a.reps):
+            for rep in range(reps):
                 self.once(subject, "sccache-same", ca, ha)
                 self.once(subject, "sccache-other", cb, hb)
                 self.once(subject, "store-local", ca, ha, root=root)
@@ -280,6 +281,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subjects", default="ripgrep,self")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--self-reps", type=int, default=1,
+                    help="repetitions for `self` (a cold release build takes minutes)")
     ap.add_argument("--work", default="/tmp/store-bench/cargo")
     ap.add_argument("--store-bin", default=os.path.join(REPO, "target/release/store"))
     ap.add_argument("--sccache", default=shutil.which("sccache") or "sccache",
@@ -297,7 +300,8 @@ def main():
     text, failed = b.table()
     print(f"# store cargo benchmark ({time.strftime('%Y-%m-%d %H:%M')}, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, {time.monotonic() - t0:.0f} s)")
-    print(f"\nstore: {a.store_bin}; sccache: {a.sccache}; ripgrep {RIPGREP}; reps {a.reps}")
+    print(f"\nstore: {a.store_bin}; sccache: {a.sccache}; ripgrep {RIPGREP}; "
+          f"reps {a.reps} (self: {a.self_reps})")
     print(text)
     sys.exit(1 if failed else 0)
 
