@@ -468,18 +468,41 @@ fn mentions_machine_paths(dir: &Path, places: &Places) -> io::Result<bool> {
         .map(|(real, _)| real)
         .filter(|r| r.len() > 1)
         .collect();
+    let finders: Vec<memchr::memmem::Finder> = needles
+        .iter()
+        .map(|n| memchr::memmem::Finder::new(n.as_bytes()))
+        .collect();
     let mut found = false;
     visit(dir, &mut |path, meta| {
-        if meta.is_file() {
-            let mut bytes = Vec::new();
-            File::open(path)?.read_to_end(&mut bytes)?;
-            found |= needles
-                .iter()
-                .any(|n| bytes.windows(n.len()).any(|w| w == n.as_bytes()));
+        if meta.is_file() && !found {
+            found = file_contains(path, &finders)?;
         }
         Ok(())
     })?;
     Ok(found)
+}
+
+/// Whether the file at `path` contains one of the needles, read in chunks (each chunk
+/// keeps the tail of the one before, so a needle across two reads is found).
+fn file_contains(path: &Path, finders: &[memchr::memmem::Finder]) -> io::Result<bool> {
+    const CHUNK: usize = 1 << 20;
+    let keep = finders.iter().map(|f| f.needle().len()).max().unwrap_or(1) - 1;
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; CHUNK + keep];
+    let mut filled = 0;
+    loop {
+        let n = f.read(&mut buf[filled..])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        filled += n;
+        if finders.iter().any(|fd| fd.find(&buf[..filled]).is_some()) {
+            return Ok(true);
+        }
+        let tail = filled.min(keep);
+        buf.copy_within(filled - tail..filled, 0);
+        filled = tail;
+    }
 }
 
 fn visit(dir: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata) -> io::Result<()>) -> io::Result<()> {

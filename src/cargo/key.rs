@@ -113,6 +113,7 @@ pub const SRC: &str = "@SRC@";
 pub const OUT: &str = "@OUT_DIR@";
 pub const DEPS: &str = "@DEPS@";
 pub const PROFILE: &str = "@PROFILE@";
+pub const REGISTRY_SRC: &str = "@REGISTRY_SRC@";
 
 impl Places {
     /// The pairs (real, placeholder), longest real path first so nested ones win.
@@ -125,9 +126,24 @@ impl Places {
         if let Some(o) = &self.out_dir {
             v.push((o.as_str(), OUT));
         }
+        if let Some(r) = self.registry_src() {
+            v.push((r, REGISTRY_SRC));
+        }
         v.retain(|(p, _)| !p.is_empty());
         v.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         v
+    }
+
+    /// The registry's source dir that holds a registry package
+    /// (`<home>/registry/src/<index>`): other packages' sources are named under it (a
+    /// `-sys` crate's `DEP_*_INCLUDE`), so it is a machine path too.
+    fn registry_src(&self) -> Option<&str> {
+        let index = Path::new(&self.package_root).parent()?;
+        let src = index.parent()?;
+        let registry = src.parent()?;
+        (src.file_name()? == "src" && registry.file_name()? == "registry")
+            .then(|| index.to_str())
+            .flatten()
     }
 
     /// `text` with machine paths replaced by placeholders.
@@ -319,6 +335,12 @@ mod tests {
         let text = "/p/target/debug/deps/foo.d: /h/registry/src/i/foo-1.0.0/src/lib.rs /p/target/debug/build/foo-1/out/gen.rs";
         let abs = p.abstract_text(text);
         assert_eq!(abs, "@DEPS@/foo.d: @SRC@/src/lib.rs @OUT_DIR@/gen.rs");
+        let other = "/h/registry/src/i/zstd-sys-2.0.0/zstd/lib";
+        assert_eq!(
+            p.abstract_text(other),
+            "@REGISTRY_SRC@/zstd-sys-2.0.0/zstd/lib"
+        );
+        assert_eq!(p.concrete_text(&p.abstract_text(other)), other);
         assert_eq!(p.concrete_text(&abs), text);
     }
 }
