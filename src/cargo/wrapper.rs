@@ -270,7 +270,8 @@ impl Wrapper {
                 &self.store,
                 4,
             )
-            .await?;
+            .await?
+            .without_flush_ahead();
             let plan = sub.plan(&self.store, std::slice::from_ref(path)).await?;
             sub.fetch(&self.store, plan, Arc::new(Progress::default()))
                 .await

@@ -48,6 +48,8 @@ pub const DEFAULT_JOBS: usize = 16;
 pub struct Substituter {
     caches: Vec<OpenCache>,
     keys: TrustedKeys,
+    /// Whether planning starts writing back the filesystem early (see `plan_partial`).
+    flush_ahead: bool,
     jobs: usize,
     limits: Limits,
 }
@@ -186,9 +188,18 @@ impl Substituter {
         Ok(Substituter {
             caches,
             keys,
+            flush_ahead: true,
             jobs: jobs.max(1),
             limits: Limits::new(options.whole_nar_max),
         })
+    }
+
+    /// Turns off the early write-back of the store's filesystem while planning: it pays for
+    /// itself when many NARs follow, not for one small path (each `store cargo` unit), and
+    /// a short-lived process waits for it at the end.
+    pub fn without_flush_ahead(mut self) -> Substituter {
+        self.flush_ahead = false;
+        self
     }
 
     /// Finds a trusted source for every non-valid member of the closures of `paths`, or fails
@@ -229,8 +240,10 @@ impl Substituter {
     ) -> Result<(Plan, BTreeMap<StorePath, Vec<Refusal>>), SubstituteError> {
         // Write back what is pending on the store's filesystem while the walk waits on the
         // network, so that the first commit's sync (§6.5) does not pay for it.
-        let ahead = store.clone();
-        tokio::task::spawn_blocking(move || ahead.flush_ahead());
+        if self.flush_ahead {
+            let ahead = store.clone();
+            tokio::task::spawn_blocking(move || ahead.flush_ahead());
+        }
         let lookup = |p, from, reasons| self.lookup(store, p, from, reasons);
         let Walked {
             trusted,
@@ -361,6 +374,7 @@ impl Substituter {
                 })
                 .collect(),
             keys: self.keys.clone(),
+            flush_ahead: self.flush_ahead,
             jobs: self.jobs,
             limits: self.limits,
         }
