@@ -419,3 +419,69 @@ fn check_sample_keeps_a_nondeterministic_unit_out_of_the_manifest() {
         ("compiled", "not recorded: nondeterministic")
     );
 }
+
+#[test]
+fn plain_cargo_with_the_wrapper_in_its_config_substitutes() {
+    let env = Env::new();
+    let a = env.checkout("ci/checkout");
+    let cache = env.base.join("cache");
+    let url = format!("file://{}", cache.display());
+    let (ra, ra_path) = env.report("a.json");
+    env.cargo(
+        &a,
+        "root-a",
+        &[
+            "--record",
+            "--push-to",
+            &url,
+            "--report",
+            &ra,
+            "--",
+            "build",
+        ],
+        &[],
+    );
+    let recorded: Vec<String> = read_report(&ra_path)["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "recorded")
+        .map(|e| e["store_path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recorded.len(), UNITS.len());
+
+    // No `store cargo`: cargo itself, with the wrapper in .cargo/config.toml and the
+    // store's settings in the environment.
+    let b = env.checkout("dev/checkout");
+    let config = b.join(".cargo/config.toml");
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[build]\nrustc-wrapper = \"{}\"\n",
+        env!("CARGO_BIN_EXE_store")
+    ));
+    fs::write(&config, text).unwrap();
+    let root_b = env.base.join("root-b");
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
+    c.current_dir(&b)
+        .arg("build")
+        .env("CARGO_HOME", env.base.join("cargo-home-b"))
+        .env("CARGO_NET_OFFLINE", "true")
+        .env("HOME", &env.base)
+        .env("STORE_ROOT", &root_b)
+        .env("STORE_SUBSTITUTERS", &url)
+        .env("STORE_TRUSTED_PUBLIC_KEYS", test_public_key())
+        .env_remove("STORE_CONFIG")
+        .env_remove("STORE_DIR")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC")
+        .env_remove("CARGO_TARGET_DIR");
+    let out = c.output().unwrap();
+    assert_success(&out, "cargo build with the wrapper");
+    assert_eq!(run_app(&b), "answer 42\n");
+    // Every recorded unit is now valid in B's store: it was substituted, not compiled.
+    for p in &recorded {
+        let mut info = bare_cmd(&env.base);
+        info.arg("--root").arg(&root_b).args(["path-info", p]);
+        assert_success(&info.output().unwrap(), p);
+    }
+}
