@@ -201,6 +201,13 @@ class Bench:
         self.stop_sccache()
         shutil.rmtree(os.path.join(self.work, f"sccache-{subject}"), ignore_errors=True)
         self.once(subject, "sccache-fill", ca, ha)
+        # What checkout A left in sccache's cache; restored before each run at another path,
+        # which would otherwise add that path's entries and find them in the next rep.
+        cache_dir = os.path.join(self.work, f"sccache-{subject}")
+        snapshot = cache_dir + "-after-fill"
+        self.stop_sccache()
+        shutil.rmtree(snapshot, ignore_errors=True)
+        shutil.copytree(cache_dir, snapshot)
         root = None
         reps = self.a.self_reps if subject == "self" else self.a.reps
         for rep in range(reps):
@@ -209,8 +216,15 @@ class Bench:
             self.once(subject, "record", ca, ha, root=root, record=True)
         url = self.start_serve(root)
         try:
+            # Untimed: fills the server's NAR cache (it compresses each NAR when first asked),
+            # as a cache in use would have it.
+            self.once(subject, "serve-warm-up", cb, hb,
+                      root=os.path.join(self.fresh(f"{subject}-root-w"), "root"), subst=url)
             for rep in range(reps):
                 self.once(subject, "sccache-same", ca, ha)
+                self.stop_sccache()
+                shutil.rmtree(cache_dir, ignore_errors=True)
+                shutil.copytree(snapshot, cache_dir)
                 self.once(subject, "sccache-other", cb, hb)
                 self.once(subject, "store-local", ca, ha, root=root)
                 fresh_root = os.path.join(self.fresh(f"{subject}-root-b"), "root")
