@@ -148,6 +148,24 @@ impl Env {
     }
 }
 
+/// Records checkout `a` into store `root-a` and pushes it to `cache`: (cache URL, the
+/// run's output, the report's path).
+fn record_and_push(env: &Env, a: &Path, cache: &Path) -> (String, Output, PathBuf) {
+    let url = format!("file://{}", cache.display());
+    let (ra, ra_path) = env.report("a.json");
+    let args = [
+        "--record",
+        "--push-to",
+        &url,
+        "--report",
+        &ra,
+        "--",
+        "build",
+    ];
+    let out = env.cargo(a, "root-a", &args, &[]);
+    (url, out, ra_path)
+}
+
 fn read_report(p: &Path) -> Value {
     serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
 }
@@ -199,22 +217,7 @@ fn recorded_in_one_checkout_substituted_in_another() {
     let env = Env::new();
     let a = env.checkout("ci/checkout");
     let cache = env.base.join("cache");
-    let url = format!("file://{}", cache.display());
-    let (ra, ra_path) = env.report("a.json");
-    let out = env.cargo(
-        &a,
-        "root-a",
-        &[
-            "--record",
-            "--push-to",
-            &url,
-            "--report",
-            &ra,
-            "--",
-            "build",
-        ],
-        &[],
-    );
+    let (url, out, ra_path) = record_and_push(&env, &a, &cache);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("store cargo: 0 substituted"), "{stderr}");
     let a_report = read_report(&ra_path);
@@ -425,22 +428,7 @@ fn plain_cargo_with_the_wrapper_in_its_config_substitutes() {
     let env = Env::new();
     let a = env.checkout("ci/checkout");
     let cache = env.base.join("cache");
-    let url = format!("file://{}", cache.display());
-    let (ra, ra_path) = env.report("a.json");
-    env.cargo(
-        &a,
-        "root-a",
-        &[
-            "--record",
-            "--push-to",
-            &url,
-            "--report",
-            &ra,
-            "--",
-            "build",
-        ],
-        &[],
-    );
+    let (url, _, ra_path) = record_and_push(&env, &a, &cache);
     let recorded: Vec<String> = read_report(&ra_path)["entries"]
         .as_array()
         .unwrap()

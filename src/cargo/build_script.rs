@@ -166,12 +166,7 @@ impl Wrapper {
             Err(why) => why,
         };
         let ran_at = Instant::now();
-        let memo = self
-            .store
-            .layout()
-            .state_dir()
-            .join("cargo")
-            .join("toolchains");
+        let memo = self.memo_dir();
         let env = prefix_map_env(&run, &memo);
         let ran = run_script(real, args, Some(&run.places), &env)?;
         let seconds = ran_at.elapsed().as_secs_f64();
@@ -194,12 +189,7 @@ impl Wrapper {
         let src = source::locate(&root, &package, &version).map_err(|e| e.to_string())?;
         let source = src.digest.ok_or("local source")?;
         let rustc = PathBuf::from(var("RUSTC")?);
-        let memo = self
-            .store
-            .layout()
-            .state_dir()
-            .join("cargo")
-            .join("toolchains");
+        let memo = self.memo_dir();
         // The host as `None`, as the wrapper asks for it (one memo per toolchain and target).
         let target = var("TARGET")?;
         let target = (Some(&target) != std::env::var("HOST").ok().as_ref()).then_some(target);

@@ -108,6 +108,15 @@ impl WrapError {
 }
 
 impl Wrapper {
+    /// Where toolchain and compiler facts are memoised (`<state>/cargo/toolchains`).
+    pub(super) fn memo_dir(&self) -> PathBuf {
+        self.store
+            .layout()
+            .state_dir()
+            .join("cargo")
+            .join("toolchains")
+    }
+
     /// Handles one rustc invocation; returns rustc's exit status (or 0 when installed).
     pub fn run(&self, rustc: &Path, args: &[String]) -> Result<i32, WrapError> {
         let start = Instant::now();
@@ -138,12 +147,7 @@ impl Wrapper {
             .output_names()
             .ok_or_else(|| not("unpredicted outputs", kind))?;
         let places = places(inv, pkg);
-        let memo = self
-            .store
-            .layout()
-            .state_dir()
-            .join("cargo")
-            .join("toolchains");
+        let memo = self.memo_dir();
         let tc = toolchain::identify(rustc, inv.target.as_deref(), &memo)
             .map_err(|e| not(format!("toolchain: {}", Chain(&e)), kind))?;
         let args = normalise_args(inv, &places, &mut MemoDigests)
