@@ -22,6 +22,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::digests::write_memo_file;
 use super::journal::{Entry, Outcome};
 use super::key::{Places, KEY_VERSION};
 use super::source::{self, hex, sha256_file, tree_digest, SourceKind};
@@ -390,11 +391,7 @@ fn accepts_prefix_map(program: &str, memo: &Path) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    let _ = fs::create_dir_all(memo);
-    let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
-    if fs::write(&tmp, if ok { "yes" } else { "no" }).is_ok() && fs::rename(&tmp, &file).is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
+    write_memo_file(&file, if ok { b"yes" } else { b"no" });
     ok
 }
 
@@ -624,14 +621,8 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
             let _ = fs::remove_file(&dest);
             std::os::unix::fs::symlink(fs::read_link(&src)?, &dest)?;
         } else {
-            let mode = if meta.permissions().mode() & 0o100 != 0 {
-                0o755
-            } else {
-                0o644
-            };
             let _ = fs::remove_file(&dest);
-            io::copy(&mut File::open(&src)?, &mut File::create(&dest)?)?;
-            fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
+            unit::copy_writable(&src, &dest)?;
         }
     }
     Ok(())

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::key::Digests;
 use super::source::{sha256_file, tree_digest};
+use crate::temp_file::TempFile;
 
 const MEMO_DIR: &str = ".store-digests";
 
@@ -31,12 +32,19 @@ pub fn remember(path: &Path, digest: &str) {
     let (Some(memo), Ok(stamp)) = (memo_path(path), stamp(path)) else {
         return;
     };
-    if let Some(dir) = memo.parent() {
-        let _ = fs::create_dir_all(dir);
-    }
-    let tmp = memo.with_extension(format!("tmp-{}", std::process::id()));
-    if fs::write(&tmp, format!("{stamp} {digest}")).is_ok() && fs::rename(&tmp, &memo).is_err() {
-        let _ = fs::remove_file(&tmp);
+    write_memo_file(&memo, format!("{stamp} {digest}").as_bytes());
+}
+
+/// Writes a memo file whole or not at all (a temp file in its dir, renamed over it); best
+/// effort, as every memo can be computed again. Also used for the toolchain memos.
+pub fn write_memo_file(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let Some(dir) = path.parent() else { return };
+    let _ = fs::create_dir_all(dir);
+    if let Ok(tmp) = TempFile::create_in(dir, 0o644) {
+        if tmp.as_file().write_all(bytes).is_ok() {
+            let _ = tmp.persist(path);
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::digests::write_memo_file;
 use super::source::{hex, sha256_file};
 
 /// A toolchain as seen by the key.
@@ -89,23 +90,9 @@ fn read_memo(path: &Path) -> Option<Toolchain> {
 
 /// Best effort: a memo that cannot be written is computed again next time.
 fn write_memo(path: &Path, t: &Toolchain) {
-    let Some(dir) = path.parent() else { return };
-    let _ = fs::create_dir_all(dir);
-    let tmp = dir.join(format!(".{}.tmp-{}", std::process::id(), rand_suffix()));
-    let ok = serde_json::to_vec(t)
-        .ok()
-        .and_then(|b| fs::write(&tmp, b).ok())
-        .and_then(|()| fs::rename(&tmp, path).ok());
-    if ok.is_none() {
-        let _ = fs::remove_file(&tmp);
+    if let Ok(bytes) = serde_json::to_vec(t) {
+        write_memo_file(path, &bytes);
     }
-}
-
-fn rand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn run(rustc: &Path, args: &'static [&'static str]) -> Result<String, ToolchainError> {

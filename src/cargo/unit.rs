@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Seek, Write};
+use std::io::{self, BufWriter, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use crate::format::nar::{NarWriteError, NarWriter};
 use crate::format::narinfo::fingerprint;
 use crate::format::path_meta::PathMeta;
 use crate::format::store_path::StorePath;
+use crate::fsnar::{HashingReader, HashingWriter};
 use crate::store::{LocalStore, StoreError};
 use crate::temp_file::TempFile;
 
@@ -125,7 +126,7 @@ pub fn record(
 }
 
 /// A NAR on its way to a temp file, hashed as it goes.
-pub type NarSink<'a> = NarWriter<Hashing<BufWriter<&'a File>>>;
+pub type NarSink<'a> = NarWriter<HashingWriter<BufWriter<&'a File>>>;
 
 /// Writes a NAR with `write` into a temp file of the store, then adds it as `path` (no
 /// references) signed with `keys`. What `write` returns is passed on.
@@ -138,15 +139,12 @@ pub fn import_written<T>(
     let tmp_dir = store.layout().temp_files_dir();
     fs::create_dir_all(&tmp_dir).map_err(write_err(&tmp_dir))?;
     let tmp = TempFile::create_in(&tmp_dir, 0o600).map_err(write_err(&tmp_dir))?;
-    let mut nar = NarWriter::new(Hashing {
-        inner: BufWriter::new(tmp.as_file()),
-        hash: Sha256::new(),
-    });
+    let mut nar = NarWriter::new(HashingWriter::wrap(BufWriter::new(tmp.as_file())));
     let value = write(&mut nar)?;
     let (mut sink, nar_size) = nar.finish().map_err(UnitError::Nar)?;
     sink.flush()
         .map_err(|e| UnitError::Nar(NarWriteError::Io(e)))?;
-    let nar_hash = Hash::sha256(sink.hash.finalize().into());
+    let nar_hash = Hash::sha256(sink.finish().0);
     let meta = signed_meta(store, path, nar_hash, nar_size, keys);
     let mut f = tmp.as_file();
     f.rewind().map_err(read_err(tmp.path()))?;
@@ -170,23 +168,6 @@ fn signed_meta(
         deriver: None,
         sigs: keys.iter().map(|k| k.sign(&fp)).collect(),
         ca: None,
-    }
-}
-
-/// A writer that hashes (sha256) what passes through.
-pub struct Hashing<W> {
-    inner: W,
-    hash: Sha256,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 
@@ -238,24 +219,10 @@ fn add_file<W: Write>(
     let f = File::open(path).map_err(read_err(path))?;
     let meta = f.metadata().map_err(read_err(path))?;
     let exec = meta.permissions().mode() & 0o100 != 0;
-    struct Tee<R> {
-        inner: R,
-        hash: Sha256,
-    }
-    impl<R: Read> Read for Tee<R> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = self.inner.read(buf)?;
-            self.hash.update(&buf[..n]);
-            Ok(n)
-        }
-    }
-    let mut tee = Tee {
-        inner: f,
-        hash: Sha256::new(),
-    };
-    nar.regular(name.as_bytes(), exec, meta.len(), &mut tee)
+    let mut hashing = HashingReader::new(f);
+    nar.regular(name.as_bytes(), exec, meta.len(), &mut hashing)
         .map_err(UnitError::Nar)?;
-    Ok(hex(&tee.hash.finalize()))
+    Ok(hex(&hashing.finish().0))
 }
 
 /// Reads the record of a valid unit.
@@ -278,7 +245,7 @@ pub fn install(unit_dir: &Path, record: &UnitRecord, places: &Places) -> Result<
             let text = fs::read_to_string(&src).map_err(read_err(&src))?;
             fs::write(&tmp, places.concrete_text(&text)).map_err(write_err(&tmp))
         } else {
-            copy_writable(&src, &tmp)
+            copy_writable(&src, &tmp).map_err(write_err(&tmp))
         };
         if let Err(e) = result.and_then(|()| fs::rename(&tmp, &dest).map_err(write_err(&dest))) {
             let _ = fs::remove_file(&tmp);
@@ -292,19 +259,11 @@ pub fn install(unit_dir: &Path, record: &UnitRecord, places: &Places) -> Result<
 
 /// Copies a (read-only) store file to `dest` as an ordinary writable file, keeping the
 /// executable bit.
-fn copy_writable(src: &Path, dest: &Path) -> Result<(), UnitError> {
-    let exec = fs::metadata(src)
-        .map_err(read_err(src))?
-        .permissions()
-        .mode()
-        & 0o100
-        != 0;
-    let mut from = File::open(src).map_err(read_err(src))?;
-    let mut to = File::create(dest).map_err(write_err(dest))?;
-    io::copy(&mut from, &mut to).map_err(write_err(dest))?;
-    let mode = if exec { 0o755 } else { 0o644 };
-    to.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(write_err(dest))
+pub(super) fn copy_writable(src: &Path, dest: &Path) -> io::Result<()> {
+    let exec = fs::metadata(src)?.permissions().mode() & 0o100 != 0;
+    let mut to = File::create(dest)?;
+    io::copy(&mut File::open(src)?, &mut to)?;
+    to.set_permissions(fs::Permissions::from_mode(if exec { 0o755 } else { 0o644 }))
 }
 
 #[cfg(test)]

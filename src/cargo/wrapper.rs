@@ -311,11 +311,7 @@ impl Wrapper {
         }
         let stderr = unit::install(&dir, &record, &unit.places)
             .map_err(|e| format!("cannot install: {}", Chain(&e)))?;
-        for (name, digest) in &record.files {
-            if !name.ends_with(".d") {
-                remember(&Path::new(&unit.places.deps_dir).join(name), digest);
-            }
-        }
+        remember_outputs(&unit.places, &record);
         let mut err = io::stderr().lock();
         let _ = err.write_all(stderr.as_bytes());
         let _ = err.flush();
@@ -353,11 +349,7 @@ impl Wrapper {
         };
         let record = unit::record(&self.store, &compiled, &self.signing_keys)
             .map_err(|e| Chain(&e).to_string())?;
-        for (name, digest) in &record.files {
-            if !name.ends_with(".d") {
-                remember(&Path::new(&unit.places.deps_dir).join(name), digest);
-            }
-        }
+        remember_outputs(&unit.places, &record);
         Ok(())
     }
 
@@ -420,6 +412,16 @@ impl Wrapper {
             if let Err(e) = journal::append(s, &entry) {
                 tracing::warn!("cannot write the store cargo journal: {e}");
             }
+        }
+    }
+}
+
+/// Memoises the digests of a unit's outputs (not its dep-info, which is stored with
+/// placeholders) now in the deps dir, so dependents do not hash them again.
+fn remember_outputs(places: &Places, record: &UnitRecord) {
+    for (name, digest) in &record.files {
+        if !name.ends_with(".d") {
+            remember(&Path::new(&places.deps_dir).join(name), digest);
         }
     }
 }
