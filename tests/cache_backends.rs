@@ -1,8 +1,9 @@
 //! Cache backends: one contract suite run against `file://` and `http://` (the in-test
 //! server of `common/http_server.rs`) with `init_for_writing` (`cache_backends/contract.rs`),
 //! HTTP failure handling: retries, absence, stalls, dropped connections, auth, hostile
-//! narinfos (`cache_backends/http_failures.rs`), and the Nix 2.8 vector caches read through
-//! both (`cache_backends/vectors.rs`). This file holds the helpers they share.
+//! narinfos (`cache_backends/http_failures.rs`), the same contract and S3's own features on
+//! `s3://` against s3s-fs (`cache_backends/s3.rs`), and the Nix 2.8 vector caches read
+//! through both (`cache_backends/vectors.rs`). This file holds the helpers they share.
 
 #[path = "cache_backends/contract.rs"]
 mod contract;
@@ -10,6 +11,10 @@ mod contract;
 mod http_failures;
 #[path = "common/http_server.rs"]
 mod http_server;
+#[path = "cache_backends/s3.rs"]
+mod s3;
+#[path = "common/s3_server.rs"]
+mod s3_server;
 #[path = "cache_backends/vectors.rs"]
 mod vectors;
 

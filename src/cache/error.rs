@@ -105,6 +105,19 @@ pub enum CacheError {
     /// Decompressing the object named by the key failed to start (e.g. unrecognised data).
     #[error("cannot decompress '{0}'")]
     Decompress(String, #[source] io::Error),
+    #[error("{method} {url}")]
+    S3 {
+        method: &'static str,
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("cannot use S3 cache '{cache}'")]
+    S3Config {
+        cache: String,
+        #[source]
+        source: super::s3::S3ConfigError,
+    },
     #[error("cannot set up the HTTP client")]
     Client(#[source] reqwest::Error),
     #[error("background task failed")]
@@ -119,6 +132,9 @@ impl CacheError {
             CacheError::Transport { source, .. } => !(source.is_builder() || source.is_redirect()),
             CacheError::Status { status, .. } => is_transient_status(*status),
             CacheError::Stalled { .. } | CacheError::TimedOut { .. } => true,
+            // The S3 library has already retried these with backoff; still, a later try
+            // (another fetch round) may succeed, as for a `GaveUp` HTTP error.
+            CacheError::S3 { source, .. } => matches!(source, object_store::Error::Generic { .. }),
             CacheError::GaveUp { last, .. } => last.is_transient(),
             CacheError::Io { source, .. } | CacheError::Decompress(_, source) => {
                 io_is_transient(source)

@@ -1,4 +1,5 @@
-//! L2, cache backends: binary caches as key → object stores (`file://` and `http(s)://`),
+//! L2, cache backends: binary caches as key → object stores (`file://`, `http(s)://` and
+//! `s3://`),
 //! async, with the Nix 2.8 layout helpers on top (nix-cache-info, narinfo lookup) and
 //! NAR compression. Uses only [`crate::format`] below it. See store-format.md §7.
 //!
@@ -20,6 +21,7 @@ mod error;
 pub mod file;
 pub mod http;
 pub mod netrc;
+pub mod s3;
 mod url;
 
 use std::future::Future;
@@ -146,11 +148,15 @@ pub trait Backend: Send + Sync {
 pub enum Cache {
     File(file::FileCache),
     Http(http::HttpCache),
+    S3(s3::S3Cache),
 }
 
 impl Cache {
     /// Opens a cache: no I/O except reading the netrc file of an HTTP cache.
     pub fn open(url: &CacheUrl, opts: &ClientOptions) -> Result<Cache, CacheError> {
+        if url.scheme() == "s3" {
+            return Ok(Cache::S3(s3::S3Cache::new(url.clone(), opts)?));
+        }
         match file::FileCache::new(url.clone()) {
             Some(c) => Ok(Cache::File(c)),
             None => Ok(Cache::Http(http::HttpCache::new(url.clone(), opts)?)),
@@ -161,6 +167,7 @@ impl Cache {
         match self {
             Cache::File(c) => c.url(),
             Cache::Http(c) => c.url(),
+            Cache::S3(c) => c.url(),
         }
     }
 
@@ -170,6 +177,7 @@ impl Cache {
         match self {
             Cache::File(c) => get_bytes(c, &self.url().to_string(), key, limit).await,
             Cache::Http(c) => c.get_bytes(key, limit).await,
+            Cache::S3(c) => get_bytes(c, &self.url().to_string(), key, limit).await,
         }
     }
 
@@ -265,6 +273,7 @@ impl Backend for Cache {
         match self {
             Cache::File(c) => c.get(key).await,
             Cache::Http(c) => c.get(key).await,
+            Cache::S3(c) => c.get(key).await,
         }
     }
 
@@ -272,6 +281,7 @@ impl Backend for Cache {
         match self {
             Cache::File(c) => c.exists(key).await,
             Cache::Http(c) => c.exists(key).await,
+            Cache::S3(c) => c.exists(key).await,
         }
     }
 
@@ -284,6 +294,7 @@ impl Backend for Cache {
         match self {
             Cache::File(c) => c.put(key, body, content_type).await,
             Cache::Http(c) => c.put(key, body, content_type).await,
+            Cache::S3(c) => c.put(key, body, content_type).await,
         }
     }
 }

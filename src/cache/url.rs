@@ -1,9 +1,11 @@
-//! Cache URLs (`file:///abs/dir`, `http(s)://host[:port]/path`, with `?name=value`
-//! parameters such as `priority` and `compression`) and the validation of object keys.
+//! Cache URLs (`file:///abs/dir`, `http(s)://host[:port]/path`, `s3://bucket[/prefix]`,
+//! with `?name=value` parameters such as `priority` and `compression`) and the validation
+//! of object keys.
 //!
 //! ```text
 //! cache-url = "file://" abs-path ["?" params]              ; no host, no credentials
 //!           | ("http" | "https") "://" [user [":" password] "@"] host [":" port] [path] ["?" params]
+//!           | "s3://" bucket ["/" prefix] ["?" params]          ; no credentials (see s3/config.rs)
 //! params    = param *("&" param)                           ; each name at most once
 //! priority  = ["-"] digits                                 ; i32
 //! ```
@@ -47,12 +49,16 @@ pub const MAX_KEY_LEN: usize = 1024;
 pub enum UrlError {
     #[error("malformed URL")]
     Syntax(#[source] url::ParseError),
-    #[error("unsupported cache URL scheme '{0}' (expected file, http or https)")]
+    #[error("unsupported cache URL scheme '{0}' (expected file, http, https or s3)")]
     UnsupportedScheme(String),
     #[error("a file cache URL must be file:///absolute/path, with no host or relative path")]
     FileNotAbsolute,
     #[error("a file cache URL cannot carry credentials")]
     FileCredentials,
+    #[error("an s3:// cache URL cannot carry credentials (they come from the environment)")]
+    S3Credentials,
+    #[error("invalid s3:// prefix '{0}'")]
+    S3Prefix(String),
     #[error("cache URL has no host")]
     NoHost,
     #[error("cache URL must not have a fragment ('#...')")]
@@ -106,6 +112,18 @@ impl CacheUrl {
     /// The host of an HTTP cache.
     pub fn host(&self) -> Option<&str> {
         self.url.host_str()
+    }
+
+    /// The path of an `s3://` URL without its leading and trailing `/`, percent-decoded:
+    /// the prefix of every object name (checked like a key path when parsed).
+    pub fn path_prefix(&self) -> String {
+        let raw = self.url.path().trim_matches('/');
+        percent_decode(raw).unwrap_or_else(|| raw.to_owned())
+    }
+
+    /// The URL without credentials or parameters, for naming objects in messages.
+    pub fn without_params(&self) -> String {
+        self.http_base().as_str().trim_end_matches('/').to_owned()
     }
 
     /// The HTTP base URL: no credentials, query or fragment.
@@ -197,6 +215,10 @@ impl FromStr for CacheUrl {
                 }
                 None
             }
+            "s3" => {
+                check_s3(&url)?;
+                None
+            }
             other => return Err(UrlError::UnsupportedScheme(other.to_owned())),
         };
         Ok(CacheUrl {
@@ -206,6 +228,24 @@ impl FromStr for CacheUrl {
             priority,
         })
     }
+}
+
+/// An `s3://` URL names a bucket, may name a prefix that is a valid key path, and never
+/// carries credentials.
+fn check_s3(url: &Url) -> Result<(), UrlError> {
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(UrlError::NoHost);
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(UrlError::S3Credentials);
+    }
+    let raw = url.path().trim_matches('/');
+    let decoded = percent_decode(raw);
+    let bad = |p: &str| !p.is_empty() && path_problem(p).is_some();
+    if decoded.as_deref().is_none_or(bad) {
+        return Err(UrlError::S3Prefix(raw.to_owned()));
+    }
+    Ok(())
 }
 
 impl fmt::Display for CacheUrl {
@@ -385,13 +425,33 @@ mod tests {
     }
 
     #[test]
+    fn s3_urls() {
+        let u = parse("s3://my-bucket/nix/cache/?endpoint=http://127.0.0.1:9000&region=x").unwrap();
+        assert_eq!(u.scheme(), "s3");
+        assert_eq!(u.host(), Some("my-bucket"));
+        assert_eq!(u.path_prefix(), "nix/cache");
+        assert_eq!(u.param("endpoint"), Some("http://127.0.0.1:9000"));
+        assert_eq!(parse("s3://b").unwrap().path_prefix(), "");
+    }
+
+    #[test]
     fn refused_urls() {
         assert!(matches!(parse("/tmp/cache"), Err(UrlError::Syntax(_))));
         assert!(matches!(parse(""), Err(UrlError::Syntax(_))));
         assert_eq!(
-            parse("s3://bucket"),
-            Err(UrlError::UnsupportedScheme("s3".into()))
+            parse("s3://key:secret@bucket"),
+            Err(UrlError::S3Credentials)
         );
+        assert_eq!(parse("s3:///prefix"), Err(UrlError::NoHost));
+        assert_eq!(
+            parse("s3://b/a%5Cb"),
+            Err(UrlError::S3Prefix("a%5Cb".into()))
+        );
+        assert_eq!(
+            parse("s3://b/a%00b"),
+            Err(UrlError::S3Prefix("a%00b".into()))
+        );
+        assert_eq!(parse("s3://b/a%20b").unwrap().path_prefix(), "a b");
         assert_eq!(
             parse("ftp://host/x"),
             Err(UrlError::UnsupportedScheme("ftp".into()))

@@ -1,12 +1,12 @@
-//! The contract every cache backend meets, run against `file://` and `http://`, and
-//! `init_for_writing` on both.
+//! The contract every cache backend meets, run against `file://` and `http://` (and
+//! `s3://` in s3.rs), and `init_for_writing` on both.
 
 use super::*;
 
 // ---------------------------------------------------------------------------------------
 // The contract every backend must meet.
 
-async fn contract(cache: &Cache, scratch: &Path) {
+pub(super) async fn contract(cache: &Cache, scratch: &Path) {
     let nix = nix_store();
 
     // Absent objects are Ok(None) / Ok(false), not errors.
