@@ -5,10 +5,14 @@
 //!   holding paths with references are substituted by us, with Nix's metadata;
 //! * (b) Nix substitutes (`nix copy --from file://…`, signatures checked) from caches
 //!   written by `store copy --to`, in every compression;
+//! * (b') Nix substitutes from the objects `store copy --to s3://…` wrote (s3s-fs keeps them
+//!   as plain files, read by Nix as a `file://` cache);
 //! * (c) Nix substitutes from `store serve` over HTTP;
 //! * (d) Nix uploads (`nix copy --to http://…`, netrc credentials) into `store serve`.
 
 mod common;
+#[path = "common/s3_server.rs"]
+mod s3_server;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -386,6 +390,45 @@ fn nix_substitutes_from_caches_we_wrote() {
         .arg(ROOT);
     let out = copy.output().unwrap();
     assert!(!out.status.success(), "nix accepted an untrusted path");
+}
+
+/// What `copy --to s3://` writes is a cache Nix reads: same objects, same layout.
+#[test]
+fn nix_substitutes_from_a_bucket_we_wrote() {
+    if !nix_available("nix_substitutes_from_a_bucket_we_wrote") {
+        return;
+    }
+    let Some(server) =
+        s3_server::S3Server::start("nix_substitutes_from_a_bucket_we_wrote", &["nixb"])
+    else {
+        return;
+    };
+    let s = TestStore::with_store_dir("/nix/store");
+    let home = s.scratch().join("home");
+    let (sec, public) = our_key(&s, "our-s3-cache-1");
+    let roots = our_source_store(&s, &sec);
+    let mut push = s.cmd();
+    for (k, v) in s3_server::S3Server::env() {
+        push.env(k, v);
+    }
+    push.args([
+        "copy",
+        "--to",
+        &server.url("nixb/cache"),
+        "--secret-key-file",
+    ])
+    .arg(&sec)
+    .args(&roots);
+    assert_success(&push.output().unwrap(), "copy --to s3://");
+    let url = file_url(&server.bucket_dir("nixb").join("cache"));
+    let dest = s.scratch().join("nix-dest-s3");
+    let mut copy = nix("nix", &home, &format!("trusted-public-keys = {public}\n"));
+    copy.args(["copy", "--from", &url, "--to"])
+        .arg(&dest)
+        .args(&roots);
+    run_nix(copy);
+    let theirs = nix_path_infos(&home, dest.to_str().unwrap(), &roots);
+    assert_same_infos(&our_path_infos(&s, &roots), &theirs);
 }
 
 // ---------------------------------------------------------------------------------------
