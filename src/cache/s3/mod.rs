@@ -6,9 +6,10 @@
 //!   fetched again from the start. HEAD for existence. Absent objects are `Ok(None)`; so is
 //!   403 when requests go unsigned, because a public bucket answers 403 for missing keys.
 //! * Writes: files up to `part-size` bytes go up in one PUT, larger ones as a multipart
-//!   upload of `part-size` parts with at most `upload-parts` in flight (memory: at most
-//!   `part-size · (upload-parts + 1)`); an upload that fails is aborted, so it leaves no
-//!   parts behind. Each object gets its Content-Type and a Cache-Control ([`cache_control`]).
+//!   upload of `part-size` parts. File data held in memory is bounded per cache, whatever
+//!   the number of concurrent uploads: every buffer read from a file takes its size from a
+//!   budget of `part-size · upload-parts` bytes until its request ends. An upload that
+//!   fails is aborted, so it leaves no parts behind. Each object gets its Content-Type and a Cache-Control ([`cache_control`]).
 //! * Retries: 5xx, 429, SlowDown and connection errors are retried by the library with
 //!   exponential backoff and jitter ([`crate::cache::ClientOptions`] sets tries and base).
 //! * Create-only writes are not relied on: Garage and rclone accept `If-None-Match: *` and
@@ -18,6 +19,7 @@
 mod config;
 
 use std::path::Path as FsPath;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -30,6 +32,7 @@ use object_store::{
     RetryConfig,
 };
 use tokio::io::AsyncReadExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Backend, ByteStream, CacheError, CacheUrl, ClientOptions, ObjectKey, PutBody};
 pub use config::{CredentialSource, Credentials, S3Config, S3ConfigError};
@@ -53,7 +56,12 @@ pub struct S3Cache {
     config: S3Config,
     store: AmazonS3,
     request_timeout: Duration,
+    /// The budget of file bytes in memory, in units of [`BUFFER_UNIT`].
+    buffers: Arc<Semaphore>,
 }
+
+/// The unit of [`S3Cache::buffers`].
+const BUFFER_UNIT: usize = 64 << 10;
 
 impl std::fmt::Debug for S3Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,16 +85,28 @@ impl S3Cache {
             url: url.to_string(),
             source,
         })?;
+        let budget = config.part_size * config.upload_parts / BUFFER_UNIT;
         Ok(S3Cache {
             url,
             config,
             store,
             request_timeout: opts.request_timeout,
+            buffers: Arc::new(Semaphore::new(budget)),
         })
     }
 
     pub fn url(&self) -> &CacheUrl {
         &self.url
+    }
+
+    /// Waits until `len` more bytes of file data may be held (at most a part).
+    async fn buffer(&self, len: usize) -> OwnedSemaphorePermit {
+        let units = len.div_ceil(BUFFER_UNIT).max(1) as u32;
+        self.buffers
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .expect("the buffer budget is never closed")
     }
 
     pub fn config(&self) -> &S3Config {
@@ -183,14 +203,15 @@ impl S3Cache {
     ) -> Result<(), CacheError> {
         let location = self.location(ObjectKey::parse_for_writing(key)?)?;
         let attributes = self.attributes(key, content_type);
-        let bytes = match body {
-            PutBody::Bytes(bytes) => bytes,
+        let (bytes, _permit) = match body {
+            PutBody::Bytes(bytes) => (bytes, None),
             PutBody::File(file) => {
                 let size = file_size(&file).await?;
                 if size > self.config.part_size as u64 {
                     return self.put_parts(key, &location, &file, attributes).await;
                 }
-                read_file(&file, size).await?
+                let permit = self.buffer(size as usize).await;
+                (read_file(&file, size).await?, Some(permit))
             }
         };
         let opts = PutOptions {
@@ -264,13 +285,19 @@ impl S3Cache {
             while in_flight.len() >= self.config.upload_parts {
                 self.part_done(key, in_flight.next().await).await?;
             }
+            let permit = self.buffer(part_size).await;
             let part = read_part(&mut reader, part_size, file).await?;
             if part.is_empty() {
                 break;
             }
             let last = part.len() < part_size;
             let put = upload.put_part(PutPayload::from(part));
-            in_flight.push(tokio::time::timeout(self.request_timeout, put));
+            let timeout = self.request_timeout;
+            in_flight.push(async move {
+                let done = tokio::time::timeout(timeout, put).await;
+                drop(permit);
+                done
+            });
             if last {
                 break;
             }
