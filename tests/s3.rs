@@ -42,28 +42,24 @@ fn fails(s: &TestStore, args: &[&str], creds: bool) -> String {
 
 /// A store holding the vector closure, and a signing key.
 fn source() -> (TestStore, String, String) {
-    let s = nix_store();
-    realise(
-        &s,
-        &file_url(&vector_cache("none")),
-        &test_public_key(),
-        &[ROOT],
-        &[],
-    );
-    let dir = s.scratch();
-    let (sec, public) = (dir.join("k.sec"), dir.join("k.pub"));
-    s.ok(&[
-        "key",
-        "generate",
-        "--name",
-        "s3-test-1",
-        "--secret-file",
-        sec.to_str().unwrap(),
-        "--public-file",
-        public.to_str().unwrap(),
-    ]);
-    let public = std::fs::read_to_string(public).unwrap().trim().to_owned();
-    (s, sec.to_str().unwrap().to_owned(), public)
+    let s = source_store();
+    let key = generate_key(&s, "s3-test-1");
+    let secret = key.secret.to_str().unwrap().to_owned();
+    (s, secret, key.public)
+}
+
+/// `realise --json` from `url` trusting `public`, with the credentials; the report.
+fn realise_s3(s: &TestStore, url: &str, public: &str, paths: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "--json",
+        "realise",
+        "--substituters",
+        url,
+        "--trusted-public-keys",
+        public,
+    ];
+    args.extend_from_slice(paths);
+    serde_json::from_str(&ok(s, &args)).unwrap()
 }
 
 /// Every narinfo in `dir` has its NAR with its FileSize, and every reference a narinfo.
@@ -117,16 +113,7 @@ fn push_and_substitute_through_s3() {
 
     // A store trusting the key substitutes the closure from the bucket.
     let dst = nix_store();
-    let args = [
-        "--json",
-        "realise",
-        "--substituters",
-        &url,
-        "--trusted-public-keys",
-        &public,
-        ROOT,
-    ];
-    let r: serde_json::Value = serde_json::from_str(&ok(&dst, &args)).unwrap();
+    let r = realise_s3(&dst, &url, &public, &[ROOT]);
     assert_eq!(substituted(&r).len(), 3, "{r}");
     dst.ok(&["verify", "--all"]);
     // ... and copy --from does as well.
@@ -217,20 +204,7 @@ fn realise_pushes_to_s3() {
     ];
     ok(&dst, &args);
     assert_eq!(check_closed(&server.bucket_dir("pushto")).len(), 3);
-    let again = nix_store();
-    let r: serde_json::Value = serde_json::from_str(&ok(
-        &again,
-        &[
-            "--json",
-            "realise",
-            "--substituters",
-            &url,
-            "--trusted-public-keys",
-            &public,
-            ROOT,
-        ],
-    ))
-    .unwrap();
+    let r = realise_s3(&nix_store(), &url, &public, &[ROOT]);
     assert_eq!(substituted(&r).len(), 3, "{r}");
 }
 
@@ -280,15 +254,9 @@ fn eight_pushers_of_overlapping_closures() {
     assert_eq!(paths.len(), 3 + added.len(), "{paths:?}");
     assert_eq!(server.pending_uploads(), Vec::<String>::new());
     let dst = nix_store();
-    let mut args = vec![
-        "realise",
-        "--substituters",
-        &url,
-        "--trusted-public-keys",
-        &public,
-        ROOT,
-    ];
-    args.extend(added.iter().map(String::as_str));
-    ok(&dst, &args);
+    let mut wanted = vec![ROOT];
+    wanted.extend(added.iter().map(String::as_str));
+    let r = realise_s3(&dst, &url, &public, &wanted);
+    assert_eq!(substituted(&r).len(), paths.len(), "{r}");
     dst.ok(&["verify", "--all"]);
 }

@@ -11,7 +11,7 @@ mod substkit;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -359,46 +359,6 @@ fn a_broken_cache_falls_through_to_the_next() {
 
 // ---------------------------------------------------------------------------------------
 // Pushing
-
-struct Key {
-    secret: PathBuf,
-    public: String,
-}
-
-fn generate_key(s: &TestStore, name: &str) -> Key {
-    let dir = s.scratch();
-    let (secret, public) = (
-        dir.join(format!("{name}.sec")),
-        dir.join(format!("{name}.pub")),
-    );
-    s.ok(&[
-        "key",
-        "generate",
-        "--name",
-        name,
-        "--secret-file",
-        secret.to_str().unwrap(),
-        "--public-file",
-        public.to_str().unwrap(),
-    ]);
-    Key {
-        secret,
-        public: fs::read_to_string(public).unwrap().trim().to_owned(),
-    }
-}
-
-/// A store holding the vector closure (substituted from `caches/none`).
-fn source_store() -> TestStore {
-    let s = nix_store();
-    realise(
-        &s,
-        &file_url(&vector_cache("none")),
-        &test_public_key(),
-        &[ROOT],
-        &[],
-    );
-    s
-}
 
 fn decompress(label: &str, data: &[u8]) -> Vec<u8> {
     match label {

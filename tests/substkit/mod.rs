@@ -1,5 +1,5 @@
-//! Helpers of `tests/substitute.rs`: the vector caches, realise and push through the
-//! binary, and checks of the results.
+//! Helpers of `tests/substitute.rs` and `tests/s3.rs`: the vector caches, signing keys,
+//! realise and push through the binary, and checks of the results.
 #![allow(dead_code)]
 
 use crate::common::*;
@@ -160,4 +160,44 @@ pub(crate) fn wait_all(children: Vec<std::process::Child>) -> Vec<Output> {
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
         .collect()
+}
+
+pub(crate) struct Key {
+    pub(crate) secret: PathBuf,
+    pub(crate) public: String,
+}
+
+pub(crate) fn generate_key(s: &TestStore, name: &str) -> Key {
+    let dir = s.scratch();
+    let (secret, public) = (
+        dir.join(format!("{name}.sec")),
+        dir.join(format!("{name}.pub")),
+    );
+    s.ok(&[
+        "key",
+        "generate",
+        "--name",
+        name,
+        "--secret-file",
+        secret.to_str().unwrap(),
+        "--public-file",
+        public.to_str().unwrap(),
+    ]);
+    Key {
+        secret,
+        public: fs::read_to_string(public).unwrap().trim().to_owned(),
+    }
+}
+
+/// A store holding the vector closure (substituted from `caches/none`).
+pub(crate) fn source_store() -> TestStore {
+    let s = nix_store();
+    realise(
+        &s,
+        &file_url(&vector_cache("none")),
+        &test_public_key(),
+        &[ROOT],
+        &[],
+    );
+    s
 }
