@@ -266,7 +266,30 @@ impl S3Cache {
         if let Err(e) = upload.abort().await {
             tracing::warn!(key, error = %crate::error_chain::Chain(&e), "could not abort a failed multipart upload");
         }
+        if self.written_by_another(key, location, file).await {
+            return Ok(());
+        }
         Err(finished)
+    }
+
+    /// Whether a failed upload of a NAR lost only a race: NAR names are the hashes of their
+    /// bytes (§7.1), so an object now at the key with the file's size is the same object,
+    /// completed by another writer. Garage, for one, drops an unfinished multipart upload
+    /// when another upload of the same key completes.
+    async fn written_by_another(&self, key: &str, location: &Path, file: &FsPath) -> bool {
+        if !key.starts_with("nar/") {
+            return false;
+        }
+        let (Ok(size), Ok(Ok(meta))) = (
+            file_size(file).await,
+            self.timed("HEAD", key, self.store.head(location)).await,
+        ) else {
+            return false;
+        };
+        if meta.size == size {
+            tracing::debug!(key, "another writer completed the same NAR first");
+        }
+        meta.size == size
     }
 
     /// Reads `file` in parts and uploads them, at most `upload-parts` at a time.
