@@ -14,6 +14,7 @@ use std::ops::Range;
 use thiserror::Error;
 
 use crate::format::narinfo::MAX_NARINFO_SIZE;
+use crate::format::store_path::StorePath;
 
 /// The first line of the decompressed object.
 pub const HEADER: &[u8] = b"closure-index 1\n";
@@ -30,6 +31,11 @@ pub const WINDOW_LOG_MAX: u32 = 23;
 /// The zstd level writers use: a good ratio on narinfo text at a small cost, with a
 /// window under [`WINDOW_LOG_MAX`].
 pub const LEVEL: i32 = 9;
+
+/// The cache key of the index of `root`'s closure: `index/<hash part>.closure`.
+pub fn key(root: &StorePath) -> String {
+    format!("index/{}.closure", root.hash_str())
+}
 
 /// Why an index cannot be made or read. Every reading error discards the whole object.
 #[derive(Debug, Error)]

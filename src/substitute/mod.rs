@@ -37,6 +37,7 @@ use walk::{Walk, Walked};
 
 mod download;
 mod error;
+mod index;
 mod limits;
 mod run;
 mod select;
@@ -60,11 +61,14 @@ struct OpenCache {
     priority: i32,
 }
 
-/// A path to fetch: the trusted narinfos for it, best cache first.
+/// A path to fetch: a trusted narinfo for it and the cache it came from.
 #[derive(Clone)]
 struct Candidate {
     cache: usize,
     info: NarInfo,
+    /// Whether it came from the cache's closure index rather than from its own narinfo
+    /// (which may differ if the index is stale: a failed fetch then asks that cache too).
+    indexed: bool,
 }
 
 /// The result of planning: what to fetch, in which order.
@@ -244,11 +248,12 @@ impl Substituter {
             let ahead = store.clone();
             tokio::task::spawn_blocking(move || ahead.flush_ahead());
         }
+        let indexed = index::read_indexes(self, store, paths).await;
         let lookup = |p, from, reasons| self.lookup(store, p, from, reasons);
         let Walked {
             trusted,
             mut failed,
-        } = Walk::new(self, store, paths, lookup).run().await?;
+        } = Walk::new(self, store, paths, indexed, lookup).run().await?;
         // What the trusted narinfos make the closure: everything else was speculation.
         let (wanted, missing) = select_closures(paths, &trusted, |c| c.info.references(), &failed);
         let missing: Vec<StorePath> = missing.into_keys().collect();
@@ -329,6 +334,7 @@ impl Substituter {
                     return Ok(Candidate {
                         cache: found.cache,
                         info,
+                        indexed: false,
                     })
                 }
                 Err(e) => {
@@ -407,9 +413,8 @@ impl Substituter {
                 cache: self.caches[candidate.cache].name.clone(),
                 error,
             };
-            match self
-                .lookup_trusted(store, path.clone(), candidate.cache + 1)
-                .await
+            let next = candidate.cache + usize::from(!candidate.indexed);
+            match self.lookup_trusted(store, path.clone(), next).await
             {
                 Ok(next) => {
                     earlier.push(failure);
