@@ -141,7 +141,10 @@ fn a_pushed_chain_substitutes_in_one_round_trip() {
         .collect();
     want.sort();
     assert_eq!(got, want);
-    assert_eq!(realise_over_http(&c, &c.top), (LEN, asked_counts(1, 0, LEN)));
+    assert_eq!(
+        realise_over_http(&c, &c.top),
+        (LEN, asked_counts(1, 0, LEN))
+    );
 }
 
 #[test]
@@ -254,7 +257,9 @@ fn a_second_push_of_an_unchanged_closure_keeps_its_index() {
         .modified()
         .unwrap();
     // Pushing the same closure again writes nothing, not even the index.
-    let out = c._src.ok(&["--json", "copy", "--to", &file_url(&c.dir), &c.top]);
+    let out = c
+        ._src
+        .ok(&["--json", "copy", "--to", &file_url(&c.dir), &c.top]);
     assert!(out.contains("\"uploaded\":[]"), "{out}");
     let after = fs::metadata(index_file(&c.dir, &c.top))
         .unwrap()
@@ -265,4 +270,125 @@ fn a_second_push_of_an_unchanged_closure_keeps_its_index() {
     fs::remove_dir_all(c.dir.join("index")).unwrap();
     c._src.ok(&["copy", "--to", &file_url(&c.dir), &c.top]);
     assert_eq!(entries(&c.dir, &c.top).len(), LEN);
+}
+
+// ---------------------------------------------------------------------------------------
+// The narinfo cache (store-format.md §7.2)
+
+/// The narinfo cache file of a store, found under its root.
+fn narinfo_db(s: &TestStore) -> PathBuf {
+    let mut stack = vec![s.root()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().unwrap() == "narinfo-cache.sqlite" {
+                return p;
+            }
+            if p.is_dir() && !p.ends_with("store") {
+                stack.push(p);
+            }
+        }
+    }
+    panic!("no narinfo cache under {}", s.root().display());
+}
+
+/// Realises the chain's top into `dst` from `http` (with `url_params` after the URL and
+/// `extra` flags), then deletes it again; returns what was asked.
+fn realise_and_forget(
+    c: &Chain,
+    dst: &TestStore,
+    http: &BlockingServer,
+    url_params: &str,
+    extra: &[&str],
+) -> (Asked, String) {
+    http.server.clear_requests();
+    let url = format!("{}{url_params}", http.url());
+    let mut args = vec!["realise", "--substituters", &url, "--trusted-public-keys"];
+    args.extend([c.key.as_str()]);
+    args.extend_from_slice(extra);
+    args.push(&c.top);
+    let out = dst.cmd().args(&args).output().unwrap();
+    assert_success(&out, &args);
+    dst.ok(&["gc"]);
+    assert!(!dst.real(&c.top).exists());
+    (asked(http), String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn remembered_narinfos_skip_the_network_until_they_expire_or_refresh() {
+    let c = chain();
+    fs::remove_dir_all(c.dir.join("index")).unwrap();
+    let http = BlockingServer::serve(&c.dir);
+    let dst = nix_store();
+    let walk = asked_counts(1, LEN, LEN);
+    let remembered = asked_counts(1, 0, LEN);
+    assert_eq!(realise_and_forget(&c, &dst, &http, "", &[]).0, walk);
+    assert_eq!(realise_and_forget(&c, &dst, &http, "", &[]).0, remembered);
+    // --refresh asks again (and the answers are remembered again).
+    assert_eq!(
+        realise_and_forget(&c, &dst, &http, "", &["--refresh"]).0,
+        walk
+    );
+    assert_eq!(realise_and_forget(&c, &dst, &http, "", &[]).0, remembered);
+    // A cache whose positive entries live 0 seconds is always asked.
+    let expired = "?narinfo-positive-ttl=0";
+    assert_eq!(realise_and_forget(&c, &dst, &http, expired, &[]).0, walk);
+    // Trust is checked on every use: without the key, a remembered narinfo admits nothing.
+    let err = dst.fails(&[
+        "realise",
+        "--substituters",
+        http.url(),
+        "--trusted-public-keys",
+        &test_public_key(),
+        &c.top,
+    ]);
+    assert!(err.contains("nothing was downloaded"), "{err}");
+}
+
+#[test]
+fn remembered_absence_expires_after_its_ttl() {
+    let c = chain();
+    let http = BlockingServer::serve(&c.dir);
+    let dst = nix_store();
+    // The top is gone from the cache (narinfo and index).
+    fs::remove_file(narinfo_file(&c.dir, &c.top)).unwrap();
+    fs::remove_dir_all(c.dir.join("index")).unwrap();
+    let fail = |params: &str| {
+        http.server.clear_requests();
+        let url = format!("{}{params}", http.url());
+        dst.fails(&[
+            "realise",
+            "--substituters",
+            &url,
+            "--trusted-public-keys",
+            &c.key,
+            &c.top,
+        ]);
+        asked(&http)
+    };
+    assert_eq!(fail(""), asked_counts(1, 1, 0));
+    assert_eq!(fail(""), asked_counts(1, 0, 0));
+    assert_eq!(fail("?narinfo-negative-ttl=0"), asked_counts(1, 1, 0));
+}
+
+#[test]
+fn a_corrupt_narinfo_cache_costs_one_warning() {
+    let c = chain();
+    fs::remove_dir_all(c.dir.join("index")).unwrap();
+    let http = BlockingServer::serve(&c.dir);
+    let dst = nix_store();
+    realise_and_forget(&c, &dst, &http, "", &[]);
+    let db = narinfo_db(&dst);
+    for suffix in ["-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    fs::write(&db, vec![0x5a; 64 << 10]).unwrap();
+    let (a, stderr) = realise_and_forget(&c, &dst, &http, "", &[]);
+    assert_eq!(a, asked_counts(1, LEN, LEN));
+    assert_eq!(stderr.matches("narinfo cache").count(), 1, "{stderr}");
+    // It was started anew, and works.
+    assert_eq!(
+        realise_and_forget(&c, &dst, &http, "", &[]).0,
+        asked_counts(1, 0, LEN)
+    );
 }

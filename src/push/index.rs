@@ -35,7 +35,11 @@ pub(super) async fn find_indexed(
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
-    Ok(found.into_iter().filter(|(_, has)| *has).map(|(r, _)| r).collect())
+    Ok(found
+        .into_iter()
+        .filter(|(_, has)| *has)
+        .map(|(r, _)| r)
+        .collect())
 }
 
 /// Writes the index of each root whose closure this push changed, or that has none yet.

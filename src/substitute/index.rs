@@ -47,7 +47,7 @@ pub(super) async fn read_indexes(
             let candidate = Candidate {
                 cache,
                 info,
-                indexed: true,
+                secondhand: true,
             };
             match known.entry(candidate.info.store_path().clone()) {
                 Entry::Vacant(v) => {
@@ -123,13 +123,17 @@ pub(super) fn trusted_entries(
         .into_iter()
         .filter_map(|(path, info)| {
             let info = info?;
-            let ok = check_key(info.url()).is_ok() && check_narinfo(&info, &path, keys, dir).is_ok();
+            let ok =
+                check_key(info.url()).is_ok() && check_narinfo(&info, &path, keys, dir).is_ok();
             refused += usize::from(!ok);
             ok.then_some(info)
         })
         .collect();
     if refused > 0 {
-        tracing::debug!("closure index: {refused} entries refused, {} kept", trusted.len());
+        tracing::debug!(
+            "closure index: {refused} entries refused, {} kept",
+            trusted.len()
+        );
     }
     Ok(trusted)
 }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::cache::{Cache, CacheUrl, ClientOptions};
+use crate::cache::{check_key, Cache, CacheError, CacheUrl, ClientOptions};
 use crate::error_chain::Chain;
 use crate::format::keys::TrustedKeys;
 use crate::format::narinfo::NarInfo;
@@ -31,6 +31,7 @@ use crate::trust::{check_narinfo, TrustError};
 use download::{Failure, FetchContext};
 pub use error::{CacheFailure, CacheUseError, Missing, NoNarInfo, Refusal, SubstituteError};
 use limits::Limits;
+use narinfo_cache::{Cached, NarinfoCache, Ttls};
 use run::FetchRun;
 use select::select_closures;
 use walk::{Walk, Walked};
@@ -39,6 +40,7 @@ mod download;
 mod error;
 mod index;
 mod limits;
+pub mod narinfo_cache;
 mod run;
 mod select;
 mod walk;
@@ -53,12 +55,17 @@ pub struct Substituter {
     flush_ahead: bool,
     jobs: usize,
     limits: Limits,
+    /// Narinfos (and absences) learnt earlier, when enabled.
+    narinfo_cache: Option<Arc<NarinfoCache>>,
 }
 
 struct OpenCache {
     cache: Arc<Cache>,
     name: String,
     priority: i32,
+    /// Its key in the narinfo cache, and how long entries are used.
+    key: String,
+    ttls: Ttls,
 }
 
 /// A path to fetch: a trusted narinfo for it and the cache it came from.
@@ -66,9 +73,10 @@ struct OpenCache {
 struct Candidate {
     cache: usize,
     info: NarInfo,
-    /// Whether it came from the cache's closure index rather than from its own narinfo
-    /// (which may differ if the index is stale: a failed fetch then asks that cache too).
-    indexed: bool,
+    /// Whether it came from the cache's closure index or from the local narinfo cache
+    /// rather than from the cache just now (it may be stale: a failed fetch then asks that
+    /// cache again, over the network).
+    secondhand: bool,
 }
 
 /// The result of planning: what to fetch, in which order.
@@ -195,7 +203,15 @@ impl Substituter {
             flush_ahead: true,
             jobs: jobs.max(1),
             limits: Limits::new(options.whole_nar_max),
+            narinfo_cache: None,
         })
+    }
+
+    /// Uses `cache` to answer narinfo lookups it has fresh entries for, and records what
+    /// the caches answer in it (`None`: always ask the caches, as `--refresh` does).
+    pub fn with_narinfo_cache(mut self, cache: Option<NarinfoCache>) -> Substituter {
+        self.narinfo_cache = cache.map(Arc::new);
+        self
     }
 
     /// Turns off the early write-back of the store's filesystem while planning: it pays for
@@ -278,13 +294,15 @@ impl Substituter {
         mut reasons: Vec<Refusal>,
     ) -> Found {
         for (i, c) in self.caches.iter().enumerate().skip(from) {
-            match c.cache.narinfo(path.hash_str(), store.store_dir()).await {
+            let (answer, secondhand) = self.narinfo(c, &path, store.store_dir()).await;
+            match answer {
                 Ok(Some(info)) if info.store_path() == &path => {
                     return Found {
                         path,
                         cache: i,
                         info: Some(info),
                         reasons,
+                        secondhand,
                     }
                 }
                 Ok(Some(info)) => {
@@ -303,6 +321,45 @@ impl Substituter {
             cache: self.caches.len(),
             info: None,
             reasons,
+            secondhand: false,
+        }
+    }
+
+    /// Cache `c`'s narinfo for `path`: from the narinfo cache if it has a fresh entry (then
+    /// also true), else from `c`, recording the answer.
+    async fn narinfo(
+        &self,
+        c: &OpenCache,
+        path: &StorePath,
+        dir: &StoreDir,
+    ) -> (Result<Option<NarInfo>, CacheError>, bool) {
+        let hash = path.hash_str();
+        let Some(nc) = &self.narinfo_cache else {
+            return (c.cache.narinfo(hash, dir).await, false);
+        };
+        match nc.get(&c.key, hash, c.ttls) {
+            Cached::Absent => return (Ok(None), true),
+            Cached::Present(text) => match NarInfo::parse(&text, dir) {
+                Ok(info) if info.store_path() == path && check_key(info.url()).is_ok() => {
+                    return (Ok(Some(info)), true)
+                }
+                _ => nc.forget(&c.key, hash),
+            },
+            Cached::Unknown => {}
+        }
+        let answer = c.cache.narinfo(hash, dir).await;
+        match &answer {
+            Ok(Some(info)) => nc.put(&c.key, hash, Some(&info.to_text(dir))),
+            Ok(None) => nc.put(&c.key, hash, None),
+            Err(_) => {}
+        }
+        (answer, false)
+    }
+
+    /// Drops what the narinfo cache says of `path` in cache `cache` (it did not work).
+    fn forget(&self, cache: usize, path: &StorePath) {
+        if let Some(nc) = &self.narinfo_cache {
+            nc.forget(&self.caches[cache].key, path.hash_str());
         }
     }
 
@@ -334,7 +391,7 @@ impl Substituter {
                     return Ok(Candidate {
                         cache: found.cache,
                         info,
-                        indexed: false,
+                        secondhand: found.secondhand,
                     })
                 }
                 Err(e) => {
@@ -377,12 +434,15 @@ impl Substituter {
                     cache: c.cache.clone(),
                     name: c.name.clone(),
                     priority: c.priority,
+                    key: c.key.clone(),
+                    ttls: c.ttls,
                 })
                 .collect(),
             keys: self.keys.clone(),
             flush_ahead: self.flush_ahead,
             jobs: self.jobs,
             limits: self.limits,
+            narinfo_cache: self.narinfo_cache.clone(),
         }
     }
 
@@ -413,9 +473,11 @@ impl Substituter {
                 cache: self.caches[candidate.cache].name.clone(),
                 error,
             };
-            let next = candidate.cache + usize::from(!candidate.indexed);
-            match self.lookup_trusted(store, path.clone(), next).await
-            {
+            if candidate.secondhand {
+                self.forget(candidate.cache, path);
+            }
+            let next = candidate.cache + usize::from(!candidate.secondhand);
+            match self.lookup_trusted(store, path.clone(), next).await {
                 Ok(next) => {
                     earlier.push(failure);
                     candidate = next;
@@ -439,6 +501,8 @@ struct Found {
     cache: usize,
     info: Option<NarInfo>,
     reasons: Vec<Refusal>,
+    /// The narinfo came from the narinfo cache.
+    secondhand: bool,
 }
 
 /// A narinfo for the path asked whose signatures are still to be checked.
@@ -447,6 +511,7 @@ struct Arrived {
     cache: usize,
     info: NarInfo,
     reasons: Vec<Refusal>,
+    secondhand: bool,
 }
 
 impl Arrived {
@@ -577,5 +642,7 @@ async fn open_one(
         cache: Arc::new(cache),
         name: url.to_string(),
         priority: url.priority().or(info.priority).unwrap_or(50),
+        key: narinfo_cache::cache_key(url),
+        ttls: Ttls::of(url),
     })
 }

@@ -193,6 +193,7 @@ where
             cache,
             info,
             reasons,
+            secondhand,
         } = found;
         let Some(info) = info else {
             self.walked.failed.insert(path, reasons);
@@ -206,6 +207,7 @@ where
             cache,
             info,
             reasons,
+            secondhand,
         });
     }
 
@@ -216,17 +218,24 @@ where
                 cache,
                 info,
                 mut reasons,
+                secondhand,
             } = arrived;
             match verdict {
                 Ok(()) => {
                     let candidate = Candidate {
                         cache,
                         info,
-                        indexed: false,
+                        secondhand,
                     };
                     self.walked.trusted.insert(path, candidate);
                 }
                 Err(e) => {
+                    // A narinfo from the narinfo cache that fails is asked for again.
+                    if secondhand {
+                        self.substituter.forget(cache, &path);
+                        self.in_flight.push((self.lookup)(path, cache, reasons));
+                        continue;
+                    }
                     let refusal = self.substituter.refusal(cache, NoNarInfo::Untrusted(e));
                     reasons.push(refusal);
                     self.in_flight.push((self.lookup)(path, cache + 1, reasons));
