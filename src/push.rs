@@ -9,7 +9,7 @@
 //! Concurrent pushes of the same closure write the same content under the same names, and
 //! every single write is atomic, so they end with a correct cache too.
 //!
-//! Last, each root gets its closure index (store-format.md §7.6, [`index`]) unless the
+//! Last, each root gets its closure index (store-format.md §7.7, [`index`]) unless the
 //! cache has one and this push changed nothing in the root's closure.
 
 use std::collections::{BTreeSet, HashMap};

@@ -1,4 +1,4 @@
-//! Closure indexes (store-format.md §7.6) through the real binary and the test HTTP server:
+//! Closure indexes (store-format.md §7.7) through the real binary and the test HTTP server:
 //! a pushed chain substitutes with one index GET and its NAR GETs; a hostile index
 //! (tampered, misplaced, duplicated, truncated, oversized, a zip bomb, garbage, another
 //! store dir) costs at most per-path lookups, whose exact count is asserted, and never

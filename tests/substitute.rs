@@ -499,7 +499,7 @@ fn check_pushed_cache(dir: &Path, compression: &str, key: &Key) {
             assert_eq!(without_ours, nix_text, "{path}");
         }
     }
-    // The root's closure index (store-format.md §7.6): every narinfo, byte for byte.
+    // The root's closure index (store-format.md §7.7): every narinfo, byte for byte.
     let index = format!("index/{}.closure", hash_part(ROOT));
     let decoded = ClosureIndex::decode(&fs::read(dir.join(&index)).unwrap()).unwrap();
     let entries: BTreeSet<Vec<u8>> = decoded.entries().map(<[u8]>::to_vec).collect();

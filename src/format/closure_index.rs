@@ -1,4 +1,4 @@
-//! The closure index object (store-format.md §7.6): the narinfos of one root's whole
+//! The closure index object (store-format.md §7.7): the narinfos of one root's whole
 //! closure, verbatim, framed and zstd-compressed, so that a substituter learns a closure in
 //! one request. This module owns the encoding and its bounded decoding only; the object is
 //! untrusted, and what each entry is worth (strict parse, path, signature) is decided by

@@ -1,4 +1,4 @@
-//! Writing closure indexes (store-format.md §7.6) at the end of a push: for each root, one
+//! Writing closure indexes (store-format.md §7.7) at the end of a push: for each root, one
 //! object holding the narinfos of its closure as the cache has them, written only once all
 //! of them are in the cache. An index is an optimisation for readers: failing to write one
 //! is a warning, never a failed push.

@@ -1,4 +1,4 @@
-//! Reading closure indexes (store-format.md §7.6) before the narinfo walk: for every wanted
+//! Reading closure indexes (store-format.md §7.7) before the narinfo walk: for every wanted
 //! root that is not valid, each cache is asked for the root's index, all at once, so that a
 //! closure whose index is complete costs one round trip instead of one per level.
 //!
