@@ -18,13 +18,14 @@ use crate::format::store_path::StorePath;
 
 /// The first line of the decompressed object.
 pub const HEADER: &[u8] = b"closure-index 1\n";
-/// The most compressed bytes a reader fetches: bounds the download of a hostile object.
-pub const MAX_COMPRESSED: usize = 8 << 20;
+/// The most compressed bytes a reader fetches: bounds the download (and the memory) of a
+/// hostile object. Narinfos compress about 2.5:1, so real indexes stay well under it.
+pub const MAX_COMPRESSED: usize = 4 << 20;
 /// The most decompressed bytes a reader keeps: bounds memory against a zip bomb. About
-/// 50,000 typical narinfos, more than any real closure.
-pub const MAX_DECOMPRESSED: usize = 32 << 20;
+/// 30,000 typical narinfos, ten times a large NixOS system closure.
+pub const MAX_DECOMPRESSED: usize = 16 << 20;
 /// The most entries an index may hold: bounds the signature checks one object can ask for.
-pub const MAX_ENTRIES: usize = 50_000;
+pub const MAX_ENTRIES: usize = 30_000;
 /// The largest zstd window a reader accepts (2^23 = 8 MiB): bounds the decoder's memory,
 /// whatever a hostile frame header asks for. Writers use a level whose window is smaller.
 pub const WINDOW_LOG_MAX: u32 = 23;

@@ -13,6 +13,7 @@ use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use futures_util::stream::{self, StreamExt};
+use tokio::sync::Semaphore;
 
 use super::{Candidate, Substituter};
 use crate::cache::check_key;
@@ -23,6 +24,12 @@ use crate::format::narinfo::NarInfo;
 use crate::format::store_path::{StoreDir, StorePath};
 use crate::store::LocalStore;
 use crate::trust::check_narinfo;
+
+/// Index downloads in flight at once. With one decode at a time ([`DECODING`]), a hostile
+/// cache can make a reader hold at most `16 × MAX_COMPRESSED + MAX_DECOMPRESSED` bytes.
+const FETCHES: usize = 16;
+/// Indexes decoded and checked at once.
+const DECODING: usize = 1;
 
 /// The trusted narinfos that the caches' indexes for `roots` hold, each from the cache of
 /// best priority that vouches for it.
@@ -39,9 +46,10 @@ pub(super) async fn read_indexes(
         .into_iter()
         .flat_map(|root| (0..sub.caches.len()).map(move |cache| (root, cache)));
     let mut known: BTreeMap<StorePath, Candidate> = BTreeMap::new();
+    let decoding = Semaphore::new(DECODING);
     let mut answers = stream::iter(asks)
-        .map(|(root, cache)| read_one(sub, store, root, cache))
-        .buffer_unordered(sub.limits.narinfo_concurrency);
+        .map(|(root, cache)| read_one(sub, store, root, cache, &decoding))
+        .buffer_unordered(FETCHES);
     while let Some((cache, infos)) = answers.next().await {
         for info in infos {
             let candidate = Candidate {
@@ -70,6 +78,7 @@ async fn read_one(
     store: &LocalStore,
     root: &StorePath,
     cache: usize,
+    decoding: &Semaphore,
 ) -> (usize, Vec<NarInfo>) {
     let c = &sub.caches[cache];
     let key = closure_index::key(root);
@@ -82,6 +91,9 @@ async fn read_one(
         }
     };
     let (keys, dir) = (sub.keys.clone(), store.store_dir().clone());
+    let Ok(_permit) = decoding.acquire().await else {
+        return (cache, Vec::new());
+    };
     let checked = tokio::task::spawn_blocking(move || trusted_entries(&bytes, &keys, &dir)).await;
     match checked {
         Ok(Ok(infos)) => (cache, infos),
