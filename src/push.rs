@@ -185,7 +185,7 @@ async fn upload_in_order(
     opts: &PushOptions,
 ) -> Result<Vec<(StorePath, u64, Bytes)>, PushError> {
     let mut uploaded = Vec::new();
-    let mut tasks: JoinSet<(usize, Result<(u64, Bytes), PushError>)> = JoinSet::new();
+    let mut tasks: JoinSet<(usize, Result<Pushed, PushError>)> = JoinSet::new();
     let mut first_error = None;
     loop {
         while first_error.is_none() && tasks.len() < opts.jobs.max(1) {
@@ -219,6 +219,9 @@ async fn upload_in_order(
     }
 }
 
+/// What [`push_one`] uploaded: the NAR's size and the narinfo's text.
+type Pushed = (u64, Bytes);
+
 /// Uploads one path: NAR first, then its narinfo. Returns the uploaded NAR's size and the
 /// narinfo's text.
 async fn push_one(
@@ -227,7 +230,7 @@ async fn push_one(
     path: &StorePath,
     compression: Compression,
     key: Option<&SecretKey>,
-) -> Result<(u64, Bytes), PushError> {
+) -> Result<Pushed, PushError> {
     let info = store.query_valid(path)?;
     let printed = store.print_path(path);
     let prepared = prepare(store, path, &printed, compression).await?;
