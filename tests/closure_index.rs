@@ -175,14 +175,7 @@ fn a_tampered_entry_costs_one_lookup_and_admits_nothing() {
     fs::write(narinfo_file(&c.dir, victim), tampered(&c.dir, victim)).unwrap();
     let http = BlockingServer::serve(&c.dir);
     let dst = nix_store();
-    let err = dst.fails(&[
-        "realise",
-        "--substituters",
-        http.url(),
-        "--trusted-public-keys",
-        &c.key,
-        &c.top,
-    ]);
+    let err = realise_fails(&dst, http.url(), &c.key, &[&c.top]);
     assert!(err.contains(victim.as_str()), "{err}");
     assert!(err.contains("nothing was downloaded"), "{err}");
     assert_eq!(asked(&http), asked_counts(1, 1, 0));
@@ -334,14 +327,7 @@ fn remembered_narinfos_skip_the_network_until_they_expire_or_refresh() {
     let expired = "?narinfo-positive-ttl=0";
     assert_eq!(realise_and_forget(&c, &dst, &http, expired, &[]).0, walk);
     // Trust is checked on every use: without the key, a remembered narinfo admits nothing.
-    let err = dst.fails(&[
-        "realise",
-        "--substituters",
-        http.url(),
-        "--trusted-public-keys",
-        &test_public_key(),
-        &c.top,
-    ]);
+    let err = realise_fails(&dst, http.url(), &test_public_key(), &[&c.top]);
     assert!(err.contains("nothing was downloaded"), "{err}");
 }
 
@@ -356,14 +342,7 @@ fn remembered_absence_expires_after_its_ttl() {
     let fail = |params: &str| {
         http.server.clear_requests();
         let url = format!("{}{params}", http.url());
-        dst.fails(&[
-            "realise",
-            "--substituters",
-            &url,
-            "--trusted-public-keys",
-            &c.key,
-            &c.top,
-        ]);
+        realise_fails(&dst, &url, &c.key, &[&c.top]);
         asked(&http)
     };
     assert_eq!(fail(""), asked_counts(1, 1, 0));

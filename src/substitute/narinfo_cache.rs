@@ -20,12 +20,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::cache::CacheUrl;
 use crate::error_chain::Chain;
+use crate::store::stage::now;
 
 /// The most entries kept; past it, the oldest eighth goes. About 50 MB of typical narinfos.
 pub const MAX_ENTRIES: i64 = 100_000;
@@ -234,12 +235,6 @@ fn warn_disabled(file: &Path, e: &rusqlite::Error) {
         file.display(),
         Chain(e)
     );
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]
