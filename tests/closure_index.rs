@@ -371,3 +371,23 @@ fn a_corrupt_narinfo_cache_costs_one_warning() {
         asked_counts(1, 0, LEN)
     );
 }
+
+#[test]
+fn a_stale_entry_whose_nar_is_gone_asks_that_cache_again() {
+    let c = chain();
+    // The index names the victim's NAR at its old place; the cache moved it (a narinfo's
+    // URL is not signed, so both narinfos are trusted).
+    let victim = &c.paths[LEN / 2];
+    let file = narinfo_file(&c.dir, victim);
+    let text = fs::read_to_string(&file).unwrap();
+    let line = text.lines().find(|l| l.starts_with("URL: ")).unwrap();
+    let old = &line["URL: ".len()..];
+    let new = old.replace("nar/", "nar/moved-");
+    fs::rename(c.dir.join(old), c.dir.join(&new)).unwrap();
+    fs::write(&file, text.replace(old, &new)).unwrap();
+    // One NAR GET more (the 404) and the victim's own narinfo.
+    assert_eq!(
+        realise_over_http(&c, &c.top),
+        (LEN, asked_counts(1, 1, LEN + 1))
+    );
+}
