@@ -8,12 +8,16 @@
 //! NAR or references are missing, and an interrupted push leaves a correct (partial) cache.
 //! Concurrent pushes of the same closure write the same content under the same names, and
 //! every single write is atomic, so they end with a correct cache too.
+//!
+//! Last, each root gets its closure index (store-format.md §7.6, [`index`]) unless the
+//! cache has one and this push changed nothing in the root's closure.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use thiserror::Error;
 use tokio::task::JoinSet;
@@ -27,6 +31,8 @@ use crate::format::store_path::StorePath;
 use crate::schedule::ReadyQueue;
 use crate::store::{LocalStore, PathInfo, StoreError};
 use crate::temp_file::TempFile;
+
+mod index;
 
 /// Uploads in flight at the same time.
 pub const DEFAULT_PUSH_JOBS: usize = 8;
@@ -79,6 +85,8 @@ pub struct PushReport {
     pub present: Vec<StorePath>,
     /// Paths uploaded, with the size of the uploaded (compressed) NAR.
     pub uploaded: Vec<(StorePath, u64)>,
+    /// Roots whose closure index was written.
+    pub indexed: Vec<StorePath>,
 }
 
 /// Pushes the closures of `roots` to `cache`.
@@ -90,16 +98,25 @@ pub async fn push(
 ) -> Result<PushReport, PushError> {
     check_store_dir(store, cache).await?;
     let closure: Vec<StorePath> = store.closure(roots)?.into_iter().collect();
-    let present = find_present(cache, &closure).await?;
+    let (present, had_index) = tokio::try_join!(
+        find_present(cache, &closure),
+        index::find_indexed(cache, roots)
+    )?;
     let todo: Vec<StorePath> = closure
         .into_iter()
         .filter(|p| !present.contains(p))
         .collect();
     let queue = reference_order(store, &todo)?;
     let uploaded = upload_in_order(store, cache, &todo, queue, opts).await?;
+    let texts = uploaded
+        .iter()
+        .map(|(p, _, text)| (p.clone(), text.clone()))
+        .collect();
+    let indexed = index::write_indexes(store, cache, roots, &had_index, texts).await?;
     Ok(PushReport {
         present: present.into_iter().collect(),
-        uploaded,
+        uploaded: uploaded.into_iter().map(|(p, size, _)| (p, size)).collect(),
+        indexed,
     })
 }
 
@@ -158,16 +175,17 @@ fn reference_order(store: &LocalStore, todo: &[StorePath]) -> Result<ReadyQueue,
 }
 
 /// Runs `push_one` for the paths of `todo` as `queue` releases them, `opts.jobs` at a
-/// time. After the first error nothing new starts; the uploads in flight finish.
+/// time. After the first error nothing new starts; the uploads in flight finish. Returns
+/// each path uploaded with its NAR's size and its narinfo's text.
 async fn upload_in_order(
     store: &Arc<LocalStore>,
     cache: &Arc<Cache>,
     todo: &[StorePath],
     mut queue: ReadyQueue,
     opts: &PushOptions,
-) -> Result<Vec<(StorePath, u64)>, PushError> {
+) -> Result<Vec<(StorePath, u64, Bytes)>, PushError> {
     let mut uploaded = Vec::new();
-    let mut tasks: JoinSet<(usize, Result<u64, PushError>)> = JoinSet::new();
+    let mut tasks: JoinSet<(usize, Result<Pushed, PushError>)> = JoinSet::new();
     let mut first_error = None;
     loop {
         while first_error.is_none() && tasks.len() < opts.jobs.max(1) {
@@ -186,9 +204,9 @@ async fn upload_in_order(
         };
         let (i, result) = joined.map_err(PushError::Task)?;
         match result {
-            Ok(size) => {
+            Ok((size, text)) => {
                 queue.complete(i);
-                uploaded.push((todo[i].clone(), size));
+                uploaded.push((todo[i].clone(), size, text));
             }
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -201,14 +219,18 @@ async fn upload_in_order(
     }
 }
 
-/// Uploads one path: NAR first, then its narinfo. Returns the uploaded NAR's size.
+/// What [`push_one`] uploaded: the NAR's size and the narinfo's text.
+type Pushed = (u64, Bytes);
+
+/// Uploads one path: NAR first, then its narinfo. Returns the uploaded NAR's size and the
+/// narinfo's text.
 async fn push_one(
     store: &Arc<LocalStore>,
     cache: &Arc<Cache>,
     path: &StorePath,
     compression: Compression,
     key: Option<&SecretKey>,
-) -> Result<u64, PushError> {
+) -> Result<Pushed, PushError> {
     let info = store.query_valid(path)?;
     let printed = store.print_path(path);
     let prepared = prepare(store, path, &printed, compression).await?;
@@ -233,15 +255,15 @@ async fn push_one(
                 source,
             }
         })?;
-    let text = narinfo.to_text(store.store_dir());
+    let text = Bytes::from(narinfo.to_text(store.store_dir()));
     cache
         .put(
             &format!("{}.narinfo", path.hash_str()),
-            PutBody::Bytes(text.into_bytes().into()),
+            PutBody::Bytes(text.clone()),
             "text/x-nix-narinfo",
         )
         .await?;
-    Ok(prepared.file_size)
+    Ok((prepared.file_size, text))
 }
 
 /// `prepare_nar` on a blocking thread.

@@ -6,7 +6,7 @@
 #      closure and random blobs, some large enough for multipart uploads);
 #   2. a fresh store trusting only our key realises all of it from the bucket, and verifies;
 #   3. real Nix 2.8 substitutes the same paths over HTTP from the website endpoint;
-#   4. the objects carry the Content-Type and Cache-Control of store-format.md §7.6.
+#   4. the objects carry the Content-Type and Cache-Control of store-format.md §7.5.
 #
 # Usage: GARAGE=/path/to/garage tests/garage.sh   (STORE=path/to/store, default
 # target/debug/store, built if missing). Install Garage with

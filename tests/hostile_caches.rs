@@ -163,7 +163,8 @@ fn missing_or_untrusted_closure_member_fails_before_any_nar_request() {
             .collect();
     fs::write(narinfo_file(&dir, VEC_B), unsigned).unwrap();
     http.server.clear_requests();
-    let msg = refused(&s, http.url(), &test_public_key(), &[ROOT], &[]);
+    // --refresh: the absence seen above is remembered for an hour otherwise.
+    let msg = refused(&s, http.url(), &test_public_key(), &[ROOT], &["--refresh"]);
     assert_mentions(&msg, &[VEC_B, "no signature by a trusted key"]);
     assert!(
         !msg.contains(&format!("{ROOT}:")),

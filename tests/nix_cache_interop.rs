@@ -359,6 +359,14 @@ fn nix_substitutes_from_caches_we_wrote() {
         args.push(&sec_str);
         args.extend(roots.iter().map(String::as_str));
         s.ok(&args);
+        // Each root's closure index is there too (store-format.md §7.6); Nix ignores it.
+        for root in &roots {
+            let hash = &root.rsplit('/').next().unwrap()[..32];
+            assert!(
+                cache.join(format!("index/{hash}.closure")).is_file(),
+                "{root}"
+            );
+        }
 
         // Nix checks our signatures (require-sigs is on by default) and our NARs.
         let dest = s.scratch().join(format!("nix-dest-{compression}"));

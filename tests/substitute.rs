@@ -20,6 +20,7 @@ use common::*;
 use http_server::{Behaviour, BlockingServer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use store::format::closure_index::ClosureIndex;
 use store::format::hash::Hash;
 use store::format::keys::{PublicKey, TrustedKeys};
 use store::format::narinfo::NarInfo;
@@ -234,11 +235,12 @@ fn priority_decides_which_cache_is_used() {
         assert_eq!(subs.len(), 3, "{report}");
         assert!(subs.values().all(|f| same_cache(f, win.url())), "{report}");
         assert_eq!(win.nar_gets().len(), 3, "{:?}", win.server.requests());
-        // The other cache was opened, but asked for no narinfo and no NAR.
+        // The other cache was opened and asked for the root's closure index (every cache
+        // is, at once), but for no narinfo and no NAR.
         let asked: Vec<_> = lose
             .paths(&Method::GET)
             .into_iter()
-            .filter(|p| p != "/nix-cache-info")
+            .filter(|p| p != "/nix-cache-info" && !p.starts_with("/index/"))
             .collect();
         assert!(asked.is_empty(), "loser asked for {asked:?}");
         assert_vector_closure(&s);
@@ -385,7 +387,8 @@ fn extension(label: &str) -> &'static str {
 /// A cache written by `copy --to` has Nix's layout: `nix-cache-info`, one
 /// `<hash>.narinfo` per path with the vector metadata, `URL: nar/<FileHash>.nar…`,
 /// matching FileHash/FileSize, NAR bytes equal to Nix's, a valid signature by `key` and the
-/// cache's original one, and no stray files.
+/// cache's original one, the root's closure index holding the narinfos verbatim, and no
+/// stray files.
 fn check_pushed_cache(dir: &Path, compression: &str, key: &Key) {
     let info = fs::read_to_string(dir.join("nix-cache-info")).unwrap();
     assert!(info.contains("StoreDir: /nix/store\n"), "{info}");
@@ -456,6 +459,16 @@ fn check_pushed_cache(dir: &Path, compression: &str, key: &Key) {
             assert_eq!(without_ours, nix_text, "{path}");
         }
     }
+    // The root's closure index (store-format.md §7.6): every narinfo, byte for byte.
+    let index = format!("index/{}.closure", hash_part(ROOT));
+    let decoded = ClosureIndex::decode(&fs::read(dir.join(&index)).unwrap()).unwrap();
+    let entries: BTreeSet<Vec<u8>> = decoded.entries().map(<[u8]>::to_vec).collect();
+    let narinfos: BTreeSet<Vec<u8>> = CLOSURE
+        .iter()
+        .map(|p| fs::read(dir.join(format!("{}.narinfo", hash_part(p)))).unwrap())
+        .collect();
+    assert_eq!((decoded.len(), entries), (3, narinfos));
+    expected_files.insert(index);
     // Nothing else but (possibly empty) directories.
     let mut found = BTreeSet::new();
     collect_files(dir, dir, &mut found);
@@ -564,7 +577,9 @@ fn push_to_http_round_trips_and_uploads_only_once() {
             .position(|q| q == p)
             .unwrap_or_else(|| panic!("no PUT of {p}: {puts:?}"))
     };
-    assert_eq!(puts.len(), 6, "{puts:?}");
+    assert_eq!(puts.len(), 7, "{puts:?}");
+    // The closure index goes up last, once every narinfo is in.
+    assert_eq!(puts[6], format!("/index/{}.closure", hash_part(ROOT)));
     let urls = nar_urls(&dir);
     let infos = vector_infos();
     for path in CLOSURE {
@@ -593,6 +608,8 @@ fn push_to_http_round_trips_and_uploads_only_once() {
                 .to_owned();
             if r.path.ends_with(".narinfo") {
                 assert_eq!(ct, "text/x-nix-narinfo");
+            } else if r.path.starts_with("/index/") {
+                assert_eq!(ct, "application/zstd");
             } else {
                 assert_eq!(ct, "application/x-nix-nar");
             }
@@ -600,7 +617,8 @@ fn push_to_http_round_trips_and_uploads_only_once() {
     }
     check_pushed_cache(&dir, "zstd", &key);
 
-    // A second push only asks (HEAD) and uploads nothing.
+    // A second push only asks (HEAD, the narinfos and the root's index) and uploads
+    // nothing.
     http.server.clear_requests();
     let again = push(&src, http.url(), &key, "zstd");
     assert!(json_paths(&again["uploaded"]).is_empty(), "{again}");
@@ -610,7 +628,7 @@ fn push_to_http_round_trips_and_uploads_only_once() {
             "second push made {m} {p}"
         );
     }
-    assert_eq!(http.paths(&Method::HEAD).len(), 3);
+    assert_eq!(http.paths(&Method::HEAD).len(), 4);
 
     // And it substitutes into a store trusting only the new key.
     let dst = nix_store();

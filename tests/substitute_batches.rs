@@ -4,92 +4,19 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::fs;
 
 use common::*;
 use serde_json::Value;
-use store::format::hash::{Hash, HashAlgo, HashSink};
+use store::format::hash::{Hash, HashAlgo};
 use store::format::store_path::{StoreDir, StorePathName};
-use store::store::{Layout, LocalStore, NarImport};
 
 const CHAIN: usize = 300;
 
-/// Builds a chain of `CHAIN` paths in a library-opened store (each a small file naming the
-/// previous path, which it references) and returns the logical path of the top.
-fn make_chain(root: &std::path::Path, scratch: &std::path::Path) -> String {
-    let dir = StoreDir::new("/nix/store").unwrap();
-    let store = LocalStore::open(Layout::new(dir.clone(), Some(root))).unwrap();
-    let mut prev: Option<store::format::store_path::StorePath> = None;
-    let mut top = String::new();
-    for i in 0..CHAIN {
-        let file = scratch.join(format!("link-{i}"));
-        let body = match &prev {
-            Some(p) => format!("link {i} after {}\n", dir.display_path(p)),
-            None => format!("link {i}\n"),
-        };
-        fs::write(&file, body).unwrap();
-        let mut nar = Vec::new();
-        store::fsnar::dump(&file, &mut nar).unwrap();
-        let mut sink = HashSink::new(HashAlgo::Sha256);
-        std::io::Write::write_all(&mut sink, &nar).unwrap();
-        let (nar_hash, nar_size) = sink.finish();
-        let references: BTreeSet<_> = prev.iter().cloned().collect();
-        // An input-addressed-looking path: any hash will do for a test chain.
-        let path = dir
-            .make_text_path(
-                &Hash::of(HashAlgo::Sha256, &nar),
-                references.iter(),
-                &StorePathName::new(&format!("link-{i}")).unwrap(),
-            )
-            .unwrap();
-        store
-            .import_nar(
-                NarImport {
-                    path: path.clone(),
-                    nar_hash,
-                    nar_size,
-                    references,
-                    deriver: None,
-                    sigs: BTreeSet::new(),
-                    ca: None,
-                },
-                nar.as_slice(),
-            )
-            .unwrap();
-        top = dir.display_path(&path);
-        prev = Some(path);
-    }
-    top
-}
-
-/// The chain of [`make_chain`] in `src`, pushed signed to a new file cache: (top, public
-/// key, cache dir).
+/// The chain of `CHAIN` paths, pushed signed to a new file cache: (top, public key, cache
+/// dir).
 fn signed_chain_cache(src: &TestStore) -> (String, String, std::path::PathBuf) {
-    let top = make_chain(&src.root(), &src.scratch());
-    let key_dir = src.scratch();
-    let (sec, publ) = (key_dir.join("k.sec"), key_dir.join("k.pub"));
-    src.ok(&[
-        "key",
-        "generate",
-        "--name",
-        "chain-test-1",
-        "--secret-file",
-        sec.to_str().unwrap(),
-        "--public-file",
-        publ.to_str().unwrap(),
-    ]);
-    let public = fs::read_to_string(&publ).unwrap().trim().to_owned();
-    let cache = src.scratch().join("cache");
-    src.ok(&[
-        "copy",
-        "--to",
-        &file_url(&cache),
-        "--secret-key-file",
-        sec.to_str().unwrap(),
-        &top,
-    ]);
-    (top, public, cache)
+    chain::signed_chain_cache(src, CHAIN)
 }
 
 #[test]
@@ -207,6 +134,9 @@ fn a_bad_signature_deep_in_a_chain_falls_through_to_the_next_cache() {
     // cache, or fail the plan naming it when there is none.
     let src = TestStore::with_store_dir("/nix/store");
     let (top, public, good) = signed_chain_cache(&src);
+    // This is about the walk: without closure indexes (whose intact entries would vouch
+    // for the victim, and would make the good cache's index win for every path).
+    fs::remove_dir_all(good.join("index")).unwrap();
     let bad = src.scratch().join("bad");
     copy_dir(&good, &bad);
     let infos: Vec<Value> =

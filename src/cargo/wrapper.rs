@@ -275,7 +275,8 @@ impl Wrapper {
                 4,
             )
             .await?
-            .without_flush_ahead();
+            .without_flush_ahead()
+            .without_closure_indexes();
             let plan = sub.plan(&self.store, std::slice::from_ref(path)).await?;
             sub.fetch(&self.store, plan, Arc::new(Progress::default()))
                 .await

@@ -145,6 +145,8 @@ pub struct Settings {
     pub keep_outputs: bool,
     pub keep_derivations: bool,
     pub serve: ServeFile,
+    /// `--refresh`: substitution does not use the narinfo cache.
+    pub refresh: bool,
 }
 
 /// Merges the layers: flags > env > file > defaults. Pure: no I/O, no globals; what the
@@ -221,6 +223,7 @@ pub fn merge(
         keep_outputs: file.keep_outputs.unwrap_or(false),
         keep_derivations: file.keep_derivations.unwrap_or(true),
         serve: file.serve.clone().unwrap_or_default(),
+        refresh: false,
     })
 }
 

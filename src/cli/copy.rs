@@ -43,6 +43,9 @@ pub struct CopyArgs {
     /// Only with --from: trusted public keys, space separated
     #[arg(long, value_name = "KEYS", requires = "from")]
     pub trusted_public_keys: Option<String>,
+    /// Only with --from: ask the cache again instead of using remembered narinfos
+    #[arg(long, requires = "from")]
+    pub refresh: bool,
     /// Also push the build logs of paths built here to the cache's log/
     #[arg(long, requires = "to")]
     pub logs: bool,
@@ -69,6 +72,7 @@ pub fn run(g: &GlobalArgs, args: CopyArgs) -> Result<ExitCode> {
     let trust = TrustArgs {
         substituters: args.from.clone(),
         trusted_public_keys: args.trusted_public_keys.clone(),
+        refresh: args.refresh,
     };
     let settings = super::settings_with(g, &trust)?;
     let store = Arc::new(super::open_store_with(&settings)?);

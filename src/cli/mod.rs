@@ -176,7 +176,8 @@ pub fn settings_with(g: &GlobalArgs, trust: &TrustArgs) -> Result<config::Settin
         default_location_writable: &default_location_writable,
         user_root: user_root(),
     };
-    let settings = config::merge(&file, &env, &flags, &machine)?;
+    let mut settings = config::merge(&file, &env, &flags, &machine)?;
+    settings.refresh = trust.refresh;
     if settings.per_user_root {
         static SAID: std::sync::Once = std::sync::Once::new();
         SAID.call_once(|| {
@@ -226,6 +227,10 @@ pub struct TrustArgs {
     /// Trusted public keys, space separated (`name:base64`) [env: STORE_TRUSTED_PUBLIC_KEYS]
     #[arg(long, value_name = "KEYS")]
     pub trusted_public_keys: Option<String>,
+    /// Ask the caches again instead of using the narinfos (and absences) remembered from
+    /// earlier runs
+    #[arg(long)]
+    pub refresh: bool,
 }
 
 fn non_empty_env(name: &str) -> Option<String> {

@@ -25,6 +25,7 @@ use store::format::store_path::StorePath;
 use store::push::{push, push_logs, PushOptions, DEFAULT_PUSH_JOBS};
 use store::realise::{self, RealiseOptions, Realised};
 use store::store::LocalStore;
+use store::substitute::narinfo_cache::NarinfoCache;
 use store::substitute::{Fetched, Progress, Substituter, DEFAULT_JOBS};
 
 use super::config::Settings;
@@ -292,7 +293,9 @@ fn build(
         } else {
             let keys = trusted_keys(settings)?;
             match Substituter::open(urls, keys, &client_options(settings), store, jobs).await {
-                Ok(s) => Some(Arc::new(s)),
+                Ok(s) => Some(Arc::new(
+                    s.with_narinfo_cache(narinfo_cache(settings, store)),
+                )),
                 Err(e) => {
                     tracing::warn!("building without substitutes: {}", Chain(&e));
                     None
@@ -472,6 +475,11 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The narinfo cache in the store's state dir, unless `--refresh` was given.
+fn narinfo_cache(settings: &Settings, store: &LocalStore) -> Option<NarinfoCache> {
+    (!settings.refresh).then(|| NarinfoCache::open(store.layout().state_dir()))
+}
+
 /// Plans and fetches the closures of `paths` from `urls`.
 pub fn substitute(
     g: &GlobalArgs,
@@ -494,7 +502,9 @@ pub fn substitute(
     let rt = runtime()?;
     rt.block_on(async {
         let start = Instant::now();
-        let sub = Substituter::open(urls, keys, &options, &store, jobs).await?;
+        let sub = Substituter::open(urls, keys, &options, &store, jobs)
+            .await?
+            .with_narinfo_cache(narinfo_cache(settings, &store));
         let plan = sub.plan(&store, paths).await?;
         tracing::info!(
             "planned {} path(s), {} NAR bytes, in {:.0?}",

@@ -169,6 +169,7 @@ pub fn run(g: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     let trust = TrustArgs {
         substituters: None,
         trusted_public_keys: args.trusted_public_keys.clone(),
+        refresh: false,
     };
     let settings = super::settings_with(g, &trust)?;
     let store = Arc::new(super::open_store_with(&settings)?);

@@ -7,6 +7,7 @@
 
 pub mod ca;
 pub mod cache_info;
+pub mod closure_index;
 pub mod derivation;
 pub mod ed25519;
 pub mod hash;

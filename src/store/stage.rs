@@ -380,7 +380,8 @@ fn sync_filesystem(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn now() -> i64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

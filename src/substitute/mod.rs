@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::cache::{Cache, CacheUrl, ClientOptions};
+use crate::cache::{check_key, Cache, CacheError, CacheUrl, ClientOptions};
 use crate::error_chain::Chain;
 use crate::format::keys::TrustedKeys;
 use crate::format::narinfo::NarInfo;
@@ -31,13 +31,16 @@ use crate::trust::{check_narinfo, TrustError};
 use download::{Failure, FetchContext};
 pub use error::{CacheFailure, CacheUseError, Missing, NoNarInfo, Refusal, SubstituteError};
 use limits::Limits;
+use narinfo_cache::{Cached, NarinfoCache, Ttls};
 use run::FetchRun;
 use select::select_closures;
 use walk::{Walk, Walked};
 
 mod download;
 mod error;
+mod index;
 mod limits;
+pub mod narinfo_cache;
 mod run;
 mod select;
 mod walk;
@@ -50,21 +53,32 @@ pub struct Substituter {
     keys: TrustedKeys,
     /// Whether planning starts writing back the filesystem early (see `plan_partial`).
     flush_ahead: bool,
+    /// Whether planning asks the caches for the wanted roots' closure indexes (§7.6).
+    closure_indexes: bool,
     jobs: usize,
     limits: Limits,
+    /// Narinfos (and absences) learnt earlier, when enabled.
+    narinfo_cache: Option<Arc<NarinfoCache>>,
 }
 
 struct OpenCache {
     cache: Arc<Cache>,
     name: String,
     priority: i32,
+    /// Its key in the narinfo cache, and how long entries are used.
+    key: String,
+    ttls: Ttls,
 }
 
-/// A path to fetch: the trusted narinfos for it, best cache first.
+/// A path to fetch: a trusted narinfo for it and the cache it came from.
 #[derive(Clone)]
 struct Candidate {
     cache: usize,
     info: NarInfo,
+    /// Whether it came from the cache's closure index or from the local narinfo cache
+    /// rather than from the cache just now (it may be stale: a failed fetch then asks that
+    /// cache again, over the network).
+    secondhand: bool,
 }
 
 /// The result of planning: what to fetch, in which order.
@@ -189,9 +203,18 @@ impl Substituter {
             caches,
             keys,
             flush_ahead: true,
+            closure_indexes: true,
             jobs: jobs.max(1),
             limits: Limits::new(options.whole_nar_max),
+            narinfo_cache: None,
         })
+    }
+
+    /// Uses `cache` to answer narinfo lookups it has fresh entries for, and records what
+    /// the caches answer in it (`None`: always ask the caches, as `--refresh` does).
+    pub fn with_narinfo_cache(mut self, cache: Option<NarinfoCache>) -> Substituter {
+        self.narinfo_cache = cache.map(Arc::new);
+        self
     }
 
     /// Turns off the early write-back of the store's filesystem while planning: it pays for
@@ -199,6 +222,14 @@ impl Substituter {
     /// a short-lived process waits for it at the end.
     pub fn without_flush_ahead(mut self) -> Substituter {
         self.flush_ahead = false;
+        self
+    }
+
+    /// Turns off asking for closure indexes: for roots no push indexes (each `store cargo`
+    /// unit; only its manifest is a pushed root), where the request is a 404 that costs a
+    /// round trip per unit.
+    pub fn without_closure_indexes(mut self) -> Substituter {
+        self.closure_indexes = false;
         self
     }
 
@@ -244,11 +275,16 @@ impl Substituter {
             let ahead = store.clone();
             tokio::task::spawn_blocking(move || ahead.flush_ahead());
         }
+        let indexed = if self.closure_indexes {
+            index::read_indexes(self, store, paths).await
+        } else {
+            BTreeMap::new()
+        };
         let lookup = |p, from, reasons| self.lookup(store, p, from, reasons);
         let Walked {
             trusted,
             mut failed,
-        } = Walk::new(self, store, paths, lookup).run().await?;
+        } = Walk::new(self, store, paths, indexed, lookup).run().await?;
         // What the trusted narinfos make the closure: everything else was speculation.
         let (wanted, missing) = select_closures(paths, &trusted, |c| c.info.references(), &failed);
         let missing: Vec<StorePath> = missing.into_keys().collect();
@@ -273,13 +309,15 @@ impl Substituter {
         mut reasons: Vec<Refusal>,
     ) -> Found {
         for (i, c) in self.caches.iter().enumerate().skip(from) {
-            match c.cache.narinfo(path.hash_str(), store.store_dir()).await {
+            let (answer, secondhand) = self.narinfo(c, &path, store.store_dir()).await;
+            match answer {
                 Ok(Some(info)) if info.store_path() == &path => {
                     return Found {
                         path,
                         cache: i,
                         info: Some(info),
                         reasons,
+                        secondhand,
                     }
                 }
                 Ok(Some(info)) => {
@@ -298,6 +336,45 @@ impl Substituter {
             cache: self.caches.len(),
             info: None,
             reasons,
+            secondhand: false,
+        }
+    }
+
+    /// Cache `c`'s narinfo for `path`: from the narinfo cache if it has a fresh entry (then
+    /// also true), else from `c`, recording the answer.
+    async fn narinfo(
+        &self,
+        c: &OpenCache,
+        path: &StorePath,
+        dir: &StoreDir,
+    ) -> (Result<Option<NarInfo>, CacheError>, bool) {
+        let hash = path.hash_str();
+        let Some(nc) = &self.narinfo_cache else {
+            return (c.cache.narinfo(hash, dir).await, false);
+        };
+        match nc.get(&c.key, hash, c.ttls) {
+            Cached::Absent => return (Ok(None), true),
+            Cached::Present(text) => match NarInfo::parse(&text, dir) {
+                Ok(info) if info.store_path() == path && check_key(info.url()).is_ok() => {
+                    return (Ok(Some(info)), true)
+                }
+                _ => nc.forget(&c.key, hash),
+            },
+            Cached::Unknown => {}
+        }
+        let answer = c.cache.narinfo(hash, dir).await;
+        match &answer {
+            Ok(Some(info)) => nc.put(&c.key, hash, Some(&info.to_text(dir))),
+            Ok(None) => nc.put(&c.key, hash, None),
+            Err(_) => {}
+        }
+        (answer, false)
+    }
+
+    /// Drops what the narinfo cache says of `path` in cache `cache` (it did not work).
+    fn forget(&self, cache: usize, path: &StorePath) {
+        if let Some(nc) = &self.narinfo_cache {
+            nc.forget(&self.caches[cache].key, path.hash_str());
         }
     }
 
@@ -329,6 +406,7 @@ impl Substituter {
                     return Ok(Candidate {
                         cache: found.cache,
                         info,
+                        secondhand: found.secondhand,
                     })
                 }
                 Err(e) => {
@@ -371,12 +449,16 @@ impl Substituter {
                     cache: c.cache.clone(),
                     name: c.name.clone(),
                     priority: c.priority,
+                    key: c.key.clone(),
+                    ttls: c.ttls,
                 })
                 .collect(),
             keys: self.keys.clone(),
             flush_ahead: self.flush_ahead,
+            closure_indexes: self.closure_indexes,
             jobs: self.jobs,
             limits: self.limits,
+            narinfo_cache: self.narinfo_cache.clone(),
         }
     }
 
@@ -407,10 +489,11 @@ impl Substituter {
                 cache: self.caches[candidate.cache].name.clone(),
                 error,
             };
-            match self
-                .lookup_trusted(store, path.clone(), candidate.cache + 1)
-                .await
-            {
+            if candidate.secondhand {
+                self.forget(candidate.cache, path);
+            }
+            let next = candidate.cache + usize::from(!candidate.secondhand);
+            match self.lookup_trusted(store, path.clone(), next).await {
                 Ok(next) => {
                     earlier.push(failure);
                     candidate = next;
@@ -434,6 +517,8 @@ struct Found {
     cache: usize,
     info: Option<NarInfo>,
     reasons: Vec<Refusal>,
+    /// The narinfo came from the narinfo cache.
+    secondhand: bool,
 }
 
 /// A narinfo for the path asked whose signatures are still to be checked.
@@ -442,6 +527,7 @@ struct Arrived {
     cache: usize,
     info: NarInfo,
     reasons: Vec<Refusal>,
+    secondhand: bool,
 }
 
 impl Arrived {
@@ -572,5 +658,7 @@ async fn open_one(
         cache: Arc::new(cache),
         name: url.to_string(),
         priority: url.priority().or(info.priority).unwrap_or(50),
+        key: narinfo_cache::cache_key(url),
+        ttls: Ttls::of(url),
     })
 }

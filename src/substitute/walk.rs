@@ -51,6 +51,8 @@ pub(super) struct Walk<'a, L, F> {
     dir: StoreDir,
     seen: BTreeSet<StorePath>,
     queue: Vec<StorePath>,
+    /// Trusted narinfos from closure indexes: a path found here is not looked up.
+    indexed: BTreeMap<StorePath, Candidate>,
     in_flight: FuturesUnordered<F>,
     /// Narinfos for the right path whose signatures are not checked yet.
     unchecked: Vec<Arrived>,
@@ -69,6 +71,7 @@ where
         substituter: &'a Substituter,
         store: &'a LocalStore,
         paths: &[StorePath],
+        indexed: BTreeMap<StorePath, Candidate>,
         lookup: L,
     ) -> Self {
         let mut walk = Walk {
@@ -80,6 +83,7 @@ where
             dir: store.store_dir().clone(),
             seen: BTreeSet::new(),
             queue: Vec::new(),
+            indexed,
             in_flight: FuturesUnordered::new(),
             unchecked: Vec::new(),
             checking: FuturesUnordered::new(),
@@ -113,11 +117,22 @@ where
         }
     }
 
-    /// Starts lookups of queued paths that are not valid, up to the concurrency limit.
+    /// Starts lookups of queued paths that are not valid, up to the concurrency limit. A
+    /// path with a trusted narinfo from an index is taken at once, and its references
+    /// queued, without a lookup.
     fn start_lookups(&mut self) -> Result<(), SubstituteError> {
         while self.in_flight.len() < self.limits.narinfo_concurrency {
             let Some(p) = self.queue.pop() else { break };
             if self.store.is_valid(&p)? {
+                continue;
+            }
+            if let Some(candidate) = self.indexed.remove(&p) {
+                for r in candidate.info.references() {
+                    if self.seen.insert(r.clone()) {
+                        self.queue.push(r.clone());
+                    }
+                }
+                self.walked.trusted.insert(p, candidate);
                 continue;
             }
             self.in_flight.push((self.lookup)(p, 0, Vec::new()));
@@ -178,6 +193,7 @@ where
             cache,
             info,
             reasons,
+            secondhand,
         } = found;
         let Some(info) = info else {
             self.walked.failed.insert(path, reasons);
@@ -191,6 +207,7 @@ where
             cache,
             info,
             reasons,
+            secondhand,
         });
     }
 
@@ -201,12 +218,24 @@ where
                 cache,
                 info,
                 mut reasons,
+                secondhand,
             } = arrived;
             match verdict {
                 Ok(()) => {
-                    self.walked.trusted.insert(path, Candidate { cache, info });
+                    let candidate = Candidate {
+                        cache,
+                        info,
+                        secondhand,
+                    };
+                    self.walked.trusted.insert(path, candidate);
                 }
                 Err(e) => {
+                    // A narinfo from the narinfo cache that fails is asked for again.
+                    if secondhand {
+                        self.substituter.forget(cache, &path);
+                        self.in_flight.push((self.lookup)(path, cache, reasons));
+                        continue;
+                    }
                     let refusal = self.substituter.refusal(cache, NoNarInfo::Untrusted(e));
                     reasons.push(refusal);
                     self.in_flight.push((self.lookup)(path, cache + 1, reasons));

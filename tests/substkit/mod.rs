@@ -70,6 +70,19 @@ pub(crate) fn realise(
     serde_json::from_str(&s.ok(&args)).unwrap()
 }
 
+/// `realise` of `paths` that must fail; returns its stderr.
+pub(crate) fn realise_fails(s: &TestStore, urls: &str, keys: &str, paths: &[&str]) -> String {
+    let mut args = vec![
+        "realise",
+        "--substituters",
+        urls,
+        "--trusted-public-keys",
+        keys,
+    ];
+    args.extend_from_slice(paths);
+    s.fails(&args)
+}
+
 /// The `substituted` entries of a realise report: path → from.
 pub(crate) fn substituted(report: &Value) -> BTreeMap<String, String> {
     report["substituted"]

@@ -1,5 +1,5 @@
 //! What an `s3://` cache URL and the environment say: bucket, prefix, endpoint, region,
-//! addressing, upload tuning, and where the credentials come from (store-format.md §7.6).
+//! addressing, upload tuning, and where the credentials come from (store-format.md §7.5).
 //!
 //! Credentials, first match wins:
 //! 1. `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`);

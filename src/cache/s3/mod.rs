@@ -1,5 +1,5 @@
 //! `s3://` caches: a bucket (and optional prefix) of an S3-compatible object store, through
-//! the `object_store` crate (store-format.md §7.6).
+//! the `object_store` crate (store-format.md §7.5).
 //!
 //! * Reads: GET streams with a stall timeout and no total one; a body cut off mid-way is
 //!   resumed by the library with a ranged GET of the same ETag, so a large NAR is not
