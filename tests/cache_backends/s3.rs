@@ -108,10 +108,8 @@ async fn large_files_go_up_in_parts_and_failures_leave_none() {
         .put("nar/big.nar", PutBody::File(src.clone()), content_type::NAR)
         .await
         .unwrap();
-    assert_eq!(
-        read_stream(&cache, "nar/big.nar").await.unwrap().unwrap(),
-        big
-    );
+    let got = read_stream(&cache, "nar/big.nar").await.unwrap().unwrap();
+    assert!(got == big, "read back {} bytes that differ", got.len());
     let meta = raw(&server, "mpu")
         .head(&"nar/big.nar".into())
         .await
@@ -183,10 +181,8 @@ async fn dropped_downloads_resume_with_a_range() {
         s3_server::REGION
     );
     let through = open(&url, &fast_opts());
-    assert_eq!(
-        read_stream(&through, "nar/dl.nar").await.unwrap().unwrap(),
-        big
-    );
+    let got = read_stream(&through, "nar/dl.nar").await.unwrap().unwrap();
+    assert!(got == big, "read back {} bytes that differ", got.len());
     assert_eq!(proxy.cuts(), 2, "both cuts happened");
     // Resumed, not restarted: about 3 MiB went back in all, not 1 + 1 + 3.
     let down = proxy.down.load(Ordering::SeqCst);
@@ -268,7 +264,7 @@ async fn pipe(
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => n.min(limit.saturating_sub(passed).max(1)),
+            Ok(n) => n,
         };
         passed += n;
         let cut = passed > limit
