@@ -89,15 +89,20 @@ impl HttpCache {
     /// Sets up the client; reads the netrc file if one is configured and needed.
     pub fn new(url: CacheUrl, opts: &ClientOptions) -> Result<Self, CacheError> {
         let auth = auth_for(&url, opts)?;
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(opts.connect_timeout)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::limited(10))
-            .user_agent(concat!("store/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(CacheError::Client)?;
+            .user_agent(concat!("store/", env!("CARGO_PKG_VERSION")));
+        if url.scheme() == "http" {
+            // No system roots for a plain-HTTP cache: loading them parses every file in
+            // /etc/ssl/certs, about 5 ms per process (each `store cargo` unit is one). A
+            // redirect to https then fails verification, closed.
+            builder = builder.tls_certs_only(std::iter::empty());
+        }
+        let client = builder.build().map_err(CacheError::Client)?;
         Ok(HttpCache {
             base: url.http_base(),
             url,

@@ -379,6 +379,8 @@ fn build_store(config: &S3Config, opts: &ClientOptions) -> object_store::Result<
         .with_timeout_disabled()
         .with_pool_idle_timeout(Duration::from_secs(60))
         .with_allow_http(insecure)
+        // As for plain-HTTP caches (cache/http.rs): no system roots to load.
+        .with_no_system_certificates(insecure)
         .with_allow_http2()
         .with_user_agent(
             concat!("store/", env!("CARGO_PKG_VERSION"))
