@@ -11,6 +11,7 @@ pub mod digests;
 pub mod invocation;
 pub mod journal;
 pub mod key;
+pub mod local;
 pub mod manifest;
 pub mod source;
 pub mod toolchain;
