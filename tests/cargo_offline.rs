@@ -589,4 +589,9 @@ fn unchanged_path_crates_come_from_the_local_store_only() {
     fs::remove_dir_all(a.join("target")).unwrap();
     assert_eq!(build(&a, &[]), both("local", ""));
     assert_eq!(run_app(&a), "answer 42 hello data 2\n");
+
+    // Turned off: compiled as plain cargo does.
+    fs::remove_dir_all(a.join("target")).unwrap();
+    let off = build(&a, &[("STORE_CARGO_LOCAL", Path::new("0"))]);
+    assert_eq!(off, both("uncacheable", "local source"));
 }

@@ -142,6 +142,9 @@ impl Wrapper {
         let places = places(inv, pkg);
         let digest = match src.digest {
             Some(d) => d,
+            None if std::env::var(super::LOCAL_ENV).as_deref() == Ok("0") => {
+                return Err(not("local source", kind));
+            }
             None => {
                 let cwd = std::env::current_dir()
                     .map_err(|e| not(format!("no working dir: {e}"), kind))?;
