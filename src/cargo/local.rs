@@ -216,11 +216,7 @@ impl Wrapper {
             seconds,
             start,
         );
-        self.journal(Entry {
-            exit: Some(c.exit),
-            overhead_ms: e.overhead_ms - seconds * 1000.0,
-            ..e
-        });
+        self.journal_compiled(e, c.exit, seconds);
         Ok(c.exit)
     }
 
