@@ -160,7 +160,7 @@ pub fn candidates(dir: &Path, key: &str) -> Vec<Candidate> {
         .unwrap_or_default()
 }
 
-/// Puts `c` first in the list of `key`, keeping the [`MAX_CANDIDATES`] newest. Best
+/// Puts `c` first in the list of `key`, keeping the newest few (`MAX_CANDIDATES`). Best
 /// effort: a lost candidate costs one compilation.
 pub fn remember(dir: &Path, key: &str, c: Candidate) {
     let mut list = candidates(dir, key);
