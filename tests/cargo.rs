@@ -144,9 +144,10 @@ fn a_second_checkout_builds_from_the_cache_only() {
         "bzip2-sys (build script run)".to_owned(),
         "serde (build script run)".to_owned(),
     ])));
-    // Only the workspace's own crates are not cacheable.
+    // Only the workspace's own crates are not cacheable (a debug build's are incremental).
     for e in &rec.entries {
-        let expected = (e.source_kind == "local").then_some(("uncacheable", Some("local source")));
+        let expected =
+            (e.source_kind == "local").then_some(("uncacheable", Some("incremental compilation")));
         let got = (e.outcome.as_str(), e.reason.as_deref());
         assert_eq!(got, expected.unwrap_or(("recorded", None)), "{e:?}");
     }

@@ -473,3 +473,125 @@ fn plain_cargo_with_the_wrapper_in_its_config_substitutes() {
         assert_success(&info.output().unwrap(), p);
     }
 }
+
+/// Makes the app package a library too, whose lib reads `src/data.txt` (`include_str!`)
+/// and `APP_GREETING` (`option_env!`).
+fn add_app_lib(dir: &Path) {
+    fs::write(
+        dir.join("src/lib.rs"),
+        "pub const DATA: &str = include_str!(\"data.txt\");\n\
+         pub fn greeting() -> &'static str { option_env!(\"APP_GREETING\").unwrap_or(\"hello\") }\n",
+    )
+    .unwrap();
+    fs::write(dir.join("src/data.txt"), "data 1").unwrap();
+    fs::write(
+        dir.join("src/main.rs"),
+        "#[tinymacro::keep]\nfn answer() -> u32 { tinylib::double(tinygen::N) }\n\
+         fn main() { println!(\"answer {} {} {}\", answer(), app::greeting(), app::DATA); }\n",
+    )
+    .unwrap();
+}
+
+/// (crate types, outcome, reason) of the app's entries (its lib and its bin), sorted.
+fn app_outcomes(report: &Value) -> Vec<(String, String, String)> {
+    let mut v: Vec<_> = report["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["crate"] == "app")
+        .map(|e| {
+            assert_eq!(e["source_kind"], "local", "{e}");
+            (
+                e["crate_types"][0].as_str().unwrap().to_owned(),
+                e["outcome"].as_str().unwrap().to_owned(),
+                e["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn both(outcome: &str, reason: &str) -> Vec<(String, String, String)> {
+    ["bin", "lib"]
+        .iter()
+        .map(|t| (t.to_string(), outcome.to_owned(), reason.to_owned()))
+        .collect()
+}
+
+#[test]
+fn unchanged_path_crates_come_from_the_local_store_only() {
+    let env = Env::new();
+    let a = env.checkout("one/checkout");
+    add_app_lib(&a);
+    let no_inc = ("CARGO_INCREMENTAL", Path::new("0"));
+    let url = format!("file://{}", env.base.join("cache").display());
+    let (r, r_path) = env.report("r.json");
+    let args = ["--record", "--push-to", &url, "--report", &r, "--", "build"];
+    let out = env.cargo(&a, "root-a", &args, &[no_inc]);
+    let report = read_report(&r_path);
+    let first = app_outcomes(&report);
+    assert_eq!(first, both("compiled", "no local unit for these inputs"));
+    // Kept locally, but in no manifest and in no cache.
+    let manifest = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let text = fs::read_to_string(
+        env.base
+            .join("root-a/ix/store")
+            .join(Path::new(&manifest).file_name().unwrap()),
+    )
+    .unwrap();
+    assert!(
+        text.contains("tinylib") && !text.contains("-cargo-app-"),
+        "{text}"
+    );
+    for e in report["entries"].as_array().unwrap() {
+        let p = e["store_path"].as_str().unwrap();
+        let hash = &Path::new(p).file_name().unwrap().to_str().unwrap()[..32];
+        let pushed = env.base.join(format!("cache/{hash}.narinfo")).exists();
+        assert_eq!(pushed, e["crate"] != "app", "{p}");
+    }
+
+    // Nothing changed, a fresh target dir: both from the local store.
+    let build = |dir: &Path, extra: &[(&str, &Path)]| {
+        let mut vars = vec![no_inc];
+        vars.extend_from_slice(extra);
+        env.cargo(dir, "root-a", &["--report", &r, "--", "build"], &vars);
+        app_outcomes(&read_report(&r_path))
+    };
+    fs::remove_dir_all(a.join("target")).unwrap();
+    assert_eq!(build(&a, &[]), both("local", ""));
+    assert_eq!(run_app(&a), "answer 42 hello data 1\n");
+
+    // The same sources at another path (and another CARGO_HOME) hit too.
+    let b = env.checkout("two/elsewhere/checkout");
+    add_app_lib(&b);
+    assert_eq!(build(&b, &[]), both("local", ""));
+    assert_eq!(run_app(&b), "answer 42 hello data 1\n");
+
+    // An edited source, a changed included file, a changed env-dep: compiled.
+    let lib = a.join("src/lib.rs");
+    let mut source = fs::read_to_string(&lib).unwrap();
+    source.push_str("pub fn more() {}\n");
+    fs::write(&lib, source).unwrap();
+    let changed = [
+        ("bin", "compiled", "no local unit for these inputs"),
+        ("lib", "compiled", "sources changed"),
+    ]
+    .map(|(t, o, r)| (t.to_owned(), o.to_owned(), r.to_owned()));
+    assert_eq!(build(&a, &[]), changed);
+    fs::write(a.join("src/data.txt"), "data 2").unwrap();
+    assert_eq!(build(&a, &[]), changed);
+    assert_eq!(run_app(&a), "answer 42 hello data 2\n");
+    assert_eq!(build(&a, &[("APP_GREETING", Path::new("hi"))]), changed);
+    assert_eq!(run_app(&a), "answer 42 hi data 2\n");
+
+    // Back to the variable unset: that candidate is still kept.
+    fs::remove_dir_all(a.join("target")).unwrap();
+    assert_eq!(build(&a, &[]), both("local", ""));
+    assert_eq!(run_app(&a), "answer 42 hello data 2\n");
+
+    // Turned off: compiled as plain cargo does.
+    fs::remove_dir_all(a.join("target")).unwrap();
+    let off = build(&a, &[("STORE_CARGO_LOCAL", Path::new("0"))]);
+    assert_eq!(off, both("uncacheable", "local source"));
+}

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::journal::{Entry, Outcome};
+use super::source::SourceKind;
 use crate::format::store_path::{StorePath, StorePathName};
 use crate::store::{LocalStore, StoreError};
 
@@ -20,10 +21,12 @@ pub fn contents(
     let mut units = BTreeSet::new();
     let mut toolchains = BTreeSet::new();
     for e in entries {
-        let usable = matches!(
-            e.outcome,
-            Outcome::Substituted | Outcome::Local | Outcome::Recorded
-        );
+        // Units of path crates are local only (§11.6): never in a manifest.
+        let usable = e.source_kind != SourceKind::Local
+            && matches!(
+                e.outcome,
+                Outcome::Substituted | Outcome::Local | Outcome::Recorded
+            );
         let (Some(printed), true) = (&e.store_path, usable) else {
             continue;
         };

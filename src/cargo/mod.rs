@@ -11,6 +11,7 @@ pub mod digests;
 pub mod invocation;
 pub mod journal;
 pub mod key;
+pub mod local;
 pub mod manifest;
 pub mod source;
 pub mod toolchain;
@@ -23,3 +24,6 @@ pub use wrapper::{Mode, Wrapper};
 pub const SESSION_ENV: &str = "STORE_CARGO_SESSION";
 /// Environment variable with the mode of a `store cargo` run (`record` or `use`).
 pub const MODE_ENV: &str = "STORE_CARGO_MODE";
+/// Set to `0` to compile path and workspace crates every time, as plain cargo does
+/// (no local units, §11.6).
+pub const LOCAL_ENV: &str = "STORE_CARGO_LOCAL";

@@ -1,7 +1,7 @@
 //! Where a crate's source comes from and the digest that pins it: the `.crate` checksum
 //! of a registry package (what Cargo.lock records), the package checksum of a vendored
 //! copy, or the content of a git checkout. Sources that can change (path and workspace
-//! crates) are not cacheable.
+//! crates) have no digest: their units are local only (see [`super::local`]).
 
 use std::fs;
 use std::io;

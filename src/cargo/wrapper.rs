@@ -14,6 +14,7 @@ use super::digests::{remember, MemoDigests};
 use super::invocation::Invocation;
 use super::journal::{self, Entry, Outcome};
 use super::key::{self, normalise_args, remap_args, KeyInputs, Places, KEY_VERSION};
+use super::local;
 use super::source::{self, SourceKind};
 use super::toolchain;
 use super::unit::{self, Compiled, UnitRecord};
@@ -50,9 +51,9 @@ pub struct Wrapper {
 const DOWN_MARKER: &str = "substituters-down";
 
 /// The package cargo says it compiles (from its environment).
-struct Package {
-    name: String,
-    version: String,
+pub(super) struct Package {
+    pub(super) name: String,
+    pub(super) version: String,
     manifest_dir: PathBuf,
 }
 
@@ -68,12 +69,13 @@ impl Package {
 }
 
 /// A cacheable unit: its key and where its outputs go.
-struct Unit {
-    inputs: KeyInputs,
-    path: StorePath,
-    places: Places,
-    outputs: Vec<String>,
-    source_kind: SourceKind,
+#[derive(Clone)]
+pub(super) struct Unit {
+    pub(super) inputs: KeyInputs,
+    pub(super) path: StorePath,
+    pub(super) places: Places,
+    pub(super) outputs: Vec<String>,
+    pub(super) source_kind: SourceKind,
 }
 
 /// Why a unit is not cacheable (a short category for counting, and detail).
@@ -125,6 +127,9 @@ impl Wrapper {
             return compile(rustc, args, &[], false).map(|c| c.exit);
         };
         match self.plan(rustc, &inv, &pkg) {
+            Ok(unit) if unit.source_kind == SourceKind::Local => {
+                self.local_unit(rustc, &inv, &pkg, unit, start)
+            }
             Ok(unit) => self.cacheable(rustc, &inv, &pkg, unit, start),
             Err(nc) => self.uncacheable(rustc, &inv, &pkg, nc, start),
         }
@@ -134,8 +139,17 @@ impl Wrapper {
         let src = source::locate(&pkg.manifest_dir, &pkg.name, &pkg.version)
             .map_err(|e| not(format!("source unreadable: {e}"), SourceKind::Local))?;
         let kind = src.kind;
-        let Some(digest) = src.digest else {
-            return Err(not("local source", kind));
+        let places = places(inv, pkg);
+        let digest = match src.digest {
+            Some(d) => d,
+            None if std::env::var(super::LOCAL_ENV).as_deref() == Ok("0") => {
+                return Err(not("local source", kind));
+            }
+            None => {
+                let cwd = std::env::current_dir()
+                    .map_err(|e| not(format!("no working dir: {e}"), kind))?;
+                local::first_level_source(&pkg.manifest_dir, &cwd, &places)
+            }
         };
         if let Some(b) = inv.blocker {
             return Err(not(b, kind));
@@ -146,7 +160,6 @@ impl Wrapper {
         let outputs = inv
             .output_names()
             .ok_or_else(|| not("unpredicted outputs", kind))?;
-        let places = places(inv, pkg);
         let memo = self.memo_dir();
         let tc = toolchain::identify(rustc, inv.target.as_deref(), &memo)
             .map_err(|e| not(format!("toolchain: {}", Chain(&e)), kind))?;
@@ -235,11 +248,7 @@ impl Wrapper {
             shim_build_script(inv);
         }
         let e = self.entry(inv, pkg, &unit, outcome, reason, seconds, start);
-        self.journal(Entry {
-            exit: Some(c.exit),
-            overhead_ms: e.overhead_ms - seconds * 1000.0,
-            ..e
-        });
+        self.journal_compiled(e, c.exit, seconds);
         Ok(c.exit)
     }
 
@@ -297,7 +306,7 @@ impl Wrapper {
     }
 
     /// Installs a valid unit's outputs and replays its stderr. Err: why it cannot be used.
-    fn install(&self, unit: &Unit) -> Result<UnitRecord, String> {
+    pub(super) fn install(&self, unit: &Unit) -> Result<UnitRecord, String> {
         let dir = self.store.layout().real_path(&unit.path);
         let record =
             unit::read_record(&dir).map_err(|e| format!("unusable unit: {}", Chain(&e)))?;
@@ -382,7 +391,7 @@ impl Wrapper {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn entry(
+    pub(super) fn entry(
         &self,
         inv: &Invocation,
         pkg: &Package,
@@ -408,6 +417,15 @@ impl Wrapper {
         }
     }
 
+    /// Journals a unit that rustc compiled: the wrapper's overhead leaves rustc's time out.
+    pub(super) fn journal_compiled(&self, e: Entry, exit: i32, seconds: f64) {
+        self.journal(Entry {
+            exit: Some(exit),
+            overhead_ms: e.overhead_ms - seconds * 1000.0,
+            ..e
+        });
+    }
+
     pub(super) fn journal(&self, entry: Entry) {
         if let Some(s) = &self.session {
             if let Err(e) = journal::append(s, &entry) {
@@ -419,7 +437,7 @@ impl Wrapper {
 
 /// Memoises the digests of a unit's outputs (not its dep-info, which is stored with
 /// placeholders) now in the deps dir, so dependents do not hash them again.
-fn remember_outputs(places: &Places, record: &UnitRecord) {
+pub(super) fn remember_outputs(places: &Places, record: &UnitRecord) {
     for (name, digest) in &record.files {
         if !name.ends_with(".d") {
             remember(&Path::new(&places.deps_dir).join(name), digest);
@@ -541,14 +559,14 @@ fn miss_reason(e: &SubstituteError) -> &'static str {
 }
 
 /// What running rustc gave.
-struct Ran {
-    exit: i32,
-    stderr: Vec<u8>,
+pub(super) struct Ran {
+    pub(super) exit: i32,
+    pub(super) stderr: Vec<u8>,
 }
 
 /// Runs rustc with `args` then `extra`, passing its stderr through line by line (cargo
 /// reads artifact notices from it while rustc runs) and keeping a copy if `capture`.
-fn compile(
+pub(super) fn compile(
     rustc: &Path,
     args: &[String],
     extra: &[String],
@@ -586,7 +604,7 @@ fn compile(
 }
 
 /// Diagnostics kept for recording; a unit with more is not recorded.
-const MAX_KEPT_STDERR: usize = 16 << 20;
+pub(super) const MAX_KEPT_STDERR: usize = 16 << 20;
 
 #[cfg(test)]
 mod tests {
