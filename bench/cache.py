@@ -106,8 +106,8 @@ class Quiet:
             log(f"load average {l:.2f} >= {self.max_load}, waiting 60 s ...")
             time.sleep(60)
 
-    def section(self, name):
-        end = time.time() + 120
+    def section(self, name, budget=120):
+        end = time.time() + budget
         while True:
             b = busy_cores()
             if b < 0.5 or time.time() >= end:
