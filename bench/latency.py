@@ -296,7 +296,7 @@ def main():
     t0 = time.time()
     try:
         try:
-            netcache.write_store_cache(env, sections, log)
+            netcache.write_store_cache(env, args.data, sections, log)
             env.cleanup_runs()
             if "src" in sections:
                 env.settle()

@@ -12,11 +12,15 @@ import cache
 from common import rm_tree, run_capture
 
 DEFAULT_NIX_WORK = "/tmp/store-bench/cache"  # bench/cache.py's --work
+DEFAULT_DATA = "/tmp/store-bench/net"
 
 
 def add_common_args(ap, work):
     """The options both scripts take."""
     ap.add_argument("--work", default=work, help=f"everything this benchmark makes (default {work})")
+    ap.add_argument("--data", default=DEFAULT_DATA,
+                    help="our store and the cache `store copy --to` wrote, shared by latency.py "
+                         f"and s3.py (default {DEFAULT_DATA})")
     ap.add_argument("--nix-work", default=DEFAULT_NIX_WORK,
                     help="bench/cache.py's work dir: its Nix chroot store and Nix-written cache "
                          f"(prepared there if missing; default {DEFAULT_NIX_WORK})")
@@ -60,16 +64,23 @@ def file_sha256(path):
     return h.hexdigest()
 
 
-def write_store_cache(env, keys, log):
-    """WORK/store-cache: a signed zstd `file://` cache written by `store copy --to` with the
+def list_files(root):
+    """Every file under root, as paths relative to it."""
+    return {os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs}
+
+
+def write_store_cache(env, data, keys, log):
+    """DATA/store-cache: a signed zstd `file://` cache written by `store copy --to` with the
     binary under test (so with whatever extra objects it writes, such as closure indexes),
-    holding the closures of `keys` (chain, src, big). Our store WORK/ours-store is filled
-    from bench/cache.py's Nix-written cache first. Rewritten from scratch when another
-    binary wrote it; sets env.cache to it (what env.start_nginx serves)."""
-    root = os.path.join(env.work, "ours-store")
-    out = os.path.join(env.work, "store-cache")
-    marker = os.path.join(env.work, "store-cache.json")
-    tops = tops_of(env, keys)
+    holding the closures of `keys` (chain, src, big), one `store copy` per key. Our store
+    DATA/ours-store is filled from bench/cache.py's Nix-written cache first. Rewritten from
+    scratch when another binary wrote it. Sets env.cache (what env.start_nginx serves),
+    env.ours_root and env.cache_files ({key: the files its copy wrote, nix-cache-info
+    included})."""
+    os.makedirs(data, exist_ok=True)
+    root = os.path.join(data, "ours-store")
+    out = os.path.join(data, "store-cache")
+    marker = os.path.join(data, "store-cache.json")
     digest = file_sha256(env.store_bin)
     done = {}
     if os.path.exists(marker):
@@ -78,21 +89,22 @@ def write_store_cache(env, keys, log):
     if done.get("binary") != digest:
         log(f"(re)writing {out} with the binary under test ...")
         rm_tree(out)
-        done = {"binary": digest, "keys": []}
-    missing = [k for k in keys if k not in done["keys"]]
-    if missing:
-        log(f"store realise {' '.join(missing)} into {root} from the Nix-written cache (no-op if done) ...")
+        done = {"binary": digest, "files": {}}
+    for key in [k for k in keys if k not in done["files"]]:
+        log(f"store realise {key} into {root} from the Nix-written cache (no-op if done) ...")
         run_capture(env.ours(root, "realise", "--substituters", f"file://{env.nix_cache}",
-                             "--trusted-public-keys", env.pubkey, *tops_of(env, missing)), env.nix_env())
-        log(f"store copy --to file://{out} {' '.join(missing)} ...")
+                             "--trusted-public-keys", env.pubkey, *tops_of(env, [key])), env.nix_env())
+        log(f"store copy --to file://{out} {key} ...")
+        before = list_files(out) if os.path.isdir(out) else set()
         run_capture(env.ours(root, "copy", "--to", f"file://{out}", "--secret-key-file", env.seckey,
-                             *tops_of(env, missing)), env.nix_env())
-        done["keys"] += missing
+                             *tops_of(env, [key])), env.nix_env())
+        done["files"][key] = sorted((list_files(out) - before) | {"nix-cache-info"})
         with open(marker, "w") as f:
             json.dump(done, f)
     env.cache = out
     env.ours_root = root
-    return tops
+    env.cache_files = done["files"]
+    return tops_of(env, keys)
 
 
 def help_has(env, sub, flag):
