@@ -294,14 +294,15 @@ class Env:
                 f.write(f"{time.time()}\n")
         os.makedirs(self.runs, exist_ok=True)
 
-    def settle(self):
+    def settle(self, others=()):
         """ext4 won't reuse an inode freed < 60 s ago (< 360 s while its inode-table block
         is dirty, and creating files dirties those blocks again) and checks every such
         candidate, so creating 50,000 files soon after deleting 50,000 is several times
-        slower (see bench/README.md). Waits until SETTLE s after our last cleanup and after
-        bench/run.py's (its default work dir)."""
+        slower (see bench/README.md). Waits until SETTLE s after our last cleanup, after
+        bench/run.py's (its default work dir) and after those of the work dirs `others`."""
         last = 0.0
-        for f in (os.path.join(self.work, ".last-cleanup"), RUN_PY_LAST_CLEANUP):
+        for f in (os.path.join(self.work, ".last-cleanup"), RUN_PY_LAST_CLEANUP,
+                  *(os.path.join(o, ".last-cleanup") for o in others)):
             try:
                 with open(f) as fh:
                     last = max(last, float(fh.read()))

@@ -299,7 +299,7 @@ def main():
             netcache.write_store_cache(env, args.data, sections, log)
             env.cleanup_runs()
             if "src" in sections:
-                env.settle()
+                env.settle(netcache.WORK_DIRS)
             info = cache.machine_info(env)
             notes = [f"- proxy: {OUR_PROXY if args.proxy == 'ours' else SHARED_PROXY}",
                      f"- reps: {args.reps} timed (+{args.warmup} warm-up), variants interleaved, "

@@ -13,6 +13,8 @@ from common import rm_tree, run_capture
 
 DEFAULT_NIX_WORK = "/tmp/store-bench/cache"  # bench/cache.py's --work
 DEFAULT_DATA = "/tmp/store-bench/net"
+# default work dirs of the scripts that remove many-file stores (see cache.Env.settle)
+WORK_DIRS = ["/tmp/store-bench/cache", "/tmp/store-bench/latency", "/tmp/store-bench/s3"]
 
 
 def add_common_args(ap, work):

@@ -354,6 +354,8 @@ def main():
                 with open(os.path.join(env.work, f"files-{key}.txt"), "w") as f:
                     f.write("\n".join(env.cache_files[key]) + "\n")
             env.cleanup_runs()
+            if "src" in args.closures and args.only != "push":
+                env.settle(netcache.WORK_DIRS)
             info = cache.machine_info(env)
             info["rclone"] = run_capture([args.rclone, "version"], None).splitlines()[0]
             nginx, nginx_url = start_nginx(procs, os.path.join(env.work, "nginx-s3"), env.cache)
