@@ -161,9 +161,10 @@ def http_get(url, timeout=30):
 
 
 def stderr_log(tag):
-    """A function printing `[tag] msg` on stderr (progress; the report goes to stdout)."""
+    """A function printing `HH:MM:SS [tag] msg` on stderr (progress; the report goes to
+    stdout)."""
     def log(msg):
-        print(f"[{tag}] {msg}", file=sys.stderr, flush=True)
+        print(f"{time.strftime('%H:%M:%S')} [{tag}] {msg}", file=sys.stderr, flush=True)
     return log
 
 

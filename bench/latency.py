@@ -40,8 +40,7 @@ import urllib.parse
 
 import cache
 import netcache
-from common import (Mismatch, Procs, bench_rounds, free_port, load1, run_capture, start_nginx,
-                    stderr_log, wait_http)
+from common import bench_rounds, free_port, run_capture, start_nginx, stderr_log, wait_http
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUR_PROXY = os.path.join(HERE, "latency_proxy.py")
@@ -290,31 +289,13 @@ def measure(env, args, procs, sections, notes):
 def main():
     args = parse_args()
     sections = [args.only] if args.only else SECTIONS
-    env = netcache.make_envs(args, log)
-    procs = Procs(log)
-    env.procs = procs
-    t0 = time.time()
-    try:
-        try:
-            netcache.write_store_cache(env, args.data, sections, log)
-            env.cleanup_runs()
-            if "src" in sections:
-                env.settle(netcache.WORK_DIRS)
-            info = cache.machine_info(env)
-            notes = [f"- proxy: {OUR_PROXY if args.proxy == 'ours' else SHARED_PROXY}",
-                     f"- reps: {args.reps} timed (+{args.warmup} warm-up), variants interleaved, "
-                     "`sync` before every run"]
-            results, rtts = measure(env, args, procs, sections, notes)
-        except Mismatch as e:
-            print(f"\n**MISMATCH — comparison is not apples to apples: {e}**", flush=True)
-            sys.exit(2)
-    finally:
-        procs.stop_all()
-    notes.append(f"- wall time {time.time() - t0:.0f} s; load average at the end {load1():.2f}")
-    text, ok = report(results, rtts, info, notes)
-    print(text, flush=True)
-    env.cleanup_runs()
-    sys.exit(0 if ok else 1)
+
+    def run_all(env, procs, info, notes):
+        notes.append(f"- proxy: {OUR_PROXY if args.proxy == 'ours' else SHARED_PROXY}")
+        return measure(env, args, procs, sections, notes)
+
+    netcache.run(args, log, sections, "src" in sections, run_all,
+                 lambda res, info, notes: report(res[0], res[1], info, notes))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ import hashlib
 import json
 import os
 import sys
+import time
 
 import cache
-from common import rm_tree, run_capture
+from common import Mismatch, Procs, load1, rm_tree, run_capture
 
 DEFAULT_NIX_WORK = "/tmp/store-bench/cache"  # bench/cache.py's --work
 DEFAULT_DATA = "/tmp/store-bench/net"
@@ -116,3 +117,34 @@ def help_has(env, sub, flag):
 
 def fail_usage(msg):
     sys.exit(f"error: {msg}")
+
+
+def run(args, log, keys, settle, measure, report):
+    """The frame of a run: snapshot the binary, write the data for `keys`, clean old fresh
+    stores, wait for ext4 if `settle`, then measure(env, procs, info, notes) -> results,
+    stopping every process in procs whatever happens; prints report(results, info, notes)
+    -> (markdown, all targets met). Exit status 0 met, 1 not, 2 a correctness check failed."""
+    env = make_envs(args, log)
+    procs = Procs(log)
+    env.procs = procs
+    t0 = time.time()
+    try:
+        try:
+            write_store_cache(env, args.data, keys, log)
+            env.cleanup_runs()
+            if settle:
+                env.settle(WORK_DIRS)
+            info = cache.machine_info(env)
+            notes = [f"- reps: {args.reps} timed (+{args.warmup} warm-up), variants interleaved, "
+                     "`sync` before every run"]
+            results = measure(env, procs, info, notes)
+        except Mismatch as e:
+            print(f"\n**MISMATCH — comparison is not apples to apples: {e}**", flush=True)
+            sys.exit(2)
+    finally:
+        procs.stop_all()
+    notes.append(f"- wall time {time.time() - t0:.0f} s; load average at the end {load1():.2f}")
+    text, ok = report(results, info, notes)
+    print(text, flush=True)
+    env.cleanup_runs()
+    sys.exit(0 if ok else 1)

@@ -34,13 +34,13 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
-import sys
 import time
 
 import cache
 import netcache
-from common import (Mismatch, Procs, bench_rounds, free_port, load1, rm_tree, run_capture,
+from common import (Mismatch, bench_rounds, free_port, rm_tree, run_capture,
                     start_nginx, stderr_log)
 
 CLOSURES = ["src", "big"]
@@ -61,6 +61,14 @@ class S3Server:
     def __init__(self, name, url, key_id, secret):
         self.name, self.url, self.key_id, self.secret = name, url, key_id, secret
         self.counter = 0
+        self.pid = None
+        self.cpu = {}  # variant -> the server's CPU seconds of each run
+
+    def cpu_mark(self, v):
+        self.cpu.setdefault(v, []).append(-cache.proc_cpu_seconds([self.pid]))
+
+    def cpu_done(self, v):
+        self.cpu[v][-1] += cache.proc_cpu_seconds([self.pid])
 
     def cache_url(self, bucket):
         return f"s3://{bucket}?endpoint={self.url}&region={REGION}"
@@ -77,6 +85,11 @@ class S3Server:
     def create(self, name):
         raise NotImplementedError
 
+    def close(self, procs):
+        """Stops the server (by PID) and removes its data."""
+        procs.stop(self.proc)
+        rm_tree(self.dir)
+
 
 class S3sFs(S3Server):
     def __init__(self, procs, binary, data):
@@ -87,6 +100,7 @@ class S3sFs(S3Server):
                                    "--access-key", "test", "--secret-key", "testtesttest", data])
         super().__init__("s3s-fs", f"http://127.0.0.1:{port}", "test", "testtesttest")
         self.data = data
+        self.pid, self.proc, self.dir = p.pid, p, data
         wait_until_listening(port, p, "s3s-fs")
         log(f"s3s-fs (pid {p.pid}) on {self.url}, data in {data}")
 
@@ -114,6 +128,7 @@ class Garage(S3Server):
         p = procs.start("garage", [binary, "-c", self.conf, "server"], stdout=out, stderr=out)
         out.close()
         super().__init__("Garage", f"http://127.0.0.1:{port}", self.KEY_ID, self.SECRET)
+        self.pid, self.proc, self.dir = p.pid, p, work
         for _ in range(100):
             if p.poll() is not None:
                 raise RuntimeError(f"garage exited ({p.returncode}); see {work}/server.log")
@@ -214,8 +229,8 @@ def push_section(args, env, server, key, absent):
                                            files_from), server.aws_env(env.base_env))
     return bench_rounds(
         f"push {key}", variants, args.reps,
-        setup=lambda v, rnd: server.new_bucket(f"push-{key}-{v}"),
-        teardown=lambda v, b, m: drop_bucket(args, server, env, b),
+        setup=lambda v, rnd: (server.cpu_mark(("push", key, v)), server.new_bucket(f"push-{key}-{v}"))[1],
+        teardown=lambda v, b, m: (server.cpu_done(("push", key, v)), drop_bucket(args, server, env, b)),
         check=lambda v, b, out: check_push(args, server, env, key, b, v),
         warmup=args.warmup, log=log)
 
@@ -242,8 +257,8 @@ def subst_section(args, env, server, key, bucket, nginx_url, absent, refresh):
 
     return bench_rounds(
         f"subst {key}", variants, args.reps,
-        setup=lambda v, rnd: env.fresh_dir(f"subst-{key}-{v}"),
-        teardown=lambda v, d, m: rm_tree(d) if key == "big" else None,
+        setup=lambda v, rnd: (server.cpu_mark(("subst", key, v)), env.fresh_dir(f"subst-{key}-{v}"))[1],
+        teardown=lambda v, d, m: (server.cpu_done(("subst", key, v)), rm_tree(d) if key == "big" else None),
         check=check, warmup=args.warmup, log=log)
 
 
@@ -280,7 +295,8 @@ def report(results, info, notes, absent):
                             limit, "S3 backend absent")
         out.append("")
     out += ["## Peak RSS (GNU time %M, max over all runs) and CPU (user+sys, median)\n",
-            "| server | operation | what | peak RSS MiB | CPU s | target |", "|---|---|---|---|---|---|"]
+            "| server | operation | what | peak RSS MiB | CPU s | S3 server CPU s | target |",
+            "|---|---|---|---|---|---|---|"]
     for r in results:
         for v, res in r["res"].items():
             target = ""
@@ -289,7 +305,8 @@ def report(results, info, notes, absent):
                 ok &= good
                 target = f"< {RSS_LIMIT_MIB} MiB: {'PASS' if good else 'FAIL'}"
             out.append(f"| {r['server']} | {r['sec']} {r['key']} | {WHAT[(r['sec'], v)]} | {res.peak_rss_mib:.1f} | "
-                       f"{res.cpu_median:.2f} | {target} |")
+                       f"{res.cpu_median:.2f} | {statistics.median(r['cpu'][(r['sec'], r['key'], v)]):.2f} | "
+                       f"{target} |")
     out += ["", "Overall: " + ("all targets met" if ok else "SOME TARGETS FAILED OR NOT MEASURED")]
     return "\n".join(out), ok
 
@@ -324,54 +341,46 @@ def measure(args, env, procs, nginx_url, notes):
     notes.append(f"- load average (1 min) at start: {load:.2f}" + ("" if was_quiet else " (not quiet)"))
     results = []
     for server in servers:
-        for key in args.closures:
-            if args.only in (None, "push"):
-                quiet.section(f"push {key} {server.name}", min(120, args.wait_quiet))
-                results.append({"sec": "push", "server": server.name, "key": key,
-                                "res": push_section(args, env, server, key, absent)})
-            if args.only in (None, "subst"):
-                bucket = server.new_bucket(f"subst-{key}")
-                run_capture(rclone(args, server, "copy", env.cache, f":s3:{bucket}", "--files-from",
-                                   os.path.join(env.work, f"files-{key}.txt")), server.aws_env(env.base_env))
-                quiet.section(f"subst {key} {server.name}", min(120, args.wait_quiet))
-                results.append({"sec": "subst", "server": server.name, "key": key,
-                                "res": subst_section(args, env, server, key, bucket, nginx_url, absent, refresh)})
-                drop_bucket(args, server, env, bucket)
+        try:
+            measure_server(args, env, server, nginx_url, absent, refresh, quiet, results)
+        finally:
+            server.close(procs)
     notes.append("- other work per section (CPUs busy elsewhere): " + "; ".join(quiet.notes))
     return results, absent
 
 
+def measure_server(args, env, server, nginx_url, absent, refresh, quiet, results):
+    """Push and substitution rows of one server, closure by closure."""
+    for key in args.closures:
+        if args.only in (None, "push"):
+            quiet.section(f"push {key} {server.name}", min(120, args.wait_quiet))
+            results.append({"sec": "push", "server": server.name, "key": key,
+                            "res": push_section(args, env, server, key, absent), "cpu": server.cpu})
+        if args.only in (None, "subst"):
+            bucket = server.new_bucket(f"subst-{key}")
+            run_capture(rclone(args, server, "copy", env.cache, f":s3:{bucket}", "--files-from",
+                               os.path.join(env.work, f"files-{key}.txt")), server.aws_env(env.base_env))
+            quiet.section(f"subst {key} {server.name}", min(120, args.wait_quiet))
+            results.append({"sec": "subst", "server": server.name, "key": key,
+                            "res": subst_section(args, env, server, key, bucket, nginx_url, absent, refresh),
+                            "cpu": server.cpu})
+            drop_bucket(args, server, env, bucket)
+
+
 def main():
     args = parse_args()
-    env = netcache.make_envs(args, log)
-    procs = Procs(log)
-    env.procs = procs
-    t0 = time.time()
-    try:
-        try:
-            netcache.write_store_cache(env, args.data, args.closures, log)
-            for key in args.closures:
-                with open(os.path.join(env.work, f"files-{key}.txt"), "w") as f:
-                    f.write("\n".join(env.cache_files[key]) + "\n")
-            env.cleanup_runs()
-            if "src" in args.closures and args.only != "push":
-                env.settle(netcache.WORK_DIRS)
-            info = cache.machine_info(env)
-            info["rclone"] = run_capture([args.rclone, "version"], None).splitlines()[0]
-            nginx, nginx_url = start_nginx(procs, os.path.join(env.work, "nginx-s3"), env.cache)
-            notes = [f"- reps: {args.reps} timed (+{args.warmup} warm-up), variants interleaved, "
-                     "`sync` before every run", f"- nginx (pid {nginx.pid}) serving {env.cache}"]
-            results, absent = measure(args, env, procs, nginx_url, notes)
-        except Mismatch as e:
-            print(f"\n**MISMATCH — comparison is not apples to apples: {e}**", flush=True)
-            sys.exit(2)
-    finally:
-        procs.stop_all()
-    notes.append(f"- wall time {time.time() - t0:.0f} s; load average at the end {load1():.2f}")
-    text, ok = report(results, info, notes, absent)
-    print(text, flush=True)
-    env.cleanup_runs()
-    sys.exit(0 if ok else 1)
+
+    def run_all(env, procs, info, notes):
+        for key in args.closures:
+            with open(os.path.join(env.work, f"files-{key}.txt"), "w") as f:
+                f.write("\n".join(env.cache_files[key]) + "\n")
+        info["rclone"] = run_capture([args.rclone, "version"], None).splitlines()[0]
+        nginx, nginx_url = start_nginx(procs, os.path.join(env.work, "nginx-s3"), env.cache)
+        notes.append(f"- nginx (pid {nginx.pid}) serving {env.cache}")
+        return measure(args, env, procs, nginx_url, notes)
+
+    netcache.run(args, log, args.closures, "src" in args.closures and args.only != "push", run_all,
+                 lambda res, info, notes: report(res[0], info, notes, res[1]))
 
 
 if __name__ == "__main__":
