@@ -307,7 +307,7 @@ def report(results, info, notes, absent):
             out.append(f"| {r['server']} | {r['sec']} {r['key']} | {WHAT[(r['sec'], v)]} | {res.peak_rss_mib:.1f} | "
                        f"{res.cpu_median:.2f} | {statistics.median(r['cpu'][(r['sec'], r['key'], v)]):.2f} | "
                        f"{target} |")
-    out += ["", "Overall: " + ("all targets met" if ok else "SOME TARGETS FAILED OR NOT MEASURED")]
+    out += ["", "Overall: " + ("all targets of the rows run met" if ok else "SOME TARGETS FAILED OR NOT MEASURED")]
     return "\n".join(out), ok
 
 
