@@ -36,16 +36,14 @@ import platform
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 
-from common import (GNU_TIME, Mismatch, Result, busy_cores, load1, rm_tree, run_capture,
-                    commit_info, run_measured, snapshot_binary, where)
+from common import (GNU_TIME, Mismatch, Procs, Result, bench_rounds, busy_cores, commit_info,
+                    http_get, load1, rm_tree, run_capture, run_measured, snapshot_binary,
+                    start_nginx, stderr_log, where)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN_TREES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gen_trees.py")
@@ -78,25 +76,11 @@ end
 """
 
 
-def log(msg):
-    print(f"[cache-bench] {msg}", file=sys.stderr, flush=True)
+log = stderr_log("cache-bench")
 
 
 # --------------------------------------------------------------------------
 # running children
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def http_get(url, timeout=30):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read()
 
 
 class Quiet:
@@ -122,8 +106,8 @@ class Quiet:
             log(f"load average {l:.2f} >= {self.max_load}, waiting 60 s ...")
             time.sleep(60)
 
-    def section(self, name):
-        end = time.time() + 120
+    def section(self, name, budget=120):
+        end = time.time() + budget
         while True:
             b = busy_cores()
             if b < 0.5 or time.time() >= end:
@@ -139,31 +123,6 @@ class Quiet:
 
 # --------------------------------------------------------------------------
 # results
-
-
-def bench_rounds(label, variants, reps, setup=None, teardown=None, check=None):
-    """variants: {name: fn(ctx) -> (cmd, env)}. One warm-up round, then `reps` rounds,
-    variants interleaved. setup(name, rnd) -> ctx and teardown(name, ctx) run untimed;
-    check(name, ctx, stdout) runs after the warm-up (correctness)."""
-    res = {name: Result() for name in variants}
-    for rnd in range(reps + 1):
-        for name, mk in variants.items():
-            ctx = setup(name, rnd) if setup else None
-            cmd, env = mk(ctx)
-            os.sync()
-            t, rss, cpu, out = run_measured(cmd, env)
-            if rnd == 0 and check:
-                check(name, ctx, out)
-            if teardown:
-                teardown(name, ctx)
-            if rnd > 0:
-                res[name].times.append(t)
-                res[name].cpu.append(cpu)
-            res[name].rss_kib.append(rss)
-            tag = "warm-up" if rnd == 0 else f"rep {rnd}/{reps}"
-            log(f"{label:<8} {name:<6} {tag:<9} {t:8.3f} s  cpu {cpu:7.2f} s  "
-                f"{rss / 1024:7.1f} MiB  load {load1():.2f}")
-    return res
 
 
 # --------------------------------------------------------------------------
@@ -191,7 +150,7 @@ class Env:
                            f"trusted-public-keys = {self.pubkey}")
         self.base_env = {k: v for k, v in os.environ.items()
                          if not k.startswith(("NIX_", "STORE_", "RUST_LOG", "XDG_"))}
-        self.procs = []  # (name, Popen) we started; killed by PID at the end
+        self.procs = Procs(log)  # what we started; stopped by PID at the end
         self.nginx_url = None
         self.serve_url = None
         self.run_counter = 0
@@ -294,48 +253,7 @@ class Env:
         """nginx serving the cache dir; returns (pid, url). `name` is also its directory
         under WORK; `transfer` the directives for sending files."""
         d = os.path.join(self.work, name)
-        os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
-        port = free_port()
-        conf = os.path.join(d, "nginx.conf")
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        with open(conf, "w") as f:
-            f.write(f"""daemon off;
-{user}worker_processes auto;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    {transfer}
-    keepalive_requests 1000000;
-    client_body_temp_path {d}/tmp/client;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    default_type application/octet-stream;
-    types {{ text/x-nix-narinfo narinfo; }}
-    server {{
-        listen 127.0.0.1:{port};
-        root {self.cache};
-    }}
-}}
-""")
-        p = subprocess.Popen(["nginx", "-e", os.path.join(d, "error.log"), "-p", d, "-c", conf],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-        self.procs.append((name, p))
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            if p.poll() is not None:
-                raise RuntimeError(f"nginx exited ({p.returncode}); see {d}/error.log")
-            try:
-                http_get(url + "/nix-cache-info", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("nginx did not answer")
+        p, url = start_nginx(self.procs, d, self.cache, transfer)
         log(f"{name} (pid {p.pid}) serving {self.cache} on {url}")
         if name == "nginx":
             self.nginx_pid, self.nginx_url = p.pid, url
@@ -348,7 +266,7 @@ http {{
                              env=self.home_env(os.path.join(self.work, "home-serve"), False),
                              stdout=subprocess.DEVNULL, stderr=errf, start_new_session=True)
         errf.close()
-        self.procs.append(("store serve", p))
+        self.procs.add("store serve", p)
         for _ in range(200):
             if p.poll() is not None:
                 with open(errlog) as f:
@@ -365,18 +283,7 @@ http {{
         log(f"store serve (pid {p.pid}) serving {self.serve_root} on {self.serve_url}")
 
     def stop_all(self):
-        for name, p in reversed(self.procs):
-            if p.poll() is None:
-                try:
-                    os.kill(p.pid, signal.SIGTERM)
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.kill(p.pid, signal.SIGKILL)
-                    p.wait()
-                except ProcessLookupError:
-                    pass
-                log(f"stopped {name} (pid {p.pid})")
-        self.procs = []
+        self.procs.stop_all()
 
     def cleanup_runs(self):
         if os.path.isdir(self.runs) and os.listdir(self.runs):
@@ -387,14 +294,15 @@ http {{
                 f.write(f"{time.time()}\n")
         os.makedirs(self.runs, exist_ok=True)
 
-    def settle(self):
+    def settle(self, others=()):
         """ext4 won't reuse an inode freed < 60 s ago (< 360 s while its inode-table block
         is dirty, and creating files dirties those blocks again) and checks every such
         candidate, so creating 50,000 files soon after deleting 50,000 is several times
-        slower (see bench/README.md). Waits until SETTLE s after our last cleanup and after
-        bench/run.py's (its default work dir)."""
+        slower (see bench/README.md). Waits until SETTLE s after our last cleanup, after
+        bench/run.py's (its default work dir) and after those of the work dirs `others`."""
         last = 0.0
-        for f in (os.path.join(self.work, ".last-cleanup"), RUN_PY_LAST_CLEANUP):
+        for f in (os.path.join(self.work, ".last-cleanup"), RUN_PY_LAST_CLEANUP,
+                  *(os.path.join(o, ".last-cleanup") for o in others)):
             try:
                 with open(f) as fh:
                     last = max(last, float(fh.read()))
@@ -521,7 +429,7 @@ def section_substitute(env, name, tops, reps, rows, rss_rows, pipe_rows):
     def setup(v, rnd):
         return env.fresh_dir(f"{name}-{v}")
 
-    def teardown(v, d):
+    def teardown(v, d, _measured):
         if not keep:
             rm_tree(d)
 

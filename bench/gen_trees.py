@@ -36,15 +36,18 @@ def text_mib(rng):
         word = WORDS[rng.randrange(len(WORDS))]
         parts.append(word)
         size += len(word) + 1
-    return b" ".join(parts)[:MIB]
+    data = b" ".join(parts)[:MIB]
+    return data + b"\n" * (MIB - len(data))
 
 
-def make_big(root, rng):
+def make_big(root, seed):
+    """Each file from its own generator, so skipping a complete one changes no other."""
     os.makedirs(root, exist_ok=True)
     for i in range(BIG_FILES):
         path = os.path.join(root, f"blob{i}.bin")
         if os.path.exists(path) and os.path.getsize(path) == BIG_FILE_MIB * MIB:
             continue
+        rng = random.Random(seed * 100 + i)
         tmp = path + ".part"
         with open(tmp, "wb") as f:
             for _ in range(BIG_FILE_MIB):
@@ -76,7 +79,7 @@ def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     out = sys.argv[1]
-    make_big(os.path.join(out, "big"), random.Random(20261207))
+    make_big(os.path.join(out, "big"), 20261207)
     make_src(os.path.join(out, "src"), random.Random(1600))
     print("ok")
 
