@@ -339,6 +339,22 @@ fn we_substitute_from_caches_written_by_nix() {
 // ---------------------------------------------------------------------------------------
 // (b) We write, Nix reads
 
+/// `nix copy --from URL --to DEST ROOTS…` trusting `public`; Nix's path-info of the result.
+fn nix_copy_from(
+    home: &Path,
+    url: &str,
+    public: &str,
+    dest: &Path,
+    roots: &[String],
+) -> BTreeMap<String, Value> {
+    let mut copy = nix("nix", home, &format!("trusted-public-keys = {public}\n"));
+    copy.args(["copy", "--from", url, "--to"])
+        .arg(dest)
+        .args(roots);
+    run_nix(copy);
+    nix_path_infos(home, dest.to_str().unwrap(), roots)
+}
+
 #[test]
 fn nix_substitutes_from_caches_we_wrote() {
     if !nix_available("nix_substitutes_from_caches_we_wrote") {
@@ -370,12 +386,7 @@ fn nix_substitutes_from_caches_we_wrote() {
 
         // Nix checks our signatures (require-sigs is on by default) and our NARs.
         let dest = s.scratch().join(format!("nix-dest-{compression}"));
-        let mut copy = nix("nix", &home, &format!("trusted-public-keys = {public}\n"));
-        copy.args(["copy", "--from", &url, "--to"])
-            .arg(&dest)
-            .args(&roots);
-        run_nix(copy);
-        let theirs = nix_path_infos(&home, dest.to_str().unwrap(), &roots);
+        let theirs = nix_copy_from(&home, &url, &public, &dest, &roots);
         assert_same_infos(&ours, &theirs);
         // Nix's own verification of what it received.
         let mut verify = nix("nix", &home, &format!("trusted-public-keys = {public}\n"));
@@ -430,12 +441,7 @@ fn nix_substitutes_from_a_bucket_we_wrote() {
     assert_success(&push.output().unwrap(), "copy --to s3://");
     let url = file_url(&server.bucket_dir("nixb").join("cache"));
     let dest = s.scratch().join("nix-dest-s3");
-    let mut copy = nix("nix", &home, &format!("trusted-public-keys = {public}\n"));
-    copy.args(["copy", "--from", &url, "--to"])
-        .arg(&dest)
-        .args(&roots);
-    run_nix(copy);
-    let theirs = nix_path_infos(&home, dest.to_str().unwrap(), &roots);
+    let theirs = nix_copy_from(&home, &url, &public, &dest, &roots);
     assert_same_infos(&our_path_infos(&s, &roots), &theirs);
 }
 
