@@ -19,6 +19,7 @@ GARAGE=${GARAGE:-garage}
 STORE=${STORE:-$repo/target/debug/store}
 [ -x "$STORE" ] || cargo build --quiet
 command -v "$GARAGE" >/dev/null || { echo "garage.sh: no garage binary (set GARAGE)" >&2; exit 1; }
+command -v curl >/dev/null || { echo "garage.sh: needs curl" >&2; exit 1; }
 
 work=$(mktemp -d)
 server_pid=
@@ -28,7 +29,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A port nothing listens on (bash's /dev/tcp connects, or fails on a free port).
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 30000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+}
 api=$(free_port); rpc=$(free_port); web=$(free_port)
 bucket=localhost          # the website endpoint picks the bucket by the Host header
 key_id=GK5e0b2f7a1c9d3e4f60718293
@@ -51,7 +59,8 @@ bind_addr = "127.0.0.1:$web"
 root_domain = ".web.garage.localhost"
 EOF
 g() { "$GARAGE" -c "$work/garage.toml" "$@"; }
-g server > "$work/server.log" 2>&1 &
+# Started directly, not through g, so that $! is the server's own PID.
+"$GARAGE" -c "$work/garage.toml" server > "$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 100); do g status >/dev/null 2>&1 && break; sleep 0.1; done
 g layout assign -z dc1 -c 1G "$(g node id -q | cut -d@ -f1)" >/dev/null

@@ -156,6 +156,43 @@ async fn large_files_go_up_in_parts_and_failures_leave_none() {
     assert!(proxy.cuts() > 0);
 }
 
+/// Concurrent multipart uploads share one memory budget (2 parts here): an upload waiting
+/// for budget must not stop its own parts in flight, which hold the budget it waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_multipart_uploads_share_the_budget() {
+    let Some(server) =
+        S3Server::start("concurrent_multipart_uploads_share_the_budget", &["budget"])
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = s3_cache(&server, "budget", "&part-size=5242880&upload-parts=2");
+    let files: Vec<_> = (0..3u8)
+        .map(|i| {
+            let f = tmp.path().join(format!("f{i}"));
+            std::fs::write(&f, sample((11 << 20) + i as usize, i)).unwrap();
+            f
+        })
+        .collect();
+    let puts = files.iter().enumerate().map(|(i, f)| {
+        let key = format!("nar/f{i}.nar");
+        let cache = &cache;
+        async move {
+            cache
+                .put(&key, PutBody::File(f.clone()), content_type::NAR)
+                .await
+        }
+    });
+    let all = futures_util::future::join_all(puts);
+    let results = tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("the uploads deadlocked");
+    for r in results {
+        r.unwrap();
+    }
+    assert_eq!(server.pending_uploads(), Vec::<String>::new());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_downloads_resume_with_a_range() {
     let Some(server) = S3Server::start("dropped_downloads_resume_with_a_range", &["dl1"]) else {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{
@@ -33,6 +33,7 @@ use object_store::{
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 use super::{Backend, ByteStream, CacheError, CacheUrl, ClientOptions, ObjectKey, PutBody};
 pub use config::{CredentialSource, Credentials, S3Config, S3ConfigError};
@@ -292,7 +293,9 @@ impl S3Cache {
         meta.size == size
     }
 
-    /// Reads `file` in parts and uploads them, at most `upload-parts` at a time.
+    /// Reads `file` in parts and uploads them, at most `upload-parts` at a time. Each part
+    /// runs as its own task, so parts in flight progress (and give their budget back)
+    /// while this upload waits for budget; dropping the set cancels them.
     async fn send_parts(
         &self,
         key: &str,
@@ -303,10 +306,10 @@ impl S3Cache {
         let mut reader = tokio::fs::File::open(file)
             .await
             .map_err(|e| CacheError::io(format!("cannot open '{}'", file.display()), e))?;
-        let mut in_flight = FuturesUnordered::new();
+        let mut in_flight = JoinSet::new();
         loop {
             while in_flight.len() >= self.config.upload_parts {
-                self.part_done(key, in_flight.next().await).await?;
+                self.part_done(key, in_flight.join_next().await)?;
             }
             let permit = self.buffer(part_size).await;
             let part = read_part(&mut reader, part_size, file).await?;
@@ -316,7 +319,7 @@ impl S3Cache {
             let last = part.len() < part_size;
             let put = upload.put_part(PutPayload::from(part));
             let timeout = self.request_timeout;
-            in_flight.push(async move {
+            in_flight.spawn(async move {
                 let done = tokio::time::timeout(timeout, put).await;
                 drop(permit);
                 done
@@ -325,28 +328,29 @@ impl S3Cache {
                 break;
             }
         }
-        while let Some(done) = in_flight.next().await {
-            self.part_done(key, Some(done)).await?;
+        while let Some(done) = in_flight.join_next().await {
+            self.part_done(key, Some(done))?;
         }
         Ok(())
     }
 
-    async fn part_done(
-        &self,
-        key: &str,
-        done: Option<Result<object_store::Result<()>, tokio::time::error::Elapsed>>,
-    ) -> Result<(), CacheError> {
+    fn part_done(&self, key: &str, done: Option<PartResult>) -> Result<(), CacheError> {
         match done {
-            None | Some(Ok(Ok(()))) => Ok(()),
-            Some(Ok(Err(e))) => Err(self.error("PUT", key, e)),
-            Some(Err(_)) => Err(CacheError::TimedOut {
+            None | Some(Ok(Ok(Ok(())))) => Ok(()),
+            Some(Ok(Ok(Err(e)))) => Err(self.error("PUT", key, e)),
+            Some(Ok(Err(_))) => Err(CacheError::TimedOut {
                 method: "PUT",
                 url: format!("{}/{}", self.url.without_params(), key),
                 secs: self.request_timeout.as_secs_f64(),
             }),
+            Some(Err(join)) => Err(CacheError::Task(join)),
         }
     }
 }
+
+/// How a part's task ended.
+type PartResult =
+    Result<Result<object_store::Result<()>, tokio::time::error::Elapsed>, tokio::task::JoinError>;
 
 impl Backend for S3Cache {
     async fn get(&self, key: &str) -> Result<Option<ByteStream>, CacheError> {
