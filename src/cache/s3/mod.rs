@@ -110,10 +110,6 @@ impl S3Cache {
             .expect("the buffer budget is never closed")
     }
 
-    pub fn config(&self) -> &S3Config {
-        &self.config
-    }
-
     /// The object name of a key: `<prefix>/<path>`; a read key's query is ignored.
     fn location(&self, key: ObjectKey<'_>) -> Result<Path, CacheError> {
         let name = if self.config.prefix.is_empty() {
@@ -125,11 +121,24 @@ impl S3Cache {
             .map_err(|_| CacheError::invalid_key(key.path(), "not a valid S3 object name"))
     }
 
+    /// The object's URL in messages: the cache URL without parameters, then the key.
+    fn object_url(&self, key: &str) -> String {
+        format!("{}/{}", self.url.without_params(), key)
+    }
+
     fn error(&self, method: &'static str, key: &str, source: object_store::Error) -> CacheError {
         CacheError::S3 {
             method,
-            url: format!("{}/{}", self.url.without_params(), key),
+            url: self.object_url(key),
             source,
+        }
+    }
+
+    fn timed_out(&self, method: &'static str, key: &str) -> CacheError {
+        CacheError::TimedOut {
+            method,
+            url: self.object_url(key),
+            secs: self.request_timeout.as_secs_f64(),
         }
     }
 
@@ -153,79 +162,7 @@ impl S3Cache {
     ) -> Result<object_store::Result<T>, CacheError> {
         tokio::time::timeout(self.request_timeout, fut)
             .await
-            .map_err(|_| CacheError::TimedOut {
-                method,
-                url: format!("{}/{}", self.url.without_params(), key),
-                secs: self.request_timeout.as_secs_f64(),
-            })
-    }
-
-    async fn get_object(&self, key: &str) -> Result<Option<ByteStream>, CacheError> {
-        let location = self.location(ObjectKey::parse(key)?)?;
-        let result = match self
-            .timed(
-                "GET",
-                key,
-                self.store.get_opts(&location, GetOptions::default()),
-            )
-            .await?
-        {
-            Ok(result) => result,
-            Err(e) if self.is_absent(&e) => return Ok(None),
-            Err(e) => return Err(self.error("GET", key, e)),
-        };
-        let url = format!("{}/{}", self.url.without_params(), key);
-        let stream = result.into_stream().map(move |chunk| {
-            chunk.map_err(|source| {
-                std::io::Error::other(CacheError::S3 {
-                    method: "GET",
-                    url: url.clone(),
-                    source,
-                })
-            })
-        });
-        Ok(Some(Box::pin(stream)))
-    }
-
-    async fn exists_object(&self, key: &str) -> Result<bool, CacheError> {
-        let location = self.location(ObjectKey::parse(key)?)?;
-        match self.timed("HEAD", key, self.store.head(&location)).await? {
-            Ok(_) => Ok(true),
-            Err(e) if self.is_absent(&e) => Ok(false),
-            Err(e) => Err(self.error("HEAD", key, e)),
-        }
-    }
-
-    async fn put_object(
-        &self,
-        key: &str,
-        body: PutBody,
-        content_type: &'static str,
-    ) -> Result<(), CacheError> {
-        let location = self.location(ObjectKey::parse_for_writing(key)?)?;
-        let attributes = self.attributes(key, content_type);
-        let (bytes, _permit) = match body {
-            PutBody::Bytes(bytes) => (bytes, None),
-            PutBody::File(file) => {
-                let size = file_size(&file).await?;
-                if size > self.config.part_size as u64 {
-                    return self.put_parts(key, &location, &file, attributes).await;
-                }
-                let permit = self.buffer(size as usize).await;
-                (read_file(&file, size).await?, Some(permit))
-            }
-        };
-        let opts = PutOptions {
-            attributes,
-            ..PutOptions::default()
-        };
-        let put = self
-            .store
-            .put_opts(&location, PutPayload::from(bytes), opts);
-        match self.timed("PUT", key, put).await? {
-            Ok(_) => Ok(()),
-            Err(e) => Err(self.error("PUT", key, e)),
-        }
+            .map_err(|_| self.timed_out(method, key))
     }
 
     fn attributes(&self, key: &str, content_type: &'static str) -> Attributes {
@@ -238,12 +175,14 @@ impl S3Cache {
         attributes
     }
 
-    /// A multipart upload of `file`, aborted if any part, the read or the completion fails.
+    /// A multipart upload of `file` (`size` bytes), aborted if any part, the read or the
+    /// completion fails.
     async fn put_parts(
         &self,
         key: &str,
         location: &Path,
         file: &FsPath,
+        size: u64,
         attributes: Attributes,
     ) -> Result<(), CacheError> {
         let opts = PutMultipartOptions {
@@ -267,24 +206,21 @@ impl S3Cache {
         if let Err(e) = upload.abort().await {
             tracing::warn!(key, error = %crate::error_chain::Chain(&e), "could not abort a failed multipart upload");
         }
-        if self.written_by_another(key, location, file).await {
+        if self.written_by_another(key, location, size).await {
             return Ok(());
         }
         Err(finished)
     }
 
     /// Whether a failed upload of a NAR lost only a race: NAR names are the hashes of their
-    /// bytes (§7.1), so an object now at the key with the file's size is the same object,
+    /// bytes (§7.1), so an object now at the key with the file's `size` is the same object,
     /// completed by another writer. Garage, for one, drops an unfinished multipart upload
     /// when another upload of the same key completes.
-    async fn written_by_another(&self, key: &str, location: &Path, file: &FsPath) -> bool {
+    async fn written_by_another(&self, key: &str, location: &Path, size: u64) -> bool {
         if !key.starts_with("nar/") {
             return false;
         }
-        let (Ok(size), Ok(Ok(meta))) = (
-            file_size(file).await,
-            self.timed("HEAD", key, self.store.head(location)).await,
-        ) else {
+        let Ok(Ok(meta)) = self.timed("HEAD", key, self.store.head(location)).await else {
             return false;
         };
         if meta.size == size {
@@ -303,9 +239,7 @@ impl S3Cache {
         file: &FsPath,
     ) -> Result<(), CacheError> {
         let part_size = self.config.part_size;
-        let mut reader = tokio::fs::File::open(file)
-            .await
-            .map_err(|e| CacheError::io(format!("cannot open '{}'", file.display()), e))?;
+        let mut reader = open(file).await?;
         let mut in_flight = JoinSet::new();
         loop {
             while in_flight.len() >= self.config.upload_parts {
@@ -338,11 +272,7 @@ impl S3Cache {
         match done {
             None | Some(Ok(Ok(Ok(())))) => Ok(()),
             Some(Ok(Ok(Err(e)))) => Err(self.error("PUT", key, e)),
-            Some(Ok(Err(_))) => Err(CacheError::TimedOut {
-                method: "PUT",
-                url: format!("{}/{}", self.url.without_params(), key),
-                secs: self.request_timeout.as_secs_f64(),
-            }),
+            Some(Ok(Err(_))) => Err(self.timed_out("PUT", key)),
             Some(Err(join)) => Err(CacheError::Task(join)),
         }
     }
@@ -354,11 +284,39 @@ type PartResult =
 
 impl Backend for S3Cache {
     async fn get(&self, key: &str) -> Result<Option<ByteStream>, CacheError> {
-        self.get_object(key).await
+        let location = self.location(ObjectKey::parse(key)?)?;
+        let result = match self
+            .timed(
+                "GET",
+                key,
+                self.store.get_opts(&location, GetOptions::default()),
+            )
+            .await?
+        {
+            Ok(result) => result,
+            Err(e) if self.is_absent(&e) => return Ok(None),
+            Err(e) => return Err(self.error("GET", key, e)),
+        };
+        let url = self.object_url(key);
+        let stream = result.into_stream().map(move |chunk| {
+            chunk.map_err(|source| {
+                std::io::Error::other(CacheError::S3 {
+                    method: "GET",
+                    url: url.clone(),
+                    source,
+                })
+            })
+        });
+        Ok(Some(Box::pin(stream)))
     }
 
     async fn exists(&self, key: &str) -> Result<bool, CacheError> {
-        self.exists_object(key).await
+        let location = self.location(ObjectKey::parse(key)?)?;
+        match self.timed("HEAD", key, self.store.head(&location)).await? {
+            Ok(_) => Ok(true),
+            Err(e) if self.is_absent(&e) => Ok(false),
+            Err(e) => Err(self.error("HEAD", key, e)),
+        }
     }
 
     async fn put(
@@ -367,7 +325,32 @@ impl Backend for S3Cache {
         body: PutBody,
         content_type: &'static str,
     ) -> Result<(), CacheError> {
-        self.put_object(key, body, content_type).await
+        let location = self.location(ObjectKey::parse_for_writing(key)?)?;
+        let attributes = self.attributes(key, content_type);
+        let (bytes, _permit) = match body {
+            PutBody::Bytes(bytes) => (bytes, None),
+            PutBody::File(file) => {
+                let size = file_size(&file).await?;
+                if size > self.config.part_size as u64 {
+                    return self
+                        .put_parts(key, &location, &file, size, attributes)
+                        .await;
+                }
+                let permit = self.buffer(size as usize).await;
+                (read_file(&file, size).await?, Some(permit))
+            }
+        };
+        let opts = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
+        let put = self
+            .store
+            .put_opts(&location, PutPayload::from(bytes), opts);
+        match self.timed("PUT", key, put).await? {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.error("PUT", key, e)),
+        }
     }
 }
 
@@ -438,12 +421,14 @@ async fn file_size(file: &FsPath) -> Result<u64, CacheError> {
         .map_err(|e| CacheError::io(format!("cannot stat '{}'", file.display()), e))
 }
 
-async fn read_file(file: &FsPath, size: u64) -> Result<Bytes, CacheError> {
-    let mut reader = tokio::fs::File::open(file)
+async fn open(file: &FsPath) -> Result<tokio::fs::File, CacheError> {
+    tokio::fs::File::open(file)
         .await
-        .map_err(|e| CacheError::io(format!("cannot open '{}'", file.display()), e))?;
-    let part = read_part(&mut reader, size as usize, file).await?;
-    Ok(part)
+        .map_err(|e| CacheError::io(format!("cannot open '{}'", file.display()), e))
+}
+
+async fn read_file(file: &FsPath, size: u64) -> Result<Bytes, CacheError> {
+    read_part(&mut open(file).await?, size as usize, file).await
 }
 
 /// Up to `size` bytes: fewer only at the end of the file.
