@@ -137,11 +137,20 @@ async fn find_present(
     cache: &Arc<Cache>,
     closure: &[StorePath],
 ) -> Result<BTreeSet<StorePath>, PushError> {
-    let present = stream::iter(closure.iter().cloned())
+    find_existing(cache, closure, |p| format!("{}.narinfo", p.hash_str())).await
+}
+
+/// The paths of `paths` whose object `key_of(path)` the cache has (HEAD, many in flight).
+async fn find_existing(
+    cache: &Arc<Cache>,
+    paths: &[StorePath],
+    key_of: impl Fn(&StorePath) -> String,
+) -> Result<BTreeSet<StorePath>, PushError> {
+    let found = stream::iter(paths.iter().cloned())
         .map(|p| {
-            let cache = cache.clone();
+            let (cache, key) = (cache.clone(), key_of(&p));
             async move {
-                let has = cache.has_narinfo(p.hash_str()).await?;
+                let has = cache.exists(&key).await?;
                 Ok::<_, CacheError>((p, has))
             }
         })
@@ -149,7 +158,7 @@ async fn find_present(
         .try_filter_map(|(p, has)| async move { Ok(has.then_some(p)) })
         .try_collect()
         .await?;
-    Ok(present)
+    Ok(found)
 }
 
 /// Reference order over `todo`: a narinfo goes up only after its references' narinfos.

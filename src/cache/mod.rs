@@ -209,23 +209,7 @@ impl Cache {
         let Some(bytes) = self.get_bytes(&key, MAX_NARINFO_SIZE).await? else {
             return Ok(None);
         };
-        let cache = self.url().to_string();
-        let info =
-            NarInfo::parse_bytes(&bytes, store_dir).map_err(|source| CacheError::NarInfo {
-                cache: cache.clone(),
-                key: key.clone(),
-                source,
-            })?;
-        if info.store_path().hash_str() != hash_part {
-            return Err(CacheError::NarInfoMismatch {
-                cache,
-                key,
-                wanted: hash_part.to_owned(),
-                got: store_dir.display_path(info.store_path()),
-            });
-        }
-        check_key(info.url())?;
-        Ok(Some(info))
+        checked_narinfo(&bytes, hash_part, store_dir, &self.url().to_string()).map(Some)
     }
 
     /// Whether `<hash_part>.narinfo` exists (HEAD for HTTP, as Nix's `isValidPath`).
@@ -297,6 +281,32 @@ impl Backend for Cache {
             Cache::S3(c) => c.put(key, body, content_type).await,
         }
     }
+}
+
+/// Parses the narinfo `bytes` that cache `cache` has for `hash_part`, with the checks of
+/// [`Cache::narinfo`]: strict parse for `store_dir`, a path with that hash, a valid NAR key.
+pub fn checked_narinfo(
+    bytes: &[u8],
+    hash_part: &str,
+    store_dir: &StoreDir,
+    cache: &str,
+) -> Result<NarInfo, CacheError> {
+    let key = narinfo_key(hash_part)?;
+    let info = NarInfo::parse_bytes(bytes, store_dir).map_err(|source| CacheError::NarInfo {
+        cache: cache.to_owned(),
+        key: key.clone(),
+        source,
+    })?;
+    if info.store_path().hash_str() != hash_part {
+        return Err(CacheError::NarInfoMismatch {
+            cache: cache.to_owned(),
+            key,
+            wanted: hash_part.to_owned(),
+            got: store_dir.display_path(info.store_path()),
+        });
+    }
+    check_key(info.url())?;
+    Ok(info)
 }
 
 /// `<hash_part>.narinfo`, after checking that `hash_part` is 32 nix32 digits.

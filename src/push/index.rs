@@ -25,21 +25,7 @@ pub(super) async fn find_indexed(
     cache: &Arc<Cache>,
     roots: &[StorePath],
 ) -> Result<BTreeSet<StorePath>, PushError> {
-    let found: Vec<(StorePath, bool)> = stream::iter(roots.iter().cloned())
-        .map(|root| async move {
-            let has = cache.exists(&closure_index::key(&root)).await?;
-            Ok::<_, CacheError>((root, has))
-        })
-        .buffer_unordered(HEAD_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
-    Ok(found
-        .into_iter()
-        .filter(|(_, has)| *has)
-        .map(|(r, _)| r)
-        .collect())
+    super::find_existing(cache, roots, closure_index::key).await
 }
 
 /// Writes the index of each root whose closure this push changed, or that has none yet.

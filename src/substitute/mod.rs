@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::cache::{check_key, Cache, CacheError, CacheUrl, ClientOptions};
+use crate::cache::{checked_narinfo, Cache, CacheError, CacheUrl, ClientOptions};
 use crate::error_chain::Chain;
 use crate::format::keys::TrustedKeys;
 use crate::format::narinfo::NarInfo;
@@ -354,10 +354,8 @@ impl Substituter {
         };
         match nc.get(&c.key, hash, c.ttls) {
             Cached::Absent => return (Ok(None), true),
-            Cached::Present(text) => match NarInfo::parse(&text, dir) {
-                Ok(info) if info.store_path() == path && check_key(info.url()).is_ok() => {
-                    return (Ok(Some(info)), true)
-                }
+            Cached::Present(text) => match checked_narinfo(text.as_bytes(), hash, dir, &c.name) {
+                Ok(info) if info.store_path() == path => return (Ok(Some(info)), true),
                 _ => nc.forget(&c.key, hash),
             },
             Cached::Unknown => {}
