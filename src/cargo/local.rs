@@ -20,7 +20,7 @@ use super::invocation::Invocation;
 use super::journal::{Entry, Outcome};
 use super::key::{self, remap_args, Places};
 use super::source::{hex, sha256_file};
-use super::unit::{record, Compiled, UnitRecord};
+use super::unit::{env_dep_lines, record, Compiled, UnitRecord};
 use super::wrapper::{
     compile, remember_outputs, Package, Unit, WrapError, Wrapper, MAX_KEPT_STDERR,
 };
@@ -101,13 +101,8 @@ pub fn from_dep_info(
             return Err("too many source files".to_owned());
         }
     }
-    let env = dep_info
-        .lines()
-        .filter_map(|l| l.strip_prefix("# env-dep:"))
-        .map(|d| match d.split_once('=') {
-            Some((k, v)) => (k.to_owned(), Some(unescape_env(v))),
-            None => (d.to_owned(), None),
-        })
+    let env = env_dep_lines(dep_info)
+        .map(|(k, v)| (k.to_owned(), v.map(unescape_env)))
         .collect();
     Ok(Candidate { files, env })
 }

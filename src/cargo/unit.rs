@@ -85,15 +85,22 @@ fn write_err(path: &Path) -> impl FnOnce(io::Error) -> UnitError + '_ {
 
 /// The `# env-dep:NAME[=VALUE]` lines of a dep-info file, minus the path variables.
 pub fn env_deps(dep_info: &str, places: &Places) -> BTreeMap<String, Option<String>> {
+    env_dep_lines(dep_info)
+        .filter(|(k, _)| !PATH_VARS.contains(k))
+        .map(|(k, v)| (k.to_owned(), v.map(|v| places.abstract_text(v))))
+        .collect()
+}
+
+/// Each `# env-dep:NAME[=VALUE]` line of a dep-info file as written: the name and the
+/// value, if any (still escaped).
+pub fn env_dep_lines(dep_info: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
     dep_info
         .lines()
         .filter_map(|l| l.strip_prefix("# env-dep:"))
         .map(|d| match d.split_once('=') {
-            Some((k, v)) => (k.to_owned(), Some(places.abstract_text(v))),
-            None => (d.to_owned(), None),
+            Some((k, v)) => (k, Some(v)),
+            None => (d, None),
         })
-        .filter(|(k, _)| !PATH_VARS.contains(&k.as_str()))
-        .collect()
 }
 
 /// The first env dep whose value here differs from the recorded one, if any.
