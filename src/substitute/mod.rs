@@ -656,7 +656,8 @@ async fn open_one(
         cache: Arc::new(cache),
         name: url.to_string(),
         priority: url.priority().or(info.priority).unwrap_or(50),
-        key: narinfo_cache::cache_key(url),
+        // Its key in the narinfo cache: no credentials or parameters.
+        key: url.without_params(),
         ttls: Ttls::of(url),
     })
 }

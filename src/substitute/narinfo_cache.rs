@@ -178,14 +178,6 @@ impl NarinfoCache {
     }
 }
 
-/// The key of a cache in the narinfo cache: its URL without credentials or parameters.
-pub fn cache_key(url: &CacheUrl) -> String {
-    match url.file_path() {
-        Some(dir) => format!("file://{}", dir.display()),
-        None => url.http_base().to_string(),
-    }
-}
-
 fn connect(file: &Path) -> rusqlite::Result<Connection> {
     if let Some(dir) = file.parent() {
         let _ = std::fs::create_dir_all(dir);
