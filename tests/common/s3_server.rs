@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -135,31 +135,6 @@ impl S3Server {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with(".upload-"))
             .collect()
-    }
-
-    /// The objects under a bucket, as relative paths (s3s-fs keeps them as plain files;
-    /// its own bookkeeping files start with `.`).
-    pub fn objects(&self, bucket: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        walk(&self.bucket_dir(bucket), Path::new(""), &mut out);
-        out.sort();
-        out
-    }
-}
-
-fn walk(dir: &Path, rel: &Path, out: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries {
-        let e = e.unwrap();
-        let name = e.file_name();
-        let rel = rel.join(&name);
-        if e.file_type().unwrap().is_dir() {
-            walk(&e.path(), &rel, out);
-        } else {
-            out.push(rel.to_string_lossy().into_owned());
-        }
     }
 }
 
